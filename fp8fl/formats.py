@@ -68,7 +68,10 @@ class FloatFormat:
                 f"unknown float format {name!r}: expected 'eXmY' such as "
                 f"{', '.join(cls.NAMED)}"
             )
-        return cls(int(match.group(1)), int(match.group(2)))
+        try:
+            return cls(int(match.group(1)), int(match.group(2)))
+        except ValueError as err:
+            raise ValueError(f"invalid float format {name!r}: {err}") from None
 
     @property
     def name(self) -> str:
@@ -140,9 +143,9 @@ def as_alpha(alpha: float | torch.Tensor, fmt: FloatFormat) -> float:
         raise ValueError(f"alpha is {value}; the clipping value must be a positive finite number")
     if value <= 0.0:
         raise ValueError(f"alpha must be > 0, got {value}")
-    value32 = float(np.float32(value))
-    if value32 > _FLOAT32_MAX or math.isinf(value32):
+    if value > _FLOAT32_MAX:
         raise ValueError(f"alpha={value} overflows float32")
+    value32 = float(np.float32(value))
     if value32 < fmt.min_alpha():
         raise ValueError(
             f"alpha={value:.3e} is too small for {fmt.name}: its smallest grid step would fall "
