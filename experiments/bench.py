@@ -11,6 +11,7 @@ import sys
 TOPICS = {
     "numerics": "experiments.bench_numerics",
     "qat": "experiments.bench_qat",
+    "data": "experiments.bench_data",
 }
 
 

@@ -1,0 +1,104 @@
+"""Federated partitions of a split as index arrays into its shared arrays, via flwr-datasets.
+
+The partitioners run on a local ``datasets.Dataset`` of labels and speakers only (no hub, no
+inputs). For ``iid`` and ``dirichlet`` its rows are first permuted with ``seed``, since
+``IidPartitioner`` cuts contiguous shards and ``DirichletPartitioner`` splits each class in row
+order; an ``idx`` column maps partition rows back to ``ds`` rows. Each partition is sorted
+(sequential reads from the memory map; clients shuffle their own batches). The result is cached
+beside the data set, keyed by the labels' and speakers' content and the arguments, so every
+client process after the first loads it in milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import flwr_datasets
+import numpy as np
+from datasets import Dataset as HFDataset
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner, Partitioner
+
+from fp8fl.data.cache import build_once
+from fp8fl.data.dataset import Dataset
+
+SCHEMES = ("iid", "dirichlet", "speaker")
+
+
+def partition(
+    ds: Dataset,
+    scheme: str,
+    num_partitions: int,
+    seed: int = 0,
+    dirichlet_alpha: float = 0.3,
+    min_partition_size: int = 10,
+) -> list[np.ndarray]:
+    """Split ``ds`` into ``num_partitions`` sorted int64 index arrays; every row lands in exactly one.
+
+    ``iid``: equal random shards. ``dirichlet``: per-class proportions drawn from Dir(alpha),
+    redrawn (flwr-datasets warns each time, and gives up after 10 redraws) until every partition
+    has at least ``min_partition_size`` samples, so none is empty. ``speaker``: partition k holds
+    the clips of ``ds.speaker_names[k]``; ``num_partitions`` must equal the number of speakers
+    (``seed`` is unused). Same arguments, same result.
+    """
+    check(ds, scheme, num_partitions)
+    columns = [ds.labels] if ds.speakers is None else [ds.labels, ds.speakers]
+    content = hashlib.sha256(b"".join(c.numpy().tobytes() for c in columns)).hexdigest()[:12]
+    name = f"{ds.split}-{content}-{scheme}-n{num_partitions}"
+    if scheme != "speaker":
+        name += f"-s{seed}"
+    if scheme == "dirichlet":
+        name += f"-a{dirichlet_alpha}-m{min_partition_size}"
+    folder = ds.cache_dir / "partitions" / f"{name}-flwr_datasets{flwr_datasets.__version__}"
+    args = (ds, scheme, num_partitions, seed, dirichlet_alpha, min_partition_size)
+    build_once(folder, lambda tmp: save(tmp, compute(*args)))
+    indices, offsets = np.load(folder / "indices.npy"), np.load(folder / "offsets.npy")
+    return np.split(indices, offsets[1:-1])
+
+
+def check(ds: Dataset, scheme: str, num_partitions: int) -> None:
+    """Reject an unknown scheme, a partition count the split cannot fill, or a speaker count mismatch."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown partition scheme {scheme!r}; choose from {SCHEMES}")
+    if not 0 < num_partitions <= len(ds):
+        raise ValueError(
+            f"num_partitions must be in 1..{len(ds)} for {ds.name} {ds.split}, got {num_partitions}"
+        )
+    if scheme == "speaker" and ds.speaker_names is None:
+        raise ValueError(f"{ds.name} has no speaker ids; use 'iid' or 'dirichlet'")
+    if scheme == "speaker" and num_partitions != len(ds.speaker_names):
+        raise ValueError(
+            f"speaker partitions: {ds.name} {ds.split} has {len(ds.speaker_names)} speakers, "
+            f"so num_partitions must be {len(ds.speaker_names)}, not {num_partitions}"
+        )
+
+
+def compute(
+    ds: Dataset, scheme: str, num_partitions: int, seed: int, dirichlet_alpha: float, min_partition_size: int
+) -> list[np.ndarray]:
+    """Run the flwr-datasets partitioner for ``scheme`` and map its rows back to ``ds`` rows."""
+    if scheme == "speaker":
+        order = np.arange(len(ds))
+        partitioner: Partitioner = NaturalIdPartitioner(partition_by="speaker")
+    else:
+        # A stream of its own, so the row order is independent of the partitioner's seed-``seed`` draws.
+        order = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0]).permutation(len(ds))
+        if scheme == "iid":
+            partitioner = IidPartitioner(num_partitions)
+        else:
+            partitioner = DirichletPartitioner(
+                num_partitions, "label", dirichlet_alpha, min_partition_size=min_partition_size, seed=seed
+            )
+    columns = {"idx": order, "label": ds.labels.numpy()[order]}
+    if ds.speakers is not None:
+        columns["speaker"] = ds.speakers.numpy()[order]
+    partitioner.dataset = HFDataset.from_dict(columns)
+    parts = (partitioner.load_partition(k).with_format("arrow")["idx"] for k in range(num_partitions))
+    return [np.sort(part.to_numpy()) for part in parts]
+
+
+def save(folder: Path, parts: list[np.ndarray]) -> None:
+    """Store the partitions as one concatenated index array plus offsets."""
+    folder.mkdir(parents=True)
+    np.save(folder / "indices.npy", np.concatenate(parts).astype(np.int64))
+    np.save(folder / "offsets.npy", np.cumsum([0] + [len(p) for p in parts]))
