@@ -1,1 +1,1 @@
-"""fp8fl package."""
+"""Flower clients of fp8fl: ``FP8Client`` (a NumPyClient) and the ClientApp."""

@@ -12,6 +12,7 @@ TOPICS = {
     "numerics": "experiments.bench_numerics",
     "qat": "experiments.bench_qat",
     "data": "experiments.bench_data",
+    "scale": "experiments.bench_scale",
 }
 
 

@@ -13,6 +13,9 @@ device, and the stream costs about 0.1 ns per element instead of 3 ns for ``torc
 
 from __future__ import annotations
 
+import os
+import threading
+
 import numba
 import numpy as np
 import torch
@@ -22,6 +25,7 @@ from fp8fl.gridtables import CellLookup, GridTables
 
 __all__ = [
     "round_to_grid", "decode_codes", "fake_quant_grads", "RoundResult", "draw_key", "uniform_stream",
+    "expected_squared_error",
 ]
 
 _ABS_MASK = 0x7FFFFFFF
@@ -113,6 +117,27 @@ def _values_kernel(x, key, stochastic, shift, kmin, base, nxt, mags, values):
 
 
 @njit(parallel=True, cache=True, nogil=True)
+def _expected_error_kernel(w, target, stochastic, shift, kmin, base, nxt, mags):
+    """Σ E[(Q(w_i) − target_i)²] over i, in float64. With the floor tables and ``stochastic``,
+    E[Q] = clamp(w) and Var[Q] = (|w| − lo)(hi − |w|); otherwise Q is the nearest grid point."""
+    wbits = w.view(np.int32)
+    last = mags.size - 1
+    total = 0.0
+    for i in prange(w.size):
+        c = _magnitude_code(w, wbits, i, np.uint64(0), False, shift, kmin, base, nxt, mags)
+        sign = -1.0 if wbits[i] < 0 else 1.0
+        t = np.float64(target[i])
+        if stochastic and c < last:
+            ax = np.float64(abs(w[i]))
+            lo = np.float64(mags[c])
+            hi = np.float64(mags[c + 1])
+            total += (sign * ax - t) ** 2 + (ax - lo) * (hi - ax)
+        else:
+            total += (sign * np.float64(mags[c]) - t) ** 2
+    return total
+
+
+@njit(parallel=True, cache=True, nogil=True)
 def _decode_kernel(codes, table, out):
     for i in prange(codes.size):
         out[i] = table[codes[i]]
@@ -133,8 +158,22 @@ def _fake_quant_backward_kernel(g, x, q, alpha, gx):
     return acc
 
 
-def _sync_threads() -> None:
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+# numba's OpenMP layer is the fastest for a process that owns the machine, but its idle workers
+# keep spinning: in a process given one CPU (a Ray actor, OMP_NUM_THREADS=1) that spinning competes
+# with the training itself, and two such actors ran 3.5x slower. There the workqueue layer, whose
+# threads sleep, is used instead; it must not be entered by two threads at once, hence the lock.
+# NUMBA_THREADING_LAYER overrides the choice.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue" if torch.get_num_threads() == 1 else "omp"
+_LAUNCH = threading.Lock()
+
+
+def _launch(kernel, *args):  # type: ignore[no-untyped-def]
+    """Run a parallel kernel on as many threads as torch uses (one in a one-CPU Ray actor)."""
+    with _LAUNCH:
+        numba.set_num_threads(max(1, min(torch.get_num_threads(),
+                                         numba.config.NUMBA_NUM_THREADS)))
+        return kernel(*args)
 
 
 class RoundResult:
@@ -165,13 +204,12 @@ def round_to_grid(
     args = (flat.numpy(), np.uint64(key), stochastic, lookup.shift, lookup.kmin, lookup.base,
             lookup.next, tables.magnitudes)
     codes = values = None
-    _sync_threads()
     if want_codes:
         codes = torch.empty(flat.numel(), dtype=torch.uint8)
-        nonfinite = _codes_kernel(*args, tables.sign_code, codes.numpy())
+        nonfinite = _launch(_codes_kernel, *args, tables.sign_code, codes.numpy())
     if want_values:
         values = torch.empty(flat.numel(), dtype=torch.float32)
-        nonfinite = _values_kernel(*args, values.numpy())
+        nonfinite = _launch(_values_kernel, *args, values.numpy())
     return RoundResult(codes, values, int(nonfinite))
 
 
@@ -211,11 +249,19 @@ def _round_torch(
     return RoundResult(codes, values, nonfinite)
 
 
+def expected_squared_error(w: torch.Tensor, target: torch.Tensor, tables: GridTables,
+                           stochastic: bool) -> float:
+    """Σ E‖Q(w) − target‖² for the nearest or the stochastic quantizer (CPU float32 tensors)."""
+    lookup = tables.floor if stochastic else tables.nearest
+    return float(_launch(
+        _expected_error_kernel, w.detach().reshape(-1).contiguous().numpy(), target.detach().reshape(-1).contiguous().numpy(),
+        stochastic, lookup.shift, lookup.kmin, lookup.base, lookup.next, tables.magnitudes))
+
+
 def decode_codes(codes: np.ndarray, tables: GridTables) -> torch.Tensor:
     """Look up the value of every (unpacked) code: a flat float32 tensor."""
     out = torch.empty(codes.size, dtype=torch.float32)
-    _sync_threads()
-    _decode_kernel(codes, tables.signed, out.numpy())
+    _launch(_decode_kernel, codes, tables.signed, out.numpy())
     return out
 
 
@@ -230,9 +276,8 @@ def fake_quant_grads(
         return gx, float((g.double() * d.double()).sum())
     g_flat = g.detach().reshape(-1).contiguous()
     gx = torch.empty_like(g_flat)
-    _sync_threads()
-    galpha = _fake_quant_backward_kernel(
-        g_flat.numpy(), x.reshape(-1).contiguous().numpy(), q.reshape(-1).contiguous().numpy(),
+    galpha = _launch(
+        _fake_quant_backward_kernel, g_flat.numpy(), x.reshape(-1).contiguous().numpy(), q.reshape(-1).contiguous().numpy(),
         np.float32(alpha), gx.numpy(),
     )
     return gx.view_as(g), float(galpha)

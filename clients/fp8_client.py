@@ -1,0 +1,54 @@
+"""``FP8Client``: decode the global model, train locally with FP8 QAT, encode the update."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from flwr.client import NumPyClient
+from flwr.common import Config, NDArrays, Scalar
+
+from fp8fl.config import RunConfig
+from fp8fl.partitions import client_partition
+from fp8fl.protocol import check_instructions, update_metrics
+from fp8fl.runtime import build_run_model, derive_seed, round_local_update, seeded_generator
+from fp8fl.tasks import load_task_data
+from fp8fl.train import resolve_device
+from fp8fl.wire import StateLayout
+
+__all__ = ["FP8Client"]
+
+
+class FP8Client(NumPyClient):
+    """One virtual or real client: its data partition, and LocalUpdate (Alg. 1) per round."""
+
+    def __init__(self, config: RunConfig, partition_id: int, num_partitions: int) -> None:
+        if num_partitions != config.num_clients:
+            raise ValueError(f"this federation has {num_partitions} partitions (SuperNodes) but "
+                             f"the run config says num-clients = {config.num_clients}")
+        self.config = config
+        self.partition_id = partition_id
+        self.indices = client_partition(config, partition_id)
+        self.data = load_task_data(config.task, config.model, "train", config.data_root)
+
+    def get_properties(self, config: Config) -> dict[str, Scalar]:
+        return {"partition-id": self.partition_id, "num-examples": len(self.indices)}
+
+    def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        """Reset to the received global model, train, and send the FP8 (or FP32) update."""
+        started = time.perf_counter()
+        run = self.config
+        server_round = check_instructions(config, run)
+        torch.manual_seed(derive_seed(run.seed, "client-torch", server_round, self.partition_id))
+        generator = seeded_generator(run.seed, "client", server_round, self.partition_id)
+        model = build_run_model(run, self.data.num_classes)
+        layout = StateLayout.from_model(model)
+        model.load_state_dict(layout.unpack(parameters, run.wire, run.fmt))
+        device = resolve_device(run.device)
+        training = time.perf_counter()
+        stats = round_local_update(run, server_round).run(
+            model.to(device), self.data, self.indices, generator, device)
+        stats["train-seconds"] = time.perf_counter() - training
+        update = layout.pack(model.cpu().state_dict(), run.wire, run.fmt, generator)
+        metrics = update_metrics(run, self.partition_id, stats, time.perf_counter() - started)
+        return update, len(self.indices), metrics

@@ -1,0 +1,130 @@
+"""A run's results folder: ``config.json``, ``rounds.jsonl`` (one line per round), ``summary.json``.
+
+Files are written so that a crash never leaves a half-written one: JSON documents go to a temporary
+file that is then renamed over the target, and each round is one appended, flushed and fsynced
+line. A new run never reuses an existing folder: nothing a user produced is overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import fp8fl
+from fp8fl.config import RunConfig
+
+__all__ = ["RunRecorder", "resolve_results_dir", "write_json_atomic", "read_rounds"]
+
+RESULTS_ROOT_ENV = "FP8FL_RESULTS_ROOT"
+PACKAGES = ("fp8fl", "flwr", "torch", "torchvision", "torchaudio", "numpy", "numba",
+            "flwr-datasets")
+
+
+def resolve_results_dir(results_dir: str) -> Path:
+    """An absolute ``results-dir`` as given; a relative one under ``$FP8FL_RESULTS_ROOT``, else
+    under the source checkout fp8fl runs from (an editable install), else the working directory.
+    (The ServerApp runs in a process started by the SuperLink, whose working directory is not the
+    one ``flwr run`` was typed in.)"""
+    path = Path(results_dir).expanduser()
+    if path.is_absolute():
+        return path
+    if os.environ.get(RESULTS_ROOT_ENV):
+        return Path(os.environ[RESULTS_ROOT_ENV]).expanduser() / path
+    checkout = Path(fp8fl.__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "fp8fl").is_dir():
+        return checkout / path
+    return Path.cwd() / path
+
+
+def write_json_atomic(path: Path, document: Any) -> None:
+    """Write ``document`` as JSON to ``path`` via a temporary file and an atomic rename."""
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as f:
+            json.dump(document, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
+    """The round records of a run folder (a torn last line, from a crash, is ignored)."""
+    path = run_dir / "rounds.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+class RunRecorder:
+    """Creates ``<results-dir>/<run-id>/`` and writes the run's three files."""
+
+    def __init__(self, config: RunConfig, run_id: str | None = None) -> None:
+        root = resolve_results_dir(config.results_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        base = run_id or config.run_name or default_run_id(config)
+        self.run_dir = _fresh_folder(root, base)
+        self.run_id = self.run_dir.name
+        self.started = time.time()
+        write_json_atomic(self.run_dir / "config.json", {
+            "run-id": self.run_id,
+            "config": config.to_mapping(),
+            "seed": config.seed,
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": sys.argv,
+            "host": platform.node(),
+            "versions": package_versions(),
+        })
+
+    def round(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / "rounds.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        write_json_atomic(self.run_dir / "summary.json", summary)
+
+
+def default_run_id(config: RunConfig) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{config.task}-{config.model}-{config.split}-{config.method}-s{config.seed}-{stamp}"
+
+
+def _fresh_folder(root: Path, base: str) -> Path:
+    """``root/base``, or ``root/base-2``, ``-3``… if taken; created atomically (no races)."""
+    for attempt in range(1, 10_000):
+        candidate = root / (base if attempt == 1 else f"{base}-{attempt}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a fresh results folder for {base!r} under {root}")

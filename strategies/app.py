@@ -1,0 +1,25 @@
+"""The ServerApp: validate the run config before any client starts, then run ``FP8FedAvg``."""
+
+from __future__ import annotations
+
+from flwr.common import Context
+from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+
+from fp8fl.config import RunConfig
+from strategies.fp8_fedavg import FP8FedAvg
+
+__all__ = ["app", "make_server_app"]
+
+
+def make_server_app(config: RunConfig | None = None) -> ServerApp:
+    """A ServerApp for ``config``, or for the run config Flower passes in (``flwr run``)."""
+
+    def server_fn(context: Context) -> ServerAppComponents:
+        run = config or RunConfig.from_mapping(dict(context.run_config))
+        return ServerAppComponents(strategy=FP8FedAvg(run),
+                                   config=ServerConfig(num_rounds=run.num_server_rounds))
+
+    return ServerApp(server_fn=server_fn)
+
+
+app = make_server_app()
