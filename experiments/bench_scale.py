@@ -2,8 +2,8 @@
 
     python -m experiments.bench scale --clients 2112 --per-round 21 --rounds 2
 
-The simulation runs in a child process (``run_simulation``: the same ServerApp, ClientApp and Ray
-engine as ``flwr run``) while this process samples the memory of its whole process tree (Ray's
+The simulation runs in a child process (``experiments.simulate``: the same ServerApp, ClientApp
+and Ray engine as ``flwr run``) while this process samples the memory of its whole process tree (Ray's
 raylet, workers and actors included) every 0.5 s from /proc: the sum of RSS, which counts shared
 pages (the memory-mapped data set, libraries) once per process, and the sum of PSS, which splits
 them between the processes that share them — the memory the run really occupies.
@@ -21,18 +21,6 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
-
-CHILD = """
-import json, sys
-from flwr.simulation import run_simulation
-from clients.app import make_client_app
-from fp8fl.config import RunConfig
-from strategies.app import make_server_app
-config = RunConfig.from_mapping(json.loads(sys.argv[1]))
-run_simulation(make_server_app(config), make_client_app(config), num_supernodes=config.num_clients,
-               backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}})
-"""
-
 
 def tree_memory(root: int) -> tuple[int, int]:
     """(Σ RSS, Σ PSS) in bytes over ``root`` and all its descendants."""
@@ -73,7 +61,7 @@ def main(argv: list[str]) -> None:
               "num-server-rounds": args.rounds, "local-steps": args.local_steps,
               "results-dir": str(results), "run-name": "scale"}
     started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(config)],
+    child = subprocess.Popen([sys.executable, "-m", "experiments.simulate", json.dumps(config)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak_rss = peak_pss = 0
     first_round_at = None

@@ -87,6 +87,7 @@ class RunConfig:
     run_name: str = ""  # "" names the run from its settings and start time
     data_root: str = ""
     device: str = "auto"
+    resume: str = ""  # a run id in results-dir: continue it from its last completed round
 
     # ------------------------------------------------------------------ construction
     @classmethod

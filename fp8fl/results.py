@@ -12,7 +12,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -84,7 +83,8 @@ def package_versions() -> dict[str, str]:
 
 
 class RunRecorder:
-    """Creates ``<results-dir>/<run-id>/`` and writes the run's three files."""
+    """Creates ``<results-dir>/<run-id>/`` and writes the run's three files; ``reopen`` continues
+    a run's folder when it is resumed."""
 
     def __init__(self, config: RunConfig, run_id: str | None = None) -> None:
         root = resolve_results_dir(config.results_dir)
@@ -92,7 +92,6 @@ class RunRecorder:
         base = run_id or config.run_name or default_run_id(config)
         self.run_dir = _fresh_folder(root, base)
         self.run_id = self.run_dir.name
-        self.started = time.time()
         write_json_atomic(self.run_dir / "config.json", {
             "run-id": self.run_id,
             "config": config.to_mapping(),
@@ -102,6 +101,32 @@ class RunRecorder:
             "host": platform.node(),
             "versions": package_versions(),
         })
+
+    @classmethod
+    def reopen(cls, config: RunConfig, run_id: str) -> "RunRecorder":
+        """The existing folder of run ``run_id``; notes the resumption in its ``config.json``."""
+        run_dir = resolve_results_dir(config.results_dir) / run_id
+        if not (run_dir / "config.json").is_file():
+            raise FileNotFoundError(f"cannot resume {run_id!r}: {run_dir} is not a run folder")
+        recorder = cls.__new__(cls)
+        recorder.run_dir, recorder.run_id = run_dir, run_id
+        document = json.loads((run_dir / "config.json").read_text())
+        document.setdefault("resumed", []).append({
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": sys.argv})
+        write_json_atomic(run_dir / "config.json", document)
+        return recorder
+
+    def keep_rounds(self, last_round: int) -> list[dict[str, Any]]:
+        """Drop records after ``last_round`` (a round lost in a crash); return those kept."""
+        kept = [r for r in read_rounds(self.run_dir) if r["round"] <= last_round]
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        handle, tmp = tempfile.mkstemp(dir=self.run_dir, prefix=".rounds.", suffix=".tmp")
+        with os.fdopen(handle, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.run_dir / "rounds.jsonl")
+        return kept
 
     def round(self, record: dict[str, Any]) -> None:
         with open(self.run_dir / "rounds.jsonl", "a") as f:

@@ -16,8 +16,9 @@ def make_server_app(config: RunConfig | None = None) -> ServerApp:
 
     def server_fn(context: Context) -> ServerAppComponents:
         run = config or RunConfig.from_mapping(dict(context.run_config))
-        return ServerAppComponents(strategy=FP8FedAvg(run),
-                                   config=ServerConfig(num_rounds=run.num_server_rounds))
+        strategy = FP8FedAvg(run)
+        return ServerAppComponents(strategy=strategy,
+                                   config=ServerConfig(num_rounds=strategy.rounds_to_run))
 
     return ServerApp(server_fn=server_fn)
 

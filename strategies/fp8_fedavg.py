@@ -10,7 +10,11 @@ as the run's parameters and what is evaluated. Each round (seed 001, Alg. 3):
    logged reason and never touches the global model;
 4. n_k-weighted average of the decoded weights, α and β, or ServerOptimize (``server-opt = mse``),
    never worse than the average; record the objective before and after;
-5. evaluate centrally every ``eval-every`` rounds, write the round's record, count every byte.
+5. evaluate centrally every ``eval-every`` rounds, write the round's record, count every byte,
+   and checkpoint the server's state, so that ``resume=<run-id>`` continues after a crash.
+
+Flower numbers the rounds of each process from 1; a resumed run maps Flower's round k to round
+``start_round + k`` of the run, and asks Flower for the remaining rounds only.
 """
 
 from __future__ import annotations
@@ -40,7 +44,14 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
 from fp8fl.aggregate import average_objective, server_optimize, weighted_average
-from fp8fl.config import RunConfig
+from fp8fl.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
+from fp8fl.config import ConfigError, RunConfig
 from fp8fl.protocol import ProtocolError, check_update_metrics, fit_instructions
 from fp8fl.qat import calibrate
 from fp8fl.results import RunRecorder
@@ -54,6 +65,8 @@ from strategies.progress import RunProgress
 __all__ = ["FP8FedAvg", "ClientsUnavailableError"]
 
 CLIENT_WAIT_S = 600
+RESUMABLE_CHANGES = {"resume", "num-server-rounds", "run-name"}
+"""Run-config keys a resumed run may change (more rounds; how it is named and resumed)."""
 
 
 class ClientsUnavailableError(RuntimeError):
@@ -70,20 +83,53 @@ class FP8FedAvg(Strategy):
         torch.manual_seed(derive_seed(config.seed, "init"))
         self.model = build_run_model(config, self.test.num_classes).to(self.device)
         self.layout = StateLayout.from_model(self.model)
-        self.recorder = recorder or RunRecorder(config)
-        self.progress = progress or RunProgress(self.recorder.run_id, config.num_server_rounds)
         self.ledger = Ledger()
+        self.history: list[dict[str, Any]] = []
+        self.start_round = 0
+        self.resume_state: dict[str, torch.Tensor] | None = None
+        if config.resume:
+            self.recorder = recorder or RunRecorder.reopen(config, config.resume)
+            self._resume()
+        else:
+            self.recorder = recorder or RunRecorder(config)
+        self.progress = progress or RunProgress(self.recorder.run_id, config.num_server_rounds)
         self.partition_of: dict[str, int] = {}  # client (node) id -> partition id
         self.partition_size: dict[int, int] = {}
         self.eval_rows = self._eval_rows()
         self.pending: dict[str, Any] = {}  # this round's facts, written once it is evaluated
-        self.history: list[dict[str, Any]] = []
         self.round_started = self.run_started = time.perf_counter()
+
+    @property
+    def rounds_to_run(self) -> int:
+        """The rounds Flower must run in this process (all of them, unless resumed)."""
+        return self.config.num_server_rounds - self.start_round
+
+    def _resume(self) -> None:
+        """Load the checkpoint of the run being resumed and check it is the same run."""
+        checkpoint = load_checkpoint(self.recorder.run_dir)
+        mine = self.config.to_mapping()
+        changed = sorted(k for k, v in checkpoint.config.items()
+                         if k not in RESUMABLE_CHANGES and mine.get(k) != v)
+        if changed:
+            raise ConfigError(f"cannot resume {self.config.resume!r} with a different run "
+                              f"config: {', '.join(f'{k} was {checkpoint.config[k]!r}, now {mine.get(k)!r}' for k in changed)}")
+        if checkpoint.round >= self.config.num_server_rounds:
+            raise ConfigError(f"run {self.config.resume!r} already completed "
+                              f"{checkpoint.round} of num-server-rounds = "
+                              f"{self.config.num_server_rounds}: nothing to resume")
+        self.start_round = checkpoint.round
+        self.resume_state = checkpoint.state
+        self.ledger.up, self.ledger.down = checkpoint.ledger["up"], checkpoint.ledger["down"]
+        restore_rng_states(checkpoint.rng)
+        self.history = self.recorder.keep_rounds(checkpoint.round)
+        log(INFO, "fp8fl: resuming %s after round %d", self.recorder.run_id, checkpoint.round)
 
     # ------------------------------------------------------------------ set-up
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         """Wait for every client, learn its partition, and build the calibrated global model."""
         self._discover_clients(client_manager)
+        if self.resume_state is not None:
+            return self._parameters(self.resume_state)
         if self.config.qat != "none":
             train = load_task_data(self.config.task, self.config.model, "train",
                                    self.config.data_root)
@@ -120,6 +166,7 @@ class FP8FedAvg(Strategy):
     # ------------------------------------------------------------------ fit
     def configure_fit(self, server_round: int, parameters: Parameters,
                       client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        server_round += self.start_round
         self.round_started = time.perf_counter()
         self.ledger.start_round()
         available = {self.partition_of[cid]: proxy for cid, proxy in client_manager.all().items()
@@ -139,6 +186,7 @@ class FP8FedAvg(Strategy):
         self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        server_round += self.start_round
         accepted: list[tuple[int, int, dict[str, torch.Tensor], dict[str, Scalar]]] = []
         rejected: list[dict[str, Any]] = []
         for proxy, res in results:
@@ -152,8 +200,10 @@ class FP8FedAvg(Strategy):
         failed = [self._failure(f) for f in failures]
         for f in failed:
             log(WARNING, "fp8fl: client of partition %s failed: %s", f["partition"], f["reason"])
+        replied = {self.partition_of.get(proxy.cid) for proxy, _ in results}
         self.pending.update(clients_ok=len(accepted), clients_failed=len(failed),
                             clients_rejected=len(rejected), failures=failed, rejected=rejected,
+                            failed_partitions=sorted(set(self.pending["sampled"]) - replied),
                             server_opt_before=None, server_opt_after=None, aggregated=False)
         self.pending["fit_seconds"] = {str(pid): float(m.get("fit-seconds", np.nan))
                                        for pid, _, _, m in accepted}
@@ -217,7 +267,10 @@ class FP8FedAvg(Strategy):
     # ------------------------------------------------------------------ evaluation & records
     def evaluate(self, server_round: int, parameters: Parameters
                  ) -> tuple[float, dict[str, Scalar]] | None:
-        """Central evaluation on the test split; writes the round's record."""
+        """Central evaluation on the test split; writes the round's record and checkpoint."""
+        if server_round == 0 and self.start_round > 0:
+            return None  # the resumed round is evaluated and recorded already
+        server_round += self.start_round
         last = server_round == self.config.num_server_rounds
         loss = accuracy = None
         eval_started = time.perf_counter()
@@ -229,6 +282,11 @@ class FP8FedAvg(Strategy):
         record["eval_s"] = time.perf_counter() - eval_started
         self.recorder.round(record)
         self.history.append(record)
+        if server_round > 0:
+            save_checkpoint(self.recorder.run_dir, Checkpoint(
+                server_round, self._state(parameters),
+                {"up": self.ledger.up, "down": self.ledger.down},
+                self.config.to_mapping(), rng_states()))
         if server_round > 0:
             self.progress.round_done(record)
         if last:

@@ -6,12 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from flwr.client import ClientApp
-from flwr.simulation import run_simulation
 
-from clients.app import make_client_app
+from experiments.simulate import simulate as run
 from fp8fl.config import RunConfig
 from fp8fl.results import read_rounds
-from strategies.app import make_server_app
 
 TINY = {
     "task": "cifar10", "model": "lenet", "split": "iid", "num-clients": 4, "clients-per-round": 2,
@@ -29,10 +27,6 @@ def tiny_config(results_dir: Path, **overrides: Any) -> RunConfig:
 def simulate(config: RunConfig, client_app: ClientApp | None = None
              ) -> tuple[Path, list[dict[str, Any]]]:
     """Run ``config`` in simulation (one CPU per virtual client); return its folder and rounds."""
-    run_simulation(
-        make_server_app(config), client_app or make_client_app(config),
-        num_supernodes=config.num_clients,
-        backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}},
-    )
+    run(config, client_app)
     (run_dir,) = [p for p in Path(config.results_dir).iterdir() if p.is_dir()]
     return run_dir, read_rounds(run_dir)

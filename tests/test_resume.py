@@ -1,0 +1,99 @@
+"""Checkpoint and resume: a run killed after round 2 and resumed ends exactly like an uninterrupted
+run with the same seed."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fp8fl.checkpoint import Checkpoint, load_checkpoint, rng_states, save_checkpoint
+from fp8fl.config import ConfigError
+from fp8fl.results import RunRecorder
+from strategies.fp8_fedavg import FP8FedAvg
+from tests.simulation import simulate, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def untimed(records):
+    return [{k: v for k, v in r.items() if not k.endswith(("_s", "_seconds"))} for r in records]
+
+
+def kill_after_round(config, run_dir: Path, last_round: int, timeout_s: float = 300) -> int:
+    """Run ``config`` in a child process group and SIGKILL the whole group as soon as the
+    checkpoint of ``last_round`` exists; returns the round the checkpoint holds."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "experiments.simulate", json.dumps(config.to_mapping())],
+        cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and child.poll() is None:
+            if (run_dir / "checkpoint.pt").is_file():
+                if load_checkpoint(run_dir).round >= last_round:
+                    break
+            time.sleep(0.1)
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    return load_checkpoint(run_dir).round
+
+
+def test_killed_run_resumes_to_the_same_model_accuracy_and_ledger(tmp_path):
+    _, reference = simulate(tiny_config(tmp_path / "ref", num_server_rounds=4, run_name="run"))
+    config = tiny_config(tmp_path / "crash", num_server_rounds=4, run_name="run")
+    run_dir = tmp_path / "crash" / "run"
+    assert kill_after_round(config, run_dir, last_round=2) == 2
+    assert not (run_dir / "summary.json").exists()
+    _, resumed = simulate(dataclasses.replace(config, resume="run"))
+    assert [r["round"] for r in resumed] == [0, 1, 2, 3, 4]
+    assert untimed(resumed) == untimed(reference)  # model digest, accuracy, loss and bytes
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["total_bytes"] == reference[-1]["cum_bytes"]
+    assert summary["final_accuracy"] == reference[-1]["accuracy"]
+    assert load_checkpoint(run_dir).round == 4
+    resumptions = json.loads((run_dir / "config.json").read_text())["resumed"]
+    assert len(resumptions) == 1
+
+
+@pytest.fixture
+def checkpointed_run(tmp_path):
+    """A run folder whose checkpoint says round 2 of 4 is done (no Flower needed)."""
+    config = tiny_config(tmp_path, num_server_rounds=4, run_name="half")
+    recorder = RunRecorder(config)
+    save_checkpoint(recorder.run_dir, Checkpoint(
+        2, {"w": torch.zeros(1)}, {"up": 10, "down": 20}, config.to_mapping(), rng_states()))
+    for r in range(4):  # round 3's record was written before the crash, its checkpoint was not
+        recorder.round({"round": r})
+    return config
+
+
+def test_resume_refuses_a_different_run_config(checkpointed_run):
+    changed = dataclasses.replace(checkpointed_run, resume="half", lr=0.5)
+    with pytest.raises(ConfigError, match="lr was 0.1, now 0.5"):
+        FP8FedAvg(changed)
+
+
+def test_resume_refuses_a_finished_run(checkpointed_run):
+    finished = dataclasses.replace(checkpointed_run, resume="half", num_server_rounds=2)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        FP8FedAvg(finished)
+
+
+def test_resume_drops_records_of_the_lost_round_and_may_add_rounds(checkpointed_run):
+    strategy = FP8FedAvg(dataclasses.replace(checkpointed_run, resume="half",
+                                             num_server_rounds=6))
+    assert strategy.start_round == 2 and strategy.rounds_to_run == 4
+    assert [r["round"] for r in strategy.history] == [0, 1, 2]
+    assert (strategy.ledger.up, strategy.ledger.down) == (10, 20)
+
+
+def test_resume_of_an_unknown_run_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a run folder"):
+        FP8FedAvg(tiny_config(tmp_path, resume="nope"))
