@@ -1,0 +1,127 @@
+"""Communication gain of a method over FP32 FedAvg, as defined in §5.3 of the paper.
+
+The paper does not fix one accuracy threshold for all methods: each method is compared with FP32
+"at the maximum accuracy reached by both". For a method M and the FP32 baseline B:
+
+* ``acc* = min(best accuracy of B, best accuracy of M)`` — the lower of the two bests, so both
+  curves reach it: a method that never reaches FP32's best is compared at its own best, and a
+  method better than FP32 is compared at FP32's best;
+* ``bytes_X(acc*)`` = the cumulative bytes sent (up + down, ``cum_bytes``) at the **first**
+  evaluated round whose accuracy is ≥ acc* (the first crossing, not the best round, so a
+  non-monotone curve counts from when it first got there);
+* ``gain = bytes_B(acc*) / bytes_M(acc*)``.
+
+"≥ acc*" allows 1e-9 of float round-off (``TOLERANCE``): the mean of three seeds at 0.7 is
+0.6999999999999998. Two different accuracies on a test set of N examples differ by at least 1/N.
+
+Rounds that were not evaluated (``accuracy`` null, see ``eval-every``) are skipped. The gain is
+undefined (``None``) for a missing or empty curve, and when either curve reaches acc* before any
+byte was sent (round 0): a curve that never rises above its initial accuracy has learnt nothing
+to compare, and the ratio would be 0 or ∞.
+
+Several seeds: the gain is computed on the **seed-mean curves** — at each round evaluated in
+every seed, the mean accuracy and the mean cumulative bytes over the seeds (bytes are the same
+for every seed of a method; the mean is taken to be safe): one gain per setting and method, as
+in Table 1. The alternative — a gain per seed (each seed's method run against the FP32 run, at
+their own acc*) and then the mean of those gains — is not what is computed here; it lets one
+seed's lucky or unlucky best move acc*, and needs the seeds paired.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+TOLERANCE = 1e-9
+
+__all__ = ["TOLERANCE", "Curve", "Gain", "curve_from_rounds", "mean_curve", "accuracy_range",
+           "first_reach", "communication_gain"]
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Accuracy against cumulative bytes at the evaluated rounds of one run (or a seed mean)."""
+
+    rounds: np.ndarray
+    cum_bytes: np.ndarray
+    accuracy: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rounds)
+
+
+EMPTY = Curve(np.zeros(0, dtype=int), np.zeros(0), np.zeros(0))
+
+
+@dataclass(frozen=True)
+class Gain:
+    """acc*, the bytes each side needed to first reach it, and their ratio."""
+
+    target: float
+    baseline_bytes: float
+    method_bytes: float
+
+    @property
+    def value(self) -> float:
+        return self.baseline_bytes / self.method_bytes
+
+
+def curve_from_rounds(records: Iterable[Mapping[str, Any]]) -> Curve:
+    """The evaluated rounds of ``rounds.jsonl`` records (null or non-finite accuracy skipped; a
+    round recorded twice, as a resumed run may, counts once with its last record)."""
+    by_round = {int(r["round"]): r for r in records}
+    points = sorted((n, float(r["cum_bytes"]), float(r["accuracy"])) for n, r in by_round.items()
+                    if r.get("accuracy") is not None and math.isfinite(r["accuracy"]))
+    if not points:
+        return EMPTY
+    rounds, cum_bytes, accuracy = zip(*points)
+    return Curve(np.asarray(rounds, dtype=int), np.asarray(cum_bytes, dtype=float),
+                 np.asarray(accuracy, dtype=float))
+
+
+def _aligned(curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rounds evaluated in every curve (at least one), and the (seeds × rounds) bytes and
+    accuracies there."""
+    common = sorted(set.intersection(*(set(c.rounds.tolist()) for c in curves)))
+    picks = [np.searchsorted(c.rounds, common) for c in curves]
+    cum_bytes = np.stack([c.cum_bytes[p] for c, p in zip(curves, picks)])
+    accuracy = np.stack([c.accuracy[p] for c, p in zip(curves, picks)])
+    return np.asarray(common, dtype=int), cum_bytes, accuracy
+
+
+def mean_curve(curves: Sequence[Curve]) -> Curve:
+    """Seed-mean curve: mean accuracy and mean bytes at the rounds evaluated in every seed."""
+    if not curves:
+        return EMPTY
+    rounds, cum_bytes, accuracy = _aligned(curves)
+    return Curve(rounds, cum_bytes.mean(axis=0), accuracy.mean(axis=0))
+
+
+def accuracy_range(curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-round minimum and maximum accuracy over seeds, at ``mean_curve``'s rounds."""
+    if not curves:
+        return EMPTY.accuracy, EMPTY.accuracy
+    _, _, accuracy = _aligned(curves)
+    return accuracy.min(axis=0), accuracy.max(axis=0)
+
+
+def first_reach(curve: Curve, target: float) -> float | None:
+    """Cumulative bytes at the first evaluated round with accuracy ≥ ``target`` (up to
+    ``TOLERANCE``); None if never."""
+    hits = np.flatnonzero(curve.accuracy >= target - TOLERANCE)
+    return float(curve.cum_bytes[hits[0]]) if hits.size else None
+
+
+def communication_gain(baseline: Curve | None, method: Curve | None) -> Gain | None:
+    """The §5.3 gain of ``method`` over ``baseline`` (FP32); None where it is undefined."""
+    if baseline is None or method is None or not len(baseline) or not len(method):
+        return None
+    target = float(min(baseline.accuracy.max(), method.accuracy.max()))
+    baseline_bytes, method_bytes = first_reach(baseline, target), first_reach(method, target)
+    if not baseline_bytes or not method_bytes:  # reached before any byte was sent
+        return None
+    return Gain(target, baseline_bytes, method_bytes)

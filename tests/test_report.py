@@ -1,0 +1,214 @@
+"""fp8fl-report (experiments.report) on synthetic results folders written by the tests."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from experiments.report import find_runs, group_settings, main, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+MB = 1_000_000
+SWITCHES = {  # (qat, wire, server-opt) of each method preset, as config.json records them
+    "fp32": ("none", "fp32", "average"), "uq": ("nearest", "stochastic", "average"),
+    "uq+": ("nearest", "stochastic", "mse"), "bq": ("nearest", "nearest", "average"),
+    "qat-fp32wire": ("nearest", "fp32", "average"),
+    "randqat-fp32wire": ("stochastic", "fp32", "average"),
+}
+BASE = {"task": "cifar10", "model": "lenet", "split": "iid", "dirichlet-alpha": 0.3,
+        "num-clients": 10, "num-server-rounds": 3, "lr": 0.1, "format": "e4m3",
+        "server-opt-steps": 5, "calibration-samples": 256, "eval-every": 1,
+        "results-dir": "results", "device": "auto"}
+ROUND_BYTES = {"fp32": 4 * MB, "qat-fp32wire": 4 * MB, "randqat-fp32wire": 4 * MB}  # others: 1 MB
+
+
+def write_run(root: Path, method: str, seed: int, accuracy: list, *, finished: bool = True,
+              name: str | None = None, started: str = "2026-01-01T00:00:00+00:00",
+              **overrides) -> Path:
+    """A run folder as the ServerApp writes it: round 0 to R with ``accuracy`` (None = not
+    evaluated), each round sending ``ROUND_BYTES[method]`` (default 1 MB)."""
+    config = {**BASE, "method": method, "seed": seed,
+              **dict(zip(("qat", "wire", "server-opt"), SWITCHES[method], strict=True)),
+              **{k.replace("_", "-"): v for k, v in overrides.items()}}
+    folder = root / (name or f"{method}-s{seed}")
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(
+        {"run-id": folder.name, "config": config, "seed": seed, "started": started}))
+    step = ROUND_BYTES.get(method, MB)
+    records = [{"round": r, "accuracy": a, "loss": 1.0, "cum_bytes": r * step} for r, a in
+               enumerate(accuracy)]
+    (folder / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if finished:
+        evaluated = [r for r in records[1:] if r["accuracy"] is not None]
+        best = max(evaluated, key=lambda r: r["accuracy"])
+        (folder / "summary.json").write_text(json.dumps({
+            "run_id": folder.name, "method": method, "rounds": len(records) - 1,
+            "final_accuracy": evaluated[-1]["accuracy"], "best_accuracy": best["accuracy"],
+            "best_round": best["round"], "total_bytes": records[-1]["cum_bytes"],
+            "bytes_up": records[-1]["cum_bytes"] // 2, "bytes_down": records[-1]["cum_bytes"] // 2,
+            "wall_s": 12.5, "results_dir": str(folder)}))
+    return folder
+
+
+def write_paper_grid(root: Path) -> None:
+    """FP32, UQ and UQ+ with three seeds: UQ has FP32's curve at a quarter of the bytes."""
+    for seed, final in enumerate((0.80, 0.82, 0.84)):
+        write_run(root, "fp32", seed, [0.1, 0.5, 0.7, final])
+    for seed, final in enumerate((0.79, 0.80, 0.81)):
+        write_run(root, "uq", seed, [0.1, 0.5, 0.7, final])
+    for seed in range(3):
+        write_run(root, "uq+", seed, [0.1, 0.7, 0.8, 0.8])
+
+
+def report(tmp_path: Path, *dirs: Path) -> Path:
+    out = tmp_path / "report"
+    with open(tmp_path / "console.txt", "w") as console:
+        write_report(list(dirs), out, Console(file=console, width=200))
+    return out
+
+
+def table_row(markdown: str, first_cell: str) -> list[str]:
+    line = next(x for x in markdown.splitlines() if x.startswith(f"| {first_cell} "))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_table1_has_mean_std_over_seeds_and_the_gain(tmp_path):
+    write_paper_grid(tmp_path / "results")
+    out = report(tmp_path, tmp_path / "results")
+    markdown = (out / "table1.md").read_text()
+    header = table_row(markdown, "Task")
+    assert header == ["Task", "Model", "Split", "Rounds", "Seeds", "FP32 FedAvg", "FP8FedAvg-UQ",
+                      "FP8FedAvg-UQ+"]
+    assert table_row(markdown, "CIFAR10") == [
+        "CIFAR10", "LeNet", "i.i.d.", "3", "3", "82.0 ± 2.0 / 1.0×", "80.0 ± 1.0 / 4.0×",
+        "80.0 ± 0.0 / 6.0×"]  # UQ+: acc* = its best 0.8; FP32 reaches it at 12 MB, UQ+ at 2 MB
+    assert table_row(markdown, "Average gain")[-3:] == ["1.0×", "4.0×", "6.0×"]
+    [row] = read_csv(out / "table1.csv")
+    assert (row["fp32_n"], row["uq_acc_mean_pct"], row["uq_acc_std_pct"], row["uq_gain"]) == \
+        ("3", "80.0", "1.0", "4.0")
+    assert row["uq+_gain_acc_pct"] == "80.0" and row["format"] == "e4m3"
+    assert not (out / "table2.md").exists() and not (out / "table3.md").exists()
+
+
+def test_a_single_seed_says_n1_and_a_missing_baseline_gives_no_gain(tmp_path):
+    write_run(tmp_path / "r", "uq", 0, [0.1, 0.5, 0.6, 0.65])
+    markdown = (report(tmp_path, tmp_path / "r") / "table1.md").read_text()
+    assert table_row(markdown, "CIFAR10")[-1] == "65.0 (n=1) / —"
+    assert table_row(markdown, "Average gain")[-1] == "—"
+
+
+def test_tables_2_and_3_when_their_methods_ran(tmp_path):
+    write_paper_grid(tmp_path / "r")
+    for seed in range(2):
+        write_run(tmp_path / "r", "bq", seed, [0.1, 0.4, 0.6, 0.7])
+        write_run(tmp_path / "r", "qat-fp32wire", seed, [0.1, 0.5, 0.7, 0.81 + seed / 100])
+    out = report(tmp_path, tmp_path / "r")
+    table2, table3 = (out / "table2.md").read_text(), (out / "table3.md").read_text()
+    assert table_row(table2, "Task")[-2:] == ["FP32 FedAvg", "det. QAT"]  # no rand. QAT ran
+    assert table_row(table2, "CIFAR10")[-2:] == ["82.0 ± 2.0", "81.5 ± 0.7"]
+    assert table_row(table3, "Task")[-3:] == ["FP32 FedAvg", "det. CQ", "rand. CQ"]
+    # BQ peaks at 0.7: FP32 first reaches it at round 2 (8 MB), BQ at round 3 (3 MB)
+    assert table_row(table3, "CIFAR10")[-2:] == ["70.0 ± 0.0 / 2.7×", "80.0 ± 1.0 / 4.0×"]
+    assert table_row(out.joinpath("table1.md").read_text(), "Task")[-1] == "BQ (det. comm.)"
+    assert read_csv(out / "table2.csv")[0]["qat-fp32wire_acc_std_pct"] == "0.7071"
+
+
+def test_unfinished_incomplete_and_sweep_files_are_left_out(tmp_path):
+    results = tmp_path / "sweep"
+    write_run(results, "fp32", 0, [0.1, 0.5, 0.7, 0.8])
+    write_run(results, "uq", 0, [0.1, 0.5], finished=False)
+    write_run(results, "uq", 0, [0.1, 0.9, 0.9, 0.9], name="uq-s0-incomplete-1")
+    (results / "sweep.json").write_text("{}")
+    (results / "uq-s0.log").write_text("log")
+    found = find_runs([results, results])  # the same folder twice counts once
+    assert [r.run_id for r in found.runs] == ["fp32-s0"]
+    assert found.unfinished == [(results / "uq-s0").resolve()]
+    report(tmp_path, results)
+    assert "unfinished (no summary.json)" in (tmp_path / "console.txt").read_text()
+
+
+def test_no_finished_run_is_a_clear_error(tmp_path):
+    write_run(tmp_path / "r", "uq", 0, [0.1, 0.5], finished=False)
+    with pytest.raises(SystemExit, match="no finished run"):
+        main([str(tmp_path / "r"), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="not a folder"):
+        main([str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
+
+
+def test_one_fp32_baseline_serves_every_format(tmp_path):
+    write_run(tmp_path / "r", "fp32", 0, [0.1, 0.5, 0.7, 0.8])
+    write_run(tmp_path / "r", "uq", 0, [0.1, 0.5, 0.7, 0.8])
+    write_run(tmp_path / "r", "uq", 0, [0.1, 0.4, 0.6, 0.7], name="uq-e5m2", format="e5m2")
+    settings = group_settings(find_runs([tmp_path / "r"]).runs)
+    assert [s.extras for s in settings] == [(("format", "e4m3"),), (("format", "e5m2"),)]
+    assert [list(s.methods) for s in settings] == [["fp32", "uq"], ["fp32", "uq"]]
+    assert [s.methods["uq"].gain.value for s in settings] == [4.0, 8 / 3]
+    assert settings[1].label == "CIFAR10 · LeNet · i.i.d. (format=e5m2)"
+
+
+def test_settings_differ_in_any_training_key_but_not_in_how_a_run_ran(tmp_path):
+    write_run(tmp_path / "r", "uq", 0, [0.1, 0.5, 0.7, 0.8])
+    write_run(tmp_path / "r", "uq", 1, [0.1, 0.5, 0.7, 0.8], device="cuda", eval_every=2,
+              resume="uq-s1-old")
+    write_run(tmp_path / "r", "uq", 0, [0.1, 0.5, 0.7, 0.6], name="uq-lr", lr=0.01)
+    write_run(tmp_path / "r", "uq", 0, [0.1, 0.5, 0.7, 0.6], name="uq-dir", split="dirichlet")
+    settings = group_settings(find_runs([tmp_path / "r"]).runs)
+    assert [(s.split_label, s.extras_label, s.methods["uq"].n) for s in settings] == [
+        ("i.i.d.", "lr=0.01", 1), ("i.i.d.", "lr=0.1", 2), ("Dir(0.3)", "lr=0.1", 1)]
+    assert len({s.slug for s in settings}) == 3
+
+
+def test_a_repeated_seed_counts_once_the_latest_run(tmp_path):
+    write_run(tmp_path / "a", "uq", 0, [0.1, 0.5, 0.7, 0.5], started="2026-01-01T10:00:00+00:00")
+    write_run(tmp_path / "b", "uq", 0, [0.1, 0.5, 0.7, 0.8], started="2026-01-02T10:00:00+00:00")
+    out = report(tmp_path, tmp_path / "a", tmp_path / "b")
+    assert table_row((out / "table1.md").read_text(), "CIFAR10")[-1] == "80.0 (n=1) / —"
+    rows = read_csv(out / "runs.csv")
+    kept = (tmp_path / "b" / "uq-s0").resolve()
+    assert [(r["final_accuracy_pct"], r["note"]) for r in rows] == [
+        ("50.0", f"not counted: same setting, method and seed as {kept}"), ("80.0", "")]
+
+
+def test_runs_csv_has_one_row_per_run(tmp_path):
+    write_paper_grid(tmp_path / "r")
+    rows = read_csv(report(tmp_path, tmp_path / "r") / "runs.csv")
+    assert len(rows) == 9
+    first = rows[0]
+    assert (first["method"], first["seed"], first["final_accuracy_pct"], first["total_bytes"],
+            first["rounds"], first["wall_s"]) == ("fp32", "0", "80.0", str(12 * MB), "3", "12.5")
+    assert first["setting"] == "CIFAR10 · LeNet · i.i.d."
+
+
+def test_rounds_without_evaluation_are_skipped(tmp_path):
+    write_run(tmp_path / "r", "fp32", 0, [0.1, None, 0.7, 0.8])
+    write_run(tmp_path / "r", "uq", 0, [0.1, 0.6, None, 0.8])
+    [setting] = group_settings(find_runs([tmp_path / "r"]).runs)
+    assert setting.methods["uq"].curve.rounds.tolist() == [0, 1, 3]
+    assert setting.methods["uq"].gain.value == 4.0
+
+
+def test_fig4_is_written_with_legend_and_gain_labels(tmp_path):
+    write_paper_grid(tmp_path / "r")
+    out = report(tmp_path, tmp_path / "r")
+    png, svg = out / "fig4-cifar10-lenet-iid.png", out / "fig4-cifar10-lenet-iid.svg"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = svg.read_text()
+    for label in ("FP32 FedAvg (n=3)", "FP8FedAvg-UQ (n=3, gain 4.0×)",
+                  "FP8FedAvg-UQ+ (n=3, gain 6.0×)", "min–max over seeds"):
+        assert label in text
+
+
+def test_module_entry_point(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "experiments.report", str(tmp_path),
+                             "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 1 and "no finished run" in result.stderr

@@ -1,0 +1,73 @@
+"""fp8fl-sweep end to end: two tiny configurations through ``flwr run``, then a re-run that does
+nothing; sweep files are validated before anything runs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments.sweep import load_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_SWEEP = """
+[sweep]
+name = "tiny"
+results-dir = "{results}"
+seeds = [0]
+
+[base]
+num-clients = 2
+clients-per-round = 2
+num-server-rounds = 1
+local-steps = 2
+batch-size = 20
+eval-samples = 200
+calibration-samples = 32
+
+[grid]
+method = ["fp32", "uq"]
+"""
+
+
+def run_sweep_cli(sweep_file: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "experiments.sweep", str(sweep_file), *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def test_two_tiny_runs_then_a_rerun_does_nothing(tmp_path):
+    sweep_file = tmp_path / "tiny.toml"
+    sweep_file.write_text(TINY_SWEEP.format(results=tmp_path / "results"))
+    first = run_sweep_cli(sweep_file)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    results = tmp_path / "results"
+    for name in ("fp32-s0", "uq-s0"):
+        summary = json.loads((results / name / "summary.json").read_text())
+        assert summary["rounds"] == 1 and summary["total_bytes"] > 0
+    assert json.loads((results / "sweep.json").read_text())["runs"] == {
+        "fp32-s0": "done", "uq-s0": "done"}
+    before = sorted(p.name for p in results.iterdir())
+    again = run_sweep_cli(sweep_file)
+    assert again.returncode == 0
+    assert sorted(p.name for p in results.iterdir()) == before  # no new run folder, no new log
+    dry = run_sweep_cli(sweep_file, "--dry-run")
+    assert dry.stdout.count("done") == 2
+
+
+def test_sweep_files_are_validated_before_anything_runs(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[base]\nmodel = "kwt1"\n[grid]\nmethod = ["uq", "fp16"]\n')
+    with pytest.raises(SystemExit, match="does not fit task") as info:
+        load_sweep(bad)
+    assert "method must be one of" in str(info.value)
+    assert not (tmp_path / "results").exists()
+
+
+def test_set_and_seeds_override_the_file(tmp_path):
+    sweep_file = tmp_path / "tiny.toml"
+    sweep_file.write_text(TINY_SWEEP.format(results=tmp_path / "results"))
+    sweep = load_sweep(sweep_file, {"num-server-rounds": 3}, seeds=[1, 2])
+    assert [r.name for r in sweep.runs] == ["fp32-s1", "fp32-s2", "uq-s1", "uq-s2"]
+    assert {r.config.num_server_rounds for r in sweep.runs} == {3}
