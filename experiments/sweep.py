@@ -83,8 +83,8 @@ def load_sweep(path: Path, overrides: dict[str, Any] | None = None,
     results_dir = resolve_results_dir(meta.get("results-dir", f"results/sweeps/{name}"))
     runs, problems = [], []
     keys = list(grid)
-    for values in itertools.product(*(grid[k] for k in keys)):
-        for seed in seeds:
+    for seed in seeds:  # seed-major: an unfinished sweep still compares every configuration
+        for values in itertools.product(*(grid[k] for k in keys)):
             run_name = "-".join([*(str(v) for v in values), f"s{seed}"])
             mapping = {**base, **dict(zip(keys, values)), "seed": seed,
                        "results-dir": str(results_dir), "run-name": run_name}
@@ -165,7 +165,7 @@ def _to_toml(mapping: dict[str, Any]) -> str:
 def _write_status(sweep: Sweep, statuses: dict[str, str]) -> None:
     status = {"sweep": sweep.name, "runs": {r.name: statuses.get(r.name, "pending")
                                             for r in sweep.runs}}
-    (sweep.results_dir / "sweep.json").write_text(json.dumps(status, indent=2) + "\n")
+    (sweep.results_dir / f"sweep-{sweep.name}.json").write_text(json.dumps(status, indent=2) + "\n")
 
 
 def _parse_set(pairs: list[str]) -> dict[str, Any]:

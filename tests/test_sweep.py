@@ -46,7 +46,7 @@ def test_two_tiny_runs_then_a_rerun_does_nothing(tmp_path):
     for name in ("fp32-s0", "uq-s0"):
         summary = json.loads((results / name / "summary.json").read_text())
         assert summary["rounds"] == 1 and summary["total_bytes"] > 0
-    assert json.loads((results / "sweep.json").read_text())["runs"] == {
+    assert json.loads((results / "sweep-tiny.json").read_text())["runs"] == {
         "fp32-s0": "done", "uq-s0": "done"}
     before = sorted(p.name for p in results.iterdir())
     again = run_sweep_cli(sweep_file)
@@ -69,5 +69,5 @@ def test_set_and_seeds_override_the_file(tmp_path):
     sweep_file = tmp_path / "tiny.toml"
     sweep_file.write_text(TINY_SWEEP.format(results=tmp_path / "results"))
     sweep = load_sweep(sweep_file, {"num-server-rounds": 3}, seeds=[1, 2])
-    assert [r.name for r in sweep.runs] == ["fp32-s1", "fp32-s2", "uq-s1", "uq-s2"]
+    assert [r.name for r in sweep.runs] == ["fp32-s1", "uq-s1", "fp32-s2", "uq-s2"]
     assert {r.config.num_server_rounds for r in sweep.runs} == {3}
