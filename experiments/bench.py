@@ -13,6 +13,7 @@ TOPICS = {
     "qat": "experiments.bench_qat",
     "data": "experiments.bench_data",
     "scale": "experiments.bench_scale",
+    "bytes": "experiments.bench_bytes",
 }
 
 
