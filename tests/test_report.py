@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from experiments.report import find_runs, group_settings, main, write_report
+from experiments.report import main, write_report
+from experiments.runs import find_runs, group_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1_000_000
