@@ -46,8 +46,9 @@ def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
 
 
 def superlink_pids(flwr_home: str) -> set[int]:
-    """PIDs of local SuperLinks whose state lives under ``flwr_home``."""
-    found = subprocess.run(["pgrep", "-f", f"flower-superlink.*{flwr_home}"],
+    """PIDs of local simulation SuperLinks whose state lives under ``flwr_home`` (not a
+    deployment's SuperLink, see ``experiments.deploy``)."""
+    found = subprocess.run(["pgrep", "-f", f"flower-superlink.*--simulation.*{flwr_home}"],
                            capture_output=True, text=True, check=False)
     return {int(pid) for pid in found.stdout.split()}
 
