@@ -54,7 +54,7 @@ from fp8fl.checkpoint import (
 from fp8fl.config import ConfigError, RunConfig
 from fp8fl.protocol import ProtocolError, check_update_metrics, fit_instructions
 from fp8fl.qat import calibrate
-from fp8fl.results import RunRecorder
+from fp8fl.results import RunRecorder, resolve_results_dir
 from fp8fl.runtime import build_run_model, derive_seed, seeded_generator
 from fp8fl.tasks import load_task_data
 from fp8fl.train import evaluate, resolve_device
@@ -88,8 +88,10 @@ class FP8FedAvg(Strategy):
         self.start_round = 0
         self.resume_state: dict[str, torch.Tensor] | None = None
         if config.resume:
+            checkpoint = load_checkpoint(resolve_results_dir(config.results_dir) / config.resume)
+            self._check_resumable(checkpoint)
             self.recorder = recorder or RunRecorder.reopen(config, config.resume)
-            self._resume()
+            self._adopt(checkpoint)
         else:
             self.recorder = recorder or RunRecorder(config)
         self.progress = progress or RunProgress(self.recorder.run_id, config.num_server_rounds)
@@ -104,19 +106,21 @@ class FP8FedAvg(Strategy):
         """The rounds Flower must run in this process (all of them, unless resumed)."""
         return self.config.num_server_rounds - self.start_round
 
-    def _resume(self) -> None:
-        """Load the checkpoint of the run being resumed and check it is the same run."""
-        checkpoint = load_checkpoint(self.recorder.run_dir)
+    def _check_resumable(self, checkpoint: Checkpoint) -> None:
+        """The checkpoint must come from this same run config, and leave rounds to run."""
         mine = self.config.to_mapping()
-        changed = sorted(k for k, v in checkpoint.config.items()
-                         if k not in RESUMABLE_CHANGES and mine.get(k) != v)
+        changed = [f"{k} was {v!r}, now {mine.get(k)!r}" for k, v in checkpoint.config.items()
+                   if k not in RESUMABLE_CHANGES and mine.get(k) != v]
         if changed:
             raise ConfigError(f"cannot resume {self.config.resume!r} with a different run "
-                              f"config: {', '.join(f'{k} was {checkpoint.config[k]!r}, now {mine.get(k)!r}' for k in changed)}")
+                              f"config: {', '.join(sorted(changed))}")
         if checkpoint.round >= self.config.num_server_rounds:
             raise ConfigError(f"run {self.config.resume!r} already completed "
                               f"{checkpoint.round} of num-server-rounds = "
                               f"{self.config.num_server_rounds}: nothing to resume")
+
+    def _adopt(self, checkpoint: Checkpoint) -> None:
+        """Continue after the checkpoint's round: its model, ledger, RNG states and records."""
         self.start_round = checkpoint.round
         self.resume_state = checkpoint.state
         self.ledger.up, self.ledger.down = checkpoint.ledger["up"], checkpoint.ledger["down"]

@@ -74,10 +74,12 @@ def checkpointed_run(tmp_path):
     return config
 
 
-def test_resume_refuses_a_different_run_config(checkpointed_run):
+def test_resume_refuses_a_different_run_config(checkpointed_run, tmp_path):
     changed = dataclasses.replace(checkpointed_run, resume="half", lr=0.5)
     with pytest.raises(ConfigError, match="lr was 0.1, now 0.5"):
         FP8FedAvg(changed)
+    # a refused resumption leaves the run's folder as it was
+    assert "resumed" not in json.loads((tmp_path / "half" / "config.json").read_text())
 
 
 def test_resume_refuses_a_finished_run(checkpointed_run):
@@ -95,5 +97,5 @@ def test_resume_drops_records_of_the_lost_round_and_may_add_rounds(checkpointed_
 
 
 def test_resume_of_an_unknown_run_says_so(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a run folder"):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
         FP8FedAvg(tiny_config(tmp_path, resume="nope"))
