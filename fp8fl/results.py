@@ -20,11 +20,25 @@ from typing import Any
 import fp8fl
 from fp8fl.config import RunConfig
 
-__all__ = ["RunRecorder", "resolve_results_dir", "write_json_atomic", "read_rounds"]
+__all__ = ["RunRecorder", "resolve_results_dir", "write_json_atomic", "read_rounds", "public_argv"]
 
 RESULTS_ROOT_ENV = "FP8FL_RESULTS_ROOT"
+SECRET_FLAGS = ("--token",)
 PACKAGES = ("fp8fl", "flwr", "torch", "torchvision", "torchaudio", "numpy", "numba",
             "flwr-datasets")
+
+
+def public_argv(argv: list[str] | None = None) -> list[str]:
+    """The process's command line with credential values (the run token Flower passes to
+    ``flwr-simulation``) replaced by ``<redacted>``, fit to be stored in a results folder."""
+    args = list(sys.argv if argv is None else argv)
+    for i, arg in enumerate(args):
+        flag, eq, _ = arg.partition("=")
+        if flag in SECRET_FLAGS and eq:
+            args[i] = f"{flag}=<redacted>"
+        elif i > 0 and args[i - 1] in SECRET_FLAGS:
+            args[i] = "<redacted>"
+    return args
 
 
 def resolve_results_dir(results_dir: str) -> Path:
@@ -97,7 +111,7 @@ class RunRecorder:
             "config": config.to_mapping(),
             "seed": config.seed,
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": sys.argv,
+            "command": public_argv(),
             "host": platform.node(),
             "versions": package_versions(),
         })
@@ -112,7 +126,7 @@ class RunRecorder:
         recorder.run_dir, recorder.run_id = run_dir, run_id
         document = json.loads((run_dir / "config.json").read_text())
         document.setdefault("resumed", []).append({
-            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": sys.argv})
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": public_argv()})
         write_json_atomic(run_dir / "config.json", document)
         return recorder
 
