@@ -257,12 +257,15 @@ def group_settings(runs: Sequence[Run]) -> list[Setting]:
     keys = {run.key for run in runs}
     maximal = sorted((k for k in keys if not any(set(k) < set(other) for other in keys)),
                      key=_sort_key)
-    values: dict[str, set[Any]] = {}
-    for key in maximal:
-        for name, value in key:
-            values.setdefault(name, set()).add(value)
-    distinguishing = {name for name, seen in values.items()
-                      if len(seen) > 1 and name not in LABELLED_KEYS}
-    return [Setting(key, tuple((k, v) for k, v in key if k in distinguishing),
-                    _results([r for r in runs if set(r.key) <= set(key)]))
+    return [Setting(key, _extras(key, maximal), _results([r for r in runs if set(r.key) <= set(key)]))
             for key in maximal]
+
+
+def _extras(key: Key, keys: Sequence[Key]) -> Key:
+    """The keys of ``key`` that tell it apart from the settings sharing its task, model and split
+    (different tasks differ in their label already, not in a list of run-config values)."""
+    def labelled(k: Key) -> Key:
+        return tuple(item for item in k if item[0] in LABELLED_KEYS)
+    siblings = [dict(k) for k in keys if labelled(k) == labelled(key)]
+    return tuple((name, value) for name, value in key if name not in LABELLED_KEYS
+                 and len({repr(s.get(name)) for s in siblings}) > 1)

@@ -164,8 +164,18 @@ def test_settings_differ_in_any_training_key_but_not_in_how_a_run_ran(tmp_path):
     write_run(tmp_path / "r", "uq", 0, [0.1, 0.5, 0.7, 0.6], name="uq-dir", split="dirichlet")
     settings = group_settings(find_runs([tmp_path / "r"]).runs)
     assert [(s.split_label, s.extras_label, s.methods["uq"].n) for s in settings] == [
-        ("i.i.d.", "lr=0.01", 1), ("i.i.d.", "lr=0.1", 2), ("Dir(0.3)", "lr=0.1", 1)]
+        ("i.i.d.", "lr=0.01", 1), ("i.i.d.", "lr=0.1", 2), ("Dir(0.3)", "", 1)]
     assert len({s.slug for s in settings}) == 3
+
+
+def test_different_tasks_need_no_setting_label(tmp_path):
+    """Two sweeps of different tasks differ in many keys; the task already tells them apart."""
+    write_run(tmp_path / "r", "uq", 0, [0.1, 0.5, 0.7, 0.8])
+    write_run(tmp_path / "r", "uq", 0, [0.1, 0.5, 0.7, 0.8], name="kws", task="fsdd",
+              model="matchboxnet", split="speaker", num_clients=6, lr=0.01)
+    settings = group_settings(find_runs([tmp_path / "r"]).runs)
+    assert [(s.label, s.extras) for s in settings] == [
+        ("CIFAR10 · LeNet · i.i.d.", ()), ("FSDD · MatchboxNet · speaker-id", ())]
 
 
 def test_a_repeated_seed_counts_once_the_latest_run(tmp_path):
