@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import re
 import subprocess
 import sys
 import time
@@ -85,16 +86,24 @@ def load_sweep(path: Path, overrides: dict[str, Any] | None = None,
     keys = list(grid)
     for seed in seeds:  # seed-major: an unfinished sweep still compares every configuration
         for values in itertools.product(*(grid[k] for k in keys)):
-            run_name = "-".join([*(str(v) for v in values), f"s{seed}"])
+            run_name = "-".join([*(_name_part(v) for v in values), f"s{seed}"])
             mapping = {**base, **dict(zip(keys, values)), "seed": seed,
                        "results-dir": str(results_dir), "run-name": run_name}
             try:
                 runs.append(SweepRun(run_name, RunConfig.from_mapping(mapping)))
             except ConfigError as err:
                 problems.append(f"{run_name}: {err}")
+    names = [run.name for run in runs]
+    problems += [f"{name}: two grid points map to this run name; give the values distinct "
+                 f"letters or digits" for name in sorted({n for n in names if names.count(n) > 1})]
     if problems:
         raise SystemExit("invalid sweep:\n" + "\n".join(problems))
     return Sweep(name, results_dir, tuple(runs))
+
+
+def _name_part(value: Any) -> str:
+    """A grid value as part of a run (folder) name: no path separators or spaces."""
+    return re.sub(r"[^A-Za-z0-9.+=_-]+", "_", str(value)).strip("_") or "default"
 
 
 def run_sweep(sweep: Sweep, console: Console | None = None) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """fp8fl-sweep end to end: two tiny configurations through ``flwr run``, then a re-run that does
-nothing; sweep files are validated before anything runs."""
+nothing; a failed run is reported and the next one still runs; sweep files are validated before
+anything runs."""
 
 import json
 import subprocess
@@ -54,6 +55,31 @@ def test_two_tiny_runs_then_a_rerun_does_nothing(tmp_path):
     assert sorted(p.name for p in results.iterdir()) == before  # no new run folder, no new log
     dry = run_sweep_cli(sweep_file, "--dry-run")
     assert dry.stdout.count("done") == 2
+
+
+def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path):
+    """The first run points at a folder without CIFAR-10 and fails; the second still runs."""
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    sweep_file = tmp_path / "tiny.toml"
+    sweep_file.write_text(TINY_SWEEP.format(results=tmp_path / "results").replace(
+        'method = ["fp32", "uq"]', f'method = ["fp32"]\ndata-root = ["{empty}", ""]'))
+    result = run_sweep_cli(sweep_file)
+    assert result.returncode != 0 and "1 run(s) failed" in result.stderr
+    statuses = json.loads((tmp_path / "results" / "sweep-tiny.json").read_text())["runs"]
+    (failed, first), (done, second) = statuses.items()
+    assert (first, second, done) == ("failed", "done", "fp32-default-s0")
+    assert failed.endswith("_nodata-s0") and "/" not in failed  # a path value makes a flat folder name
+    log = (tmp_path / "results" / f"{failed}.log").read_text()
+    assert "data set not found" in log and str(empty) in log, log[-2000:]
+
+
+def test_distinct_values_with_one_run_name_are_refused(tmp_path):
+    sweep_file = tmp_path / "clash.toml"
+    sweep_file.write_text(TINY_SWEEP.format(results=tmp_path / "results").replace(
+        'method = ["fp32", "uq"]', 'method = ["fp32"]\ndata-root = ["a b", "a/b"]'))
+    with pytest.raises(SystemExit, match="fp32-a_b-s0: two grid points map to this run name"):
+        load_sweep(sweep_file)
 
 
 def test_sweep_files_are_validated_before_anything_runs(tmp_path):
