@@ -44,6 +44,7 @@ GroupNorm/LayerNorm parameters, KWT's ``cls_token`` and ``pos_embedding``.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Literal, get_args
 
@@ -129,7 +130,7 @@ class QATModule(nn.Module):
         return self.quantize(x, beta_name)
 
 
-class _WeightLayer(QATModule):
+class _WeightLayer(QATModule, ABC):
     """Fig. 3: ``layer(Q(x; β), Q(w; α))`` with the layer's own bias, in FP32."""
 
     RANGES = ("weight_alpha", "input_beta")
@@ -145,8 +146,9 @@ class _WeightLayer(QATModule):
         return self.apply_weight(self.quantize_input(x, "input_beta"),
                                  self.quantize(self.weight, "weight_alpha"))
 
+    @abstractmethod
     def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The wrapped layer's operation with the given (quantized) weight and its own bias."""
 
 
 class QLinear(_WeightLayer, nn.Linear):
