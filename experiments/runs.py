@@ -26,6 +26,7 @@ import numpy as np
 
 from experiments.gain import (Curve, Gain, communication_gain, curve_from_rounds,
                               mean_curve)
+from fp8fl.results import safe_name
 
 __all__ = ["BASELINE", "METHOD_LABELS", "MODEL_NAMES", "TASK_NAMES", "Found", "Key",
            "MethodResult", "Run", "Setting", "find_runs", "group_settings"]
@@ -224,7 +225,7 @@ class Setting:
                                      if self.get("split") == "dirichlet" else "")
         parts = [self.get("task"), self.get("model"), split,
                  *(f"{k}{v}" for k, v in self.extras)]
-        return re.sub(r"[^A-Za-z0-9.+=-]+", "_", "-".join(str(p) for p in parts))
+        return safe_name("-".join(str(p) for p in parts))
 
 
 def _method_order(method: str) -> tuple[int, str]:

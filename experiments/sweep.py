@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import re
 import subprocess
 import sys
 import time
@@ -40,7 +39,7 @@ from rich.table import Table
 
 from fp8fl.checkpoint import CHECKPOINT_FILE
 from fp8fl.config import ConfigError, RunConfig
-from fp8fl.results import read_rounds, resolve_results_dir
+from fp8fl.results import read_rounds, resolve_results_dir, safe_name
 
 __all__ = ["Sweep", "SweepRun", "load_sweep", "run_sweep", "main"]
 
@@ -103,7 +102,7 @@ def load_sweep(path: Path, overrides: dict[str, Any] | None = None,
 
 def _name_part(value: Any) -> str:
     """A grid value as part of a run (folder) name: no path separators or spaces."""
-    return re.sub(r"[^A-Za-z0-9.+=_-]+", "_", str(value)).strip("_") or "default"
+    return safe_name(str(value)) or "default"
 
 
 def run_sweep(sweep: Sweep, console: Console | None = None) -> dict[str, str]:

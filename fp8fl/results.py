@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 from datetime import datetime, timezone
@@ -20,7 +21,8 @@ from typing import Any
 import fp8fl
 from fp8fl.config import RunConfig
 
-__all__ = ["RunRecorder", "resolve_results_dir", "write_json_atomic", "read_rounds", "public_argv"]
+__all__ = ["RunRecorder", "resolve_results_dir", "write_json_atomic", "read_rounds", "public_argv",
+           "safe_name"]
 
 RESULTS_ROOT_ENV = "FP8FL_RESULTS_ROOT"
 SECRET_FLAGS = ("--token",)
@@ -39,6 +41,12 @@ def public_argv(argv: list[str] | None = None) -> list[str]:
         elif i > 0 and args[i - 1] in SECRET_FLAGS:
             args[i] = "<redacted>"
     return args
+
+
+def safe_name(text: str) -> str:
+    """``text`` as one file or folder name: runs of other characters than letters, digits and
+    ``.+=_-`` (path separators, spaces) become ``_``."""
+    return re.sub(r"[^A-Za-z0-9.+=_-]+", "_", text).strip("_")
 
 
 def resolve_results_dir(results_dir: str) -> Path:
