@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-
 from flwr.client import Client, ClientApp
 from flwr.common import Context
 
@@ -18,8 +17,11 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
 
     def client_fn(context: Context) -> Client:
         run = config or RunConfig.from_mapping(dict(context.run_config))
-        return FP8Client(run, int(context.node_config["partition-id"]),
-                         int(context.node_config["num-partitions"])).to_client()
+        return FP8Client(
+            run,
+            int(context.node_config["partition-id"]),
+            int(context.node_config["num-partitions"]),
+        ).to_client()
 
     return ClientApp(client_fn=client_fn)
 

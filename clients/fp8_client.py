@@ -24,8 +24,10 @@ class FP8Client(NumPyClient):
 
     def __init__(self, config: RunConfig, partition_id: int, num_partitions: int) -> None:
         if num_partitions != config.num_clients:
-            raise ValueError(f"this federation has {num_partitions} partitions (SuperNodes) but "
-                             f"the run config says num-clients = {config.num_clients}")
+            raise ValueError(
+                f"this federation has {num_partitions} partitions (SuperNodes) but "
+                f"the run config says num-clients = {config.num_clients}"
+            )
         self.config = config
         self.partition_id = partition_id
         self.indices = client_partition(config, partition_id)
@@ -47,7 +49,8 @@ class FP8Client(NumPyClient):
         device = resolve_device(run.device)
         training = time.perf_counter()
         stats = round_local_update(run, server_round).run(
-            model.to(device), self.data, self.indices, generator, device)
+            model.to(device), self.data, self.indices, generator, device
+        )
         stats["train-seconds"] = time.perf_counter() - training
         update = layout.pack(model.cpu().state_dict(), run.wire, run.fmt, generator)
         metrics = update_metrics(run, self.partition_id, stats, time.perf_counter() - started)

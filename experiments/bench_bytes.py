@@ -25,18 +25,27 @@ from fp8fl.runtime import build_run_model
 from fp8fl.wire import StateLayout
 from strategies.ledger import fitins_bytes, fitres_bytes
 
-TASK_OF = {"lenet": "cifar10", "resnet18": "cifar10", "matchboxnet": "speechcommands",
-           "kwt1": "speechcommands"}
+TASK_OF = {
+    "lenet": "cifar10",
+    "resnet18": "cifar10",
+    "matchboxnet": "speechcommands",
+    "kwt1": "speechcommands",
+}
 NUM_CLASSES = {"cifar10": 10, "speechcommands": 35}
-INPUT_SHAPE = {"lenet": (4, 3, 32, 32), "resnet18": (4, 3, 32, 32), "matchboxnet": (4, 64, 101),
-               "kwt1": (4, 98, 40)}
+INPUT_SHAPE = {
+    "lenet": (4, 3, 32, 32),
+    "resnet18": (4, 3, 32, 32),
+    "matchboxnet": (4, 64, 101),
+    "kwt1": (4, 98, 40),
+}
 
 
 def message_bytes(model_name: str, method: str, fmt: str) -> tuple[int, int]:
     """(downlink FitIns bytes, uplink FitRes bytes) of one client in one round."""
     task = TASK_OF[model_name]
-    config = RunConfig.from_mapping({"task": task, "model": model_name, "method": method,
-                                     "format": fmt})
+    config = RunConfig.from_mapping(
+        {"task": task, "model": model_name, "method": method, "format": fmt}
+    )
     torch.manual_seed(0)
     model = build_run_model(config, NUM_CLASSES[task])
     if config.qat != "none":
@@ -45,8 +54,12 @@ def message_bytes(model_name: str, method: str, fmt: str) -> tuple[int, int]:
     arrays = layout.pack(model.state_dict(), config.wire, config.fmt, torch.Generator())
     down = FitIns(ndarrays_to_parameters(arrays), fit_instructions(config, 1))
     stats = {"train-loss": 1.0, "train-loss-last": 1.0, "local-steps": 1.0, "train-seconds": 1.0}
-    up = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), 500,
-                update_metrics(config, 0, stats, 1.0))
+    up = FitRes(
+        Status(Code.OK, ""),
+        ndarrays_to_parameters(arrays),
+        500,
+        update_metrics(config, 0, stats, 1.0),
+    )
     return fitins_bytes(down), fitres_bytes(up)
 
 
@@ -62,6 +75,11 @@ def main(argv: list[str]) -> None:
     for name in MODELS:
         fp32 = message_bytes(name, "fp32", args.format)
         uq = message_bytes(name, "uq", args.format)
-        table.add_row(name, f"{k * sum(fp32):,}", f"{k * sum(uq):,}",
-                      f"{sum(fp32) / sum(uq):.2f}x", f"{uq[0]:,} down / {uq[1]:,} up")
+        table.add_row(
+            name,
+            f"{k * sum(fp32):,}",
+            f"{k * sum(uq):,}",
+            f"{sum(fp32) / sum(uq):.2f}x",
+            f"{uq[0]:,} down / {uq[1]:,} up",
+        )
     Console().print(table)

@@ -63,14 +63,18 @@ def synthetic_speechcommands(folder: Path, clips: int) -> Path:
     return folder
 
 
-def bench(name: str, root: Path | None, scheme: str, clients: int | None, kinds: tuple[str, ...]) -> None:
+def bench(
+    name: str, root: Path | None, scheme: str, clients: int | None, kinds: tuple[str, ...]
+) -> None:
     """Print build time and size for ``name`` and its features, then one client's load time."""
     splits = {"speechcommands": ("train", "validation", "test")}.get(name, ("train", "test"))
     ds, built = timed(lambda: load_dataset(name, root, "train"))
     size = mib(ds.cache_dir.glob("*"))
     print(f"{name:15s} cache build {built:7.2f} s  {size:8.1f} MiB  ({len(ds)} train rows)")
     for kind in kinds:
-        _, seconds = timed(lambda: [features(load_dataset(name, root, s), kind) for s in splits])
+        _, seconds = timed(
+            lambda kind=kind: [features(load_dataset(name, root, s), kind) for s in splits]
+        )
         size = mib((ds.cache_dir / "features").glob(f"*_{kind}-*.npy"))
         print(f"{'':15s} {kind} build {seconds:7.2f} s  {size:8.1f} MiB  (all splits)")
     count = clients or len(ds.speaker_names)
@@ -88,12 +92,22 @@ def bench(name: str, root: Path | None, scheme: str, clients: int | None, kinds:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser("python -m experiments.bench data", description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, help="cache folder to build into (default: a temporary one)")
-    parser.add_argument("--root", type=Path, help="data root (default: $FP8FL_DATA or <repo>/../shared/data)")
+    parser = argparse.ArgumentParser(
+        "python -m experiments.bench data", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--cache", type=Path, help="cache folder to build into (default: a temporary one)"
+    )
+    parser.add_argument(
+        "--root", type=Path, help="data root (default: $FP8FL_DATA or <repo>/../shared/data)"
+    )
     parser.add_argument("--clients", type=int, default=100, help="clients for the iid partitions")
     parser.add_argument(
-        "--synthetic-speechcommands", type=int, default=0, metavar="N", help="also time N synthetic v2 clips"
+        "--synthetic-speechcommands",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time N synthetic v2 clips",
     )
     args = parser.parse_args(argv)
     scratch = Path(tempfile.mkdtemp(prefix="fp8fl-bench-"))
@@ -103,7 +117,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cache: {os.environ['FP8FL_CACHE']}  (data: {root})")
         bench("cifar10", root, "iid", args.clients, ())
         bench("fsdd", root, "speaker", None, ("mfcc40", "mfcc64"))
-        bench("speechcommands", root / "speech-commands-v0.01-sample", "speaker", None, ("mfcc40", "mfcc64"))
+        bench(
+            "speechcommands",
+            root / "speech-commands-v0.01-sample",
+            "speaker",
+            None,
+            ("mfcc40", "mfcc64"),
+        )
         if args.synthetic_speechcommands:
             clips = args.synthetic_speechcommands
             folder, seconds = timed(lambda: synthetic_speechcommands(scratch / "sc2", clips))

@@ -47,13 +47,25 @@ def main(argv: list[str]) -> None:
     codes = encode(weights, alpha)
     rows = [
         ("clone() of 11.2M float32", clone, None),
-        ("encode stochastic + decode", median_ms(
-            lambda: decode(encode(weights, alpha, generator=generator), alpha), args.repeats),
-         clone),
-        ("encode nearest + decode", median_ms(
-            lambda: decode(encode(weights, alpha, stochastic=False), alpha), args.repeats), clone),
-        ("  encode stochastic only", median_ms(
-            lambda: encode(weights, alpha, generator=generator), args.repeats), clone),
+        (
+            "encode stochastic + decode",
+            median_ms(
+                lambda: decode(encode(weights, alpha, generator=generator), alpha), args.repeats
+            ),
+            clone,
+        ),
+        (
+            "encode nearest + decode",
+            median_ms(
+                lambda: decode(encode(weights, alpha, stochastic=False), alpha), args.repeats
+            ),
+            clone,
+        ),
+        (
+            "  encode stochastic only",
+            median_ms(lambda: encode(weights, alpha, generator=generator), args.repeats),
+            clone,
+        ),
         ("  decode only", median_ms(lambda: decode(codes, alpha), args.repeats), clone),
     ]
 
@@ -63,15 +75,24 @@ def main(argv: list[str]) -> None:
     relu = median_ms(lambda: torch.relu(activation).backward(upstream), args.repeats)
     rows += [
         ("ReLU fwd+bwd 50×64×28×28", relu, None),
-        ("fake_quant nearest fwd+bwd", median_ms(
-            lambda: fake_quant(activation, beta).backward(upstream), args.repeats), relu),
-        ("fake_quant stochastic fwd+bwd", median_ms(
-            lambda: fake_quant(activation, beta, stochastic=True).backward(upstream),
-            args.repeats), relu),
+        (
+            "fake_quant nearest fwd+bwd",
+            median_ms(lambda: fake_quant(activation, beta).backward(upstream), args.repeats),
+            relu,
+        ),
+        (
+            "fake_quant stochastic fwd+bwd",
+            median_ms(
+                lambda: fake_quant(activation, beta, stochastic=True).backward(upstream),
+                args.repeats,
+            ),
+            relu,
+        ),
     ]
 
-    table = Table(title=f"fp8fl numerics, {torch.get_num_threads()} threads, median of "
-                        f"{args.repeats}")
+    table = Table(
+        title=f"fp8fl numerics, {torch.get_num_threads()} threads, median of {args.repeats}"
+    )
     table.add_column("operation")
     table.add_column("ms", justify="right")
     table.add_column("ratio", justify="right")

@@ -40,8 +40,9 @@ def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callabl
     return step
 
 
-def step_times(steps: dict[str, Callable[[], None]], warmup: int,
-               repeats: int) -> dict[str, list[float]]:
+def step_times(
+    steps: dict[str, Callable[[], None]], warmup: int, repeats: int
+) -> dict[str, list[float]]:
     """Seconds per call of each step, calling them in turn ``repeats`` times after ``warmup``."""
     times: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(warmup + repeats):
@@ -59,28 +60,38 @@ def bench_model(name: str, batch: int, warmup: int, repeats: int) -> dict[str, l
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     qat = prepare_qat(copy.deepcopy(fp32), QuantConfig())
     calibrate(qat, x)
-    return step_times({"fp32": training_step(fp32, x, y), "qat": training_step(qat, x, y)},
-                        warmup, repeats)
+    return step_times(
+        {"fp32": training_step(fp32, x, y), "qat": training_step(qat, x, y)}, warmup, repeats
+    )
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.bench qat", description=__doc__)
     parser.add_argument("--repeats", type=int, default=15, help="timed steps per model and mode")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    table = Table(title=f"QAT (E4M3, nearest) vs FP32 training step on CPU, "
-                        f"{torch.get_num_threads()} threads, {args.repeats} steps each",
-                  caption=f"median ms per step; target for lenet: ratio ≤ {LENET_TARGET}")
+    table = Table(
+        title=f"QAT (E4M3, nearest) vs FP32 training step on CPU, "
+        f"{torch.get_num_threads()} threads, {args.repeats} steps each",
+        caption=f"median ms per step; target for lenet: ratio ≤ {LENET_TARGET}",
+    )
     for column in ("model", "batch", "FP32 ms", "QAT ms", "ratio", "ratio of fastest"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for name, batch in CASES:
         times = bench_model(name, batch, args.warmup, args.repeats)
         fp32, qat = (statistics.median(times[mode]) for mode in ("fp32", "qat"))
         best = min(times["qat"]) / min(times["fp32"])
-        table.add_row(name, str(batch), f"{1e3 * fp32:.1f}", f"{1e3 * qat:.1f}",
-                      f"{qat / fp32:.2f}x", f"{best:.2f}x")
+        table.add_row(
+            name,
+            str(batch),
+            f"{1e3 * fp32:.1f}",
+            f"{1e3 * qat:.1f}",
+            f"{qat / fp32:.2f}x",
+            f"{best:.2f}x",
+        )
     Console().print(table)

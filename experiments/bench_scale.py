@@ -22,9 +22,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+
 def tree_memory(root: int) -> tuple[int, int]:
     """(Σ RSS, Σ PSS) in bytes over ``root`` and all its descendants."""
-    table = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout
+    table = subprocess.run(
+        ["ps", "-eo", "pid=,ppid="], capture_output=True, text=True, check=True
+    ).stdout
     children: dict[int, list[int]] = {}
     for line in table.splitlines():
         pid, ppid = (int(v) for v in line.split())
@@ -56,13 +59,23 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--method", default="uq")
     args = parser.parse_args(argv)
     results = Path(tempfile.mkdtemp(prefix="fp8fl-scale-"))
-    config = {"task": args.task, "model": args.model, "method": args.method,
-              "num-clients": args.clients, "clients-per-round": args.per_round,
-              "num-server-rounds": args.rounds, "local-steps": args.local_steps,
-              "results-dir": str(results), "run-name": "scale"}
+    config = {
+        "task": args.task,
+        "model": args.model,
+        "method": args.method,
+        "num-clients": args.clients,
+        "clients-per-round": args.per_round,
+        "num-server-rounds": args.rounds,
+        "local-steps": args.local_steps,
+        "results-dir": str(results),
+        "run-name": "scale",
+    }
     started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "experiments.simulate", json.dumps(config)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "experiments.simulate", json.dumps(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     peak_rss = peak_pss = 0
     first_round_at = None
     rounds_file = results / "scale" / "rounds.jsonl"
@@ -76,8 +89,10 @@ def main(argv: list[str]) -> None:
     if child.returncode != 0:
         raise SystemExit(f"simulation failed with exit code {child.returncode}")
     rounds = [json.loads(line) for line in rounds_file.read_text().splitlines()]
-    table = Table(title=f"{args.clients} virtual clients, {args.per_round} per round, "
-                        f"{args.rounds} rounds ({args.task}/{args.model}/{args.method})")
+    table = Table(
+        title=f"{args.clients} virtual clients, {args.per_round} per round, "
+        f"{args.rounds} rounds ({args.task}/{args.model}/{args.method})"
+    )
     table.add_column("")
     table.add_column("value", justify="right")
     table.add_row("start-up (launch to round 0 written)", f"{first_round_at:.1f} s")

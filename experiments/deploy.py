@@ -39,6 +39,7 @@ from flwr.cli.flower_config import write_superlink_connection
 from flwr.cli.typing import SuperLinkConnection
 
 from experiments.flwr_cli import PROJECT, flower_env
+from experiments.run_outcome import run_watched
 
 CONNECTION = "deployment"
 HOST = "127.0.0.1"
@@ -61,6 +62,7 @@ class DeployError(RuntimeError):
 
 # ---- certificates -------------------------------------------------------------------------------
 
+
 def openssl(*args: str | Path) -> None:
     done = subprocess.run(["openssl", *map(str, args)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -74,16 +76,52 @@ def make_certs(out: Path, days: int = 365) -> None:
         raise DeployError(f"{out / 'ca.crt'} exists; remove {out} to make new certificates")
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    openssl("req", "-x509", *ec, "-keyout", out / "ca.key", "-out", out / "ca.crt",
-            "-days", str(days), "-subj", "/CN=fp8fl local CA",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    openssl("req", *ec, "-keyout", out / "server.key", "-out", out / "server.csr",
-            "-subj", "/CN=localhost")
+    openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        out / "ca.key",
+        "-out",
+        out / "ca.crt",
+        "-days",
+        str(days),
+        "-subj",
+        "/CN=fp8fl local CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
+    openssl(
+        "req",
+        *ec,
+        "-keyout",
+        out / "server.key",
+        "-out",
+        out / "server.csr",
+        "-subj",
+        "/CN=localhost",
+    )
     (out / "server.ext").write_text(SERVER_EXTENSIONS)
-    openssl("x509", "-req", "-in", out / "server.csr", "-CA", out / "ca.crt",
-            "-CAkey", out / "ca.key", "-set_serial", str(secrets.randbits(63)),
-            "-days", str(days), "-extfile", out / "server.ext", "-out", out / "server.crt")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        out / "server.csr",
+        "-CA",
+        out / "ca.crt",
+        "-CAkey",
+        out / "ca.key",
+        "-set_serial",
+        str(secrets.randbits(63)),
+        "-days",
+        str(days),
+        "-extfile",
+        out / "server.ext",
+        "-out",
+        out / "server.crt",
+    )
     for leftover in ("server.csr", "server.ext"):
         (out / leftover).unlink()
     for key in ("ca.key", "server.key"):
@@ -91,6 +129,7 @@ def make_certs(out: Path, days: int = 365) -> None:
 
 
 # ---- processes ----------------------------------------------------------------------------------
+
 
 def free_ports(n: int) -> list[int]:
     """``n`` distinct loopback ports that were free a moment ago (the system's pick for port 0,
@@ -131,10 +170,22 @@ def launch(name: str, argv: list[str], env: dict[str, str], logs: Path) -> dict:
     typed); returns its state-file record."""
     log = logs / f"{name}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True, cwd=logs)
-    return {"name": name, "pid": proc.pid, "start": start_time(proc.pid), "log": str(log),
-            "argv": argv}
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=logs,
+        )
+    return {
+        "name": name,
+        "pid": proc.pid,
+        "start": start_time(proc.pid),
+        "log": str(log),
+        "argv": argv,
+    }
 
 
 def log_tail(record: dict, lines: int = 30) -> str:
@@ -142,19 +193,22 @@ def log_tail(record: dict, lines: int = 30) -> str:
     return f"--- {record['log']} (last {lines} lines)\n" + "\n".join(text)
 
 
-def wait_until(ready: Callable[[], bool], what: str, records: list[dict],
-               timeout_s: float = 60) -> None:
+def wait_until(
+    ready: Callable[[], bool], what: str, records: list[dict], timeout_s: float = 60
+) -> None:
     """Until ``ready()``; fails at once, with its log, if a process exits, and with every log after
     ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while not ready():
         for record in records:
             if start_time(record["pid"]) is None:
-                raise DeployError(f"{record['name']} exited while waiting for {what}\n"
-                                  + log_tail(record))
+                raise DeployError(
+                    f"{record['name']} exited while waiting for {what}\n" + log_tail(record)
+                )
         if time.monotonic() > deadline:
-            raise DeployError(f"no {what} after {timeout_s:.0f} s\n"
-                              + "\n".join(log_tail(r) for r in records))
+            raise DeployError(
+                f"no {what} after {timeout_s:.0f} s\n" + "\n".join(log_tail(r) for r in records)
+            )
         time.sleep(0.2)
 
 
@@ -167,11 +221,18 @@ def deployment_pids(state: dict) -> set[int]:
     """Live processes of the deployment: the recorded ones, and any process whose command line
     names one of its loopback addresses (the SuperExecs, ServerApp and ClientApp processes that
     Flower starts, even once orphaned)."""
-    pids = {r["pid"] for r in state["processes"]
-            if r["start"] is not None and start_time(r["pid"]) == r["start"]}
+    pids = {
+        r["pid"]
+        for r in state["processes"]
+        if r["start"] is not None and start_time(r["pid"]) == r["start"]
+    }
     ports = "|".join(str(p) for p in state["ports"].values())
-    found = subprocess.run(["pgrep", "-f", rf"{re.escape(HOST)}:({ports})([^0-9]|$)"],
-                           capture_output=True, text=True, check=False)
+    found = subprocess.run(
+        ["pgrep", "-f", rf"{re.escape(HOST)}:({ports})([^0-9]|$)"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return pids | {int(p) for p in found.stdout.split() if start_time(int(p)) is not None}
 
 
@@ -199,6 +260,7 @@ def stop(state: dict, grace_s: float = 8.0, kill_wait_s: float = 5.0) -> set[int
 
 # ---- commands -----------------------------------------------------------------------------------
 
+
 def default_workdir() -> Path:
     return Path(flower_env()["FLWR_HOME"]) / "deployment"
 
@@ -217,8 +279,10 @@ def tls_args(certs: Path | None) -> tuple[list[str], list[str]]:
     if certs is None:
         return ["--insecure"], ["--insecure"]
     ca, cert, key = (str(certs / name) for name in ("ca.crt", "server.crt", "server.key"))
-    return (["--ssl-ca-certfile", ca, "--ssl-certfile", cert, "--ssl-keyfile", key],
-            ["--root-certificates", ca])
+    return (
+        ["--ssl-ca-certfile", ca, "--ssl-certfile", cert, "--ssl-keyfile", key],
+        ["--root-certificates", ca],
+    )
 
 
 def start_all(state: dict, certs: Path | None, env: dict[str, str], logs: Path) -> None:
@@ -227,26 +291,62 @@ def start_all(state: dict, certs: Path | None, env: dict[str, str], logs: Path) 
     ports, n, records = state["ports"], state["supernodes"], state["processes"]
     link_tls, node_tls = tls_args(certs)
     fleet = f"{HOST}:{ports['fleet']}"
-    records.append(launch("superlink", [
-        "flower-superlink", *link_tls, "--fleet-api-address", fleet,
-        "--host", HOST, "--port", str(ports["superlink"])], env, logs))
-    wait_until(lambda: port_open(ports["fleet"]) and port_open(ports["superlink"]),
-               "SuperLink listening", records)
+    records.append(
+        launch(
+            "superlink",
+            [
+                "flower-superlink",
+                *link_tls,
+                "--fleet-api-address",
+                fleet,
+                "--host",
+                HOST,
+                "--port",
+                str(ports["superlink"]),
+            ],
+            env,
+            logs,
+        )
+    )
+    wait_until(
+        lambda: port_open(ports["fleet"]) and port_open(ports["superlink"]),
+        "SuperLink listening",
+        records,
+    )
     for i in range(n):
-        records.append(launch(f"supernode-{i}", [
-            "flower-supernode", *node_tls, "--superlink", fleet,
-            "--host", HOST, "--port", str(ports[f"supernode-{i}"]),
-            "--node-config", f"partition-id={i} num-partitions={n}"], env, logs))
+        records.append(
+            launch(
+                f"supernode-{i}",
+                [
+                    "flower-supernode",
+                    *node_tls,
+                    "--superlink",
+                    fleet,
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(ports[f"supernode-{i}"]),
+                    "--node-config",
+                    f"partition-id={i} num-partitions={n}",
+                ],
+                env,
+                logs,
+            )
+        )
     wait_until(lambda: activated(records[0]) >= n, f"{n} SuperNodes connected", records)
 
 
 def write_connection(env: dict[str, str], address: str, certs: Path | None) -> None:
     """The ``deployment`` connection in ``$FLWR_HOME/config.toml``: TLS with our CA, or insecure."""
     os.environ["FLWR_HOME"] = env["FLWR_HOME"]  # Flower's config helpers read it from here
-    write_superlink_connection(SuperLinkConnection(
-        name=CONNECTION, address=address,
-        root_certificates=None if certs is None else str(certs / "ca.crt"),
-        insecure=True if certs is None else None))
+    write_superlink_connection(
+        SuperLinkConnection(
+            name=CONNECTION,
+            address=address,
+            root_certificates=None if certs is None else str(certs / "ca.crt"),
+            insecure=True if certs is None else None,
+        )
+    )
 
 
 def up(supernodes: int, workdir: Path, certs: Path | None) -> dict:
@@ -258,8 +358,12 @@ def up(supernodes: int, workdir: Path, certs: Path | None) -> dict:
     env = flower_env()
     env.pop("FLWR_INTERNAL_GRPC_CONTROL_API", None)  # would open a gRPC Control API on a fixed port
     names = ["fleet", "superlink", *(f"supernode-{i}" for i in range(supernodes))]
-    state = {"supernodes": supernodes, "tls": certs is not None,
-             "ports": dict(zip(names, free_ports(len(names)), strict=True)), "processes": []}
+    state = {
+        "supernodes": supernodes,
+        "tls": certs is not None,
+        "ports": dict(zip(names, free_ports(len(names)), strict=True)),
+        "processes": [],
+    }
     state["address"] = f"{HOST}:{state['ports']['superlink']}"
     write_state(workdir, state)  # the ports already: `down` finds the processes even if `up` dies
     try:
@@ -281,14 +385,16 @@ def down(workdir: Path) -> None:
         return
     killed = stop(state)
     (workdir / STATE).unlink()
-    print(f"stopped the deployment of {workdir}"
-          + (f" (SIGKILL for pids {sorted(killed)}, stuck after SIGTERM)" if killed else ""))
+    print(
+        f"stopped the deployment of {workdir}"
+        + (f" (SIGKILL for pids {sorted(killed)}, stuck after SIGTERM)" if killed else "")
+    )
 
 
 def run(flwr_args: list[str]) -> int:
     """``flwr run . deployment --stream <flwr_args>`` in the project, with ``fp8fl-flwr``'s env."""
-    return subprocess.run(["flwr", "run", ".", CONNECTION, "--stream", *flwr_args],
-                          cwd=PROJECT, env=flower_env(), check=False).returncode
+    command = ["flwr", "run", ".", CONNECTION, "--stream", *flwr_args]
+    return run_watched(command, PROJECT, flower_env(), PROJECT)
 
 
 def positive(text: str) -> int:
@@ -298,23 +404,35 @@ def positive(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fp8fl-deploy", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="fp8fl-deploy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
     certs = sub.add_parser("certs", help="make a local CA and a server certificate")
     certs.add_argument("--out", type=Path, help="folder (default: <workdir>/certs)")
     start = sub.add_parser("up", help="start a SuperLink and N SuperNodes")
-    start.add_argument("--supernodes", type=positive, default=2, metavar="N",
-                       help="how many, one data partition each (default: 2)")
+    start.add_argument(
+        "--supernodes",
+        type=positive,
+        default=2,
+        metavar="N",
+        help="how many, one data partition each (default: 2)",
+    )
     mode = start.add_mutually_exclusive_group()
-    mode.add_argument("--certs", type=Path, help="from `certs` (default: <workdir>/certs, made "
-                                                 "if missing)")
+    mode.add_argument(
+        "--certs", type=Path, help="from `certs` (default: <workdir>/certs, made if missing)"
+    )
     mode.add_argument("--insecure", action="store_true", help="no TLS: unencrypted, unverified")
     sub.add_parser("run", help="flwr run . deployment --stream [flwr run arguments]")
     sub.add_parser("down", help="stop every process `up` started")
     for command in (certs, start, sub.choices["down"]):
-        command.add_argument("--workdir", type=Path, help="state, logs, certificates "
-                                                          "(default: $FLWR_HOME/deployment)")
+        command.add_argument(
+            "--workdir",
+            type=Path,
+            help="state, logs, certificates (default: $FLWR_HOME/deployment)",
+        )
     return p
 
 
@@ -332,10 +450,12 @@ def main(argv: list[str] | None = None) -> int:
             if certs is not None and args.certs is None and not (certs / "ca.crt").exists():
                 make_certs(certs)
             state = up(args.supernodes, workdir, certs)
-            print(f"SuperLink on {state['address']} ({'TLS' if certs else 'INSECURE, no TLS'}) "
-                  f"with {args.supernodes} SuperNodes; logs in {workdir / 'logs'}\nnext: "
-                  f"fp8fl-deploy run --run-config 'num-clients={args.supernodes} ...'; "
-                  f"fp8fl-deploy down")
+            print(
+                f"SuperLink on {state['address']} ({'TLS' if certs else 'INSECURE, no TLS'}) "
+                f"with {args.supernodes} SuperNodes; logs in {workdir / 'logs'}\nnext: "
+                f"fp8fl-deploy run --run-config 'num-clients={args.supernodes} ...'; "
+                f"fp8fl-deploy down"
+            )
         else:
             down(workdir)
     except DeployError as err:

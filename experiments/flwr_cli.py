@@ -15,6 +15,8 @@ It runs ``flwr`` with
   (the default run's 10 clients, one CPU each);
 
 and stops the local SuperLink that ``flwr run`` started, which would otherwise keep running.
+``run`` always streams, and exits non-zero unless the run wrote its ``summary.json`` (Flower's
+``flwr run --stream`` returns 0 even when the ServerApp crashed), printing the cause.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from experiments.run_outcome import run_watched
 
 PROJECT = Path(__file__).resolve().parents[1]
 CONNECTIONS = PROJECT / "experiments" / "configs" / "flower-config.toml"
@@ -48,8 +52,12 @@ def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
 def superlink_pids(flwr_home: str) -> set[int]:
     """PIDs of local simulation SuperLinks whose state lives under ``flwr_home`` (not a
     deployment's SuperLink, see ``experiments.deploy``)."""
-    found = subprocess.run(["pgrep", "-f", f"flower-superlink.*--simulation.*{flwr_home}"],
-                           capture_output=True, text=True, check=False)
+    found = subprocess.run(
+        ["pgrep", "-f", f"flower-superlink.*--simulation.*{flwr_home}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return {int(pid) for pid in found.stdout.split()}
 
 
@@ -59,11 +67,28 @@ def with_default_federation(args: list[str]) -> list[str]:
     return args
 
 
+def streamed(args: list[str]) -> list[str]:
+    """``run`` always streams: the local SuperLink is stopped when this command returns, so the run
+    must have ended by then (and its log is where a failure's cause is read)."""
+    if args[:1] == ["run"] and "--stream" not in args:
+        return [*args, "--stream"]
+    return args
+
+
+def app_dir(args: list[str]) -> Path:
+    """The app folder of ``run [APP]`` (``.`` when omitted)."""
+    return Path(args[1]) if len(args) > 1 and not args[1].startswith("-") else Path(".")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = with_default_federation(list(sys.argv[1:] if argv is None else argv))
+    """Run ``flwr``; for ``run``, the exit code says whether the run finished (``summary.json``),
+    never only what ``flwr run`` returned."""
+    args = streamed(with_default_federation(list(sys.argv[1:] if argv is None else argv)))
     env = flower_env()
     before = superlink_pids(env["FLWR_HOME"])
     try:
+        if args[:1] == ["run"]:
+            return run_watched(["flwr", *args], app_dir(args).resolve(), env, Path.cwd())
         return subprocess.run(["flwr", *args], env=env, check=False).returncode
     finally:
         stop_superlinks(superlink_pids(env["FLWR_HOME"]) - before, env["FLWR_HOME"])

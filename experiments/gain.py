@@ -38,8 +38,16 @@ import numpy as np
 
 TOLERANCE = 1e-9
 
-__all__ = ["TOLERANCE", "Curve", "Gain", "curve_from_rounds", "mean_curve", "accuracy_range",
-           "first_reach", "communication_gain"]
+__all__ = [
+    "TOLERANCE",
+    "Curve",
+    "Gain",
+    "accuracy_range",
+    "communication_gain",
+    "curve_from_rounds",
+    "first_reach",
+    "mean_curve",
+]
 
 
 @dataclass(frozen=True)
@@ -74,13 +82,19 @@ def curve_from_rounds(records: Iterable[Mapping[str, Any]]) -> Curve:
     """The evaluated rounds of ``rounds.jsonl`` records (null or non-finite accuracy skipped; a
     round recorded twice, as a resumed run may, counts once with its last record)."""
     by_round = {int(r["round"]): r for r in records}
-    points = sorted((n, float(r["cum_bytes"]), float(r["accuracy"])) for n, r in by_round.items()
-                    if r.get("accuracy") is not None and math.isfinite(r["accuracy"]))
+    points = sorted(
+        (n, float(r["cum_bytes"]), float(r["accuracy"]))
+        for n, r in by_round.items()
+        if r.get("accuracy") is not None and math.isfinite(r["accuracy"])
+    )
     if not points:
         return EMPTY
     rounds, cum_bytes, accuracy = zip(*points)
-    return Curve(np.asarray(rounds, dtype=int), np.asarray(cum_bytes, dtype=float),
-                 np.asarray(accuracy, dtype=float))
+    return Curve(
+        np.asarray(rounds, dtype=int),
+        np.asarray(cum_bytes, dtype=float),
+        np.asarray(accuracy, dtype=float),
+    )
 
 
 def _aligned(curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

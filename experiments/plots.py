@@ -19,8 +19,14 @@ from experiments.tables import gain_text
 
 __all__ = ["plot_setting"]
 
-METHOD_COLORS = {"fp32": "black", "uq": "tab:blue", "uq+": "tab:green", "bq": "tab:red",
-                 "qat-fp32wire": "tab:purple", "randqat-fp32wire": "tab:brown"}
+METHOD_COLORS = {
+    "fp32": "black",
+    "uq": "tab:blue",
+    "uq+": "tab:green",
+    "bq": "tab:red",
+    "qat-fp32wire": "tab:purple",
+    "randqat-fp32wire": "tab:brown",
+}
 OTHER_COLORS = ("tab:orange", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
 
 
@@ -46,14 +52,26 @@ def plot_setting(setting: Setting, out_dir: Path) -> list[Path]:
             continue
         color = colors[method]
         low, high = accuracy_range([r.curve for r in result.runs])
-        gain = ("" if method == BASELINE or result.gain is None
-                else f", gain {gain_text(result.gain)}")
-        ax.plot(curve.cum_bytes[sent], 100 * curve.accuracy[sent], color=color,
-                marker="o" if sent.sum() <= 30 else None, markersize=3,
-                label=f"{result.label} (n={len(result.runs)}{gain})")
+        gain = (
+            "" if method == BASELINE or result.gain is None else f", gain {gain_text(result.gain)}"
+        )
+        ax.plot(
+            curve.cum_bytes[sent],
+            100 * curve.accuracy[sent],
+            color=color,
+            marker="o" if sent.sum() <= 30 else None,
+            markersize=3,
+            label=f"{result.label} (n={len(result.runs)}{gain})",
+        )
         if len(result.runs) > 1:
-            ax.fill_between(curve.cum_bytes[sent], 100 * low[sent], 100 * high[sent],
-                            color=color, alpha=0.15, linewidth=0)
+            ax.fill_between(
+                curve.cum_bytes[sent],
+                100 * low[sent],
+                100 * high[sent],
+                color=color,
+                alpha=0.15,
+                linewidth=0,
+            )
         if method != BASELINE and result.gain is not None:
             _gain_arrow(ax, result.gain, color)
         plotted += 1
@@ -62,10 +80,12 @@ def plot_setting(setting: Setting, out_dir: Path) -> list[Path]:
     ax.set_xscale("log")
     ax.set_xlabel("cumulative communication, up + down (bytes, log scale)")
     ax.set_ylabel("server test accuracy (%)")
-    ax.set_title(f"{setting.label}, {setting.get('num-server-rounds')} rounds\n"
-                 "mean over seeds, shaded: min–max over seeds; "
-                 "arrows: bytes to first reach acc*, FP32 → method",
-                 fontsize=10)
+    ax.set_title(
+        f"{setting.label}, {setting.get('num-server-rounds')} rounds\n"
+        "mean over seeds, shaded: min–max over seeds; "
+        "arrows: bytes to first reach acc*, FP32 → method",
+        fontsize=10,
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=9)
     paths = [out_dir / f"fig4-{setting.slug}.{ext}" for ext in ("png", "svg")]
@@ -79,5 +99,9 @@ def _gain_arrow(ax: Any, gain: Gain, color: str) -> None:
     """An arrow at acc* from the bytes FP32 needed to the bytes the method needed (its value is
     in the legend: labels on nearly level arrows would overlap)."""
     y = 100 * gain.target
-    ax.annotate("", xy=(gain.method_bytes, y), xytext=(gain.baseline_bytes, y),
-                arrowprops={"arrowstyle": "->", "color": color, "linewidth": 1.2})
+    ax.annotate(
+        "",
+        xy=(gain.method_bytes, y),
+        xytext=(gain.baseline_bytes, y),
+        arrowprops={"arrowstyle": "->", "color": color, "linewidth": 1.2},
+    )

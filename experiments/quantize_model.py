@@ -5,7 +5,8 @@
 Every conv/linear weight is encoded with its own α = max|w| (one byte per weight plus a float32 α);
 other tensors stay float32. For each weight it prints the relative RMS error of nearest and of
 stochastic rounding, and of the average of ``--clients`` independent stochastic encodings — the
-effect behind seed 001's Fig. 2d: stochastic rounding is worse for one copy, better on average.
+effect behind Fig. 2d of Wang et al. 2024 (arXiv:2407.02610): stochastic rounding is worse for one
+copy, better on average.
 """
 
 from __future__ import annotations
@@ -49,18 +50,29 @@ def main(argv: list[str] | None = None) -> None:
         w = tensor.float()
         alpha = float(w.abs().max())
         nearest = decode(encode(w, alpha, fmt, stochastic=False), alpha, fmt, shape=w.shape)
-        draws = [decode(encode(w, alpha, fmt, generator=generator), alpha, fmt, shape=w.shape)
-                 for _ in range(args.clients)]
+        draws = [
+            decode(encode(w, alpha, fmt, generator=generator), alpha, fmt, shape=w.shape)
+            for _ in range(args.clients)
+        ]
         wire_bytes += encode(w, alpha, fmt).nbytes + 4  # codes + α as float32
-        table.add_row(name, f"{w.numel():,}", f"{alpha:.4f}", f"{relative_rms(nearest, w):.2e}",
-                      f"{relative_rms(draws[0], w):.2e}",
-                      f"{relative_rms(torch.stack(draws).mean(0), w):.2e}")
+        table.add_row(
+            name,
+            f"{w.numel():,}",
+            f"{alpha:.4f}",
+            f"{relative_rms(nearest, w):.2e}",
+            f"{relative_rms(draws[0], w):.2e}",
+            f"{relative_rms(torch.stack(draws).mean(0), w):.2e}",
+        )
     console.print(table)
     grid = fmt.grid(1.0)
-    console.print(f"{fmt.name} grid at α = 1: {grid.numel()} values, smallest positive "
-                  f"{grid[grid > 0].min().item():.3e}, largest {grid.max().item()}")
-    console.print(f"model state: {fp32_bytes:,} bytes as float32, {wire_bytes:,} bytes on the wire "
-                  f"in {fmt.name}: {fp32_bytes / wire_bytes:.2f}x smaller")
+    console.print(
+        f"{fmt.name} grid at α = 1: {grid.numel()} values, smallest positive "
+        f"{grid[grid > 0].min().item():.3e}, largest {grid.max().item()}"
+    )
+    console.print(
+        f"model state: {fp32_bytes:,} bytes as float32, {wire_bytes:,} bytes on the wire "
+        f"in {fmt.name}: {fp32_bytes / wire_bytes:.2f}x smaller"
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,7 @@ from experiments.tables import TABLES, csv_table, markdown_table, run_rows, writ
 __all__ = ["main", "write_report"]
 
 
-def write_report(dirs: Sequence[Path], out_dir: Path, console: Console | None = None
-                 ) -> list[Path]:
+def write_report(dirs: Sequence[Path], out_dir: Path, console: Console | None = None) -> list[Path]:
     """Read the runs below ``dirs`` and write the tables, ``runs.csv`` and the figures to
     ``out_dir``; print the tables. Raises SystemExit when no finished run is found."""
     console = console or Console()
@@ -37,8 +36,10 @@ def write_report(dirs: Sequence[Path], out_dir: Path, console: Console | None = 
     found = find_runs(dirs)
     _print_found(found, console)
     if not found.runs:
-        raise SystemExit("no finished run (a run folder with summary.json) below "
-                         + ", ".join(str(d) for d in dirs))
+        raise SystemExit(
+            "no finished run (a run folder with summary.json) below "
+            + ", ".join(str(d) for d in dirs)
+        )
     settings = group_settings(found.runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -54,8 +55,10 @@ def write_report(dirs: Sequence[Path], out_dir: Path, console: Console | None = 
     written.append(out_dir / "runs.csv")
     for setting in settings:
         written += plot_setting(setting, out_dir)
-    console.print(f"{len(found.runs)} runs in {len(settings)} setting(s); wrote "
-                  f"{len(written)} files to {out_dir}")
+    console.print(
+        f"{len(found.runs)} runs in {len(settings)} setting(s); wrote "
+        f"{len(written)} files to {out_dir}"
+    )
     return written
 
 
@@ -65,14 +68,20 @@ def _print_found(found: Found, console: Console) -> None:
     for folder, reason in found.unreadable:
         console.print(f"[red]left out, unreadable:[/] {folder}: {reason}")
     for run, kept in found.duplicates:
-        console.print(f"[yellow]left out, same setting, method and seed as {kept.path}:[/] "
-                      f"{run.path}")
+        console.print(
+            f"[yellow]left out, same setting, method and seed as {kept.path}:[/] {run.path}"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fp8fl-report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("results_dirs", nargs="+", type=Path, metavar="RESULTS_DIR",
-                        help="a results folder, a sweep folder or a run folder")
+    parser.add_argument(
+        "results_dirs",
+        nargs="+",
+        type=Path,
+        metavar="RESULTS_DIR",
+        help="a results folder, a sweep folder or a run folder",
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder for tables and figures")
     args = parser.parse_args(argv)
     write_report(args.results_dirs, args.out)

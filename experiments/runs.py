@@ -24,29 +24,64 @@ from typing import Any
 
 import numpy as np
 
-from experiments.gain import (Curve, Gain, communication_gain, curve_from_rounds,
-                              mean_curve)
+from experiments.gain import Curve, Gain, communication_gain, curve_from_rounds, mean_curve
 from fp8fl.results import safe_name
 
-__all__ = ["BASELINE", "METHOD_LABELS", "MODEL_NAMES", "TASK_NAMES", "Found", "Key",
-           "MethodResult", "Run", "Setting", "find_runs", "group_settings"]
+__all__ = [
+    "BASELINE",
+    "METHOD_LABELS",
+    "MODEL_NAMES",
+    "TASK_NAMES",
+    "Found",
+    "Key",
+    "MethodResult",
+    "Run",
+    "Setting",
+    "find_runs",
+    "group_settings",
+]
 
 Key = tuple[tuple[str, Any], ...]
 
 BASELINE = "fp32"
 METHOD_LABELS = {
-    "fp32": "FP32 FedAvg", "uq": "FP8FedAvg-UQ", "uq+": "FP8FedAvg-UQ+", "bq": "BQ (det. comm.)",
-    "qat-fp32wire": "det. QAT, FP32 comm.", "randqat-fp32wire": "rand. QAT, FP32 comm.",
+    "fp32": "FP32 FedAvg",
+    "uq": "FP8FedAvg-UQ",
+    "uq+": "FP8FedAvg-UQ+",
+    "bq": "BQ (det. comm.)",
+    "qat-fp32wire": "det. QAT, FP32 comm.",
+    "randqat-fp32wire": "rand. QAT, FP32 comm.",
 }
-TASK_NAMES = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "speechcommands": "SpeechCommands",
-              "fsdd": "FSDD"}
-MODEL_NAMES = {"lenet": "LeNet", "resnet18": "ResNet18", "matchboxnet": "MatchboxNet",
-               "kwt1": "KWT-1"}
+TASK_NAMES = {
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+    "speechcommands": "SpeechCommands",
+    "fsdd": "FSDD",
+}
+MODEL_NAMES = {
+    "lenet": "LeNet",
+    "resnet18": "ResNet18",
+    "matchboxnet": "MatchboxNet",
+    "kwt1": "KWT-1",
+}
 SPLIT_ORDER = ("iid", "dirichlet", "speaker")
 # run-config keys that say how or where a run was executed, or which method it is: not a setting
-NOT_SETTING = frozenset({"method", "qat", "wire", "server-opt", "seed", "eval-every",
-                         "eval-batch-size", "results-dir", "run-name", "data-root", "device",
-                         "resume"})
+NOT_SETTING = frozenset(
+    {
+        "method",
+        "qat",
+        "wire",
+        "server-opt",
+        "seed",
+        "eval-every",
+        "eval-batch-size",
+        "results-dir",
+        "run-name",
+        "data-root",
+        "device",
+        "resume",
+    }
+)
 SERVER_OPT_KEYS = frozenset({"server-opt-steps", "server-opt-lrs", "server-opt-grid"})
 LABELLED_KEYS = frozenset({"task", "model", "split", "dirichlet-alpha"})
 INCOMPLETE = re.compile(r"-incomplete-\d+$")
@@ -152,8 +187,12 @@ def find_runs(dirs: Sequence[Path]) -> Found:
         kept = latest.setdefault((run.key, run.method, run.seed), run)
         if kept is not run:
             duplicates.append((run, kept))
-    return Found(sorted(latest.values(), key=lambda r: (r.method, r.seed, r.run_id)), unfinished,
-                 unreadable, duplicates)
+    return Found(
+        sorted(latest.values(), key=lambda r: (r.method, r.seed, r.run_id)),
+        unfinished,
+        unreadable,
+        duplicates,
+    )
 
 
 # ---------------------------------------------------------------------------- settings
@@ -169,8 +208,9 @@ class MethodResult:
     @property
     def accuracies(self) -> np.ndarray:
         """Final test accuracies in %, one per seed that evaluated at least one round."""
-        return 100 * np.asarray([r.final_accuracy for r in self.runs
-                                 if r.final_accuracy is not None], dtype=float)
+        return 100 * np.asarray(
+            [r.final_accuracy for r in self.runs if r.final_accuracy is not None], dtype=float
+        )
 
     @property
     def n(self) -> int:
@@ -214,17 +254,21 @@ class Setting:
 
     @property
     def label(self) -> str:
-        parts = [TASK_NAMES.get(self.get("task"), self.get("task")),
-                 MODEL_NAMES.get(self.get("model"), self.get("model")), self.split_label]
+        parts = [
+            TASK_NAMES.get(self.get("task"), self.get("task")),
+            MODEL_NAMES.get(self.get("model"), self.get("model")),
+            self.split_label,
+        ]
         return " · ".join(str(p) for p in parts if p) + (
-            f" ({self.extras_label})" if self.extras else "")
+            f" ({self.extras_label})" if self.extras else ""
+        )
 
     @property
     def slug(self) -> str:
-        split = self.get("split") + (f"{self.get('dirichlet-alpha'):g}"
-                                     if self.get("split") == "dirichlet" else "")
-        parts = [self.get("task"), self.get("model"), split,
-                 *(f"{k}{v}" for k, v in self.extras)]
+        split = self.get("split") + (
+            f"{self.get('dirichlet-alpha'):g}" if self.get("split") == "dirichlet" else ""
+        )
+        parts = [self.get("task"), self.get("model"), split, *(f"{k}{v}" for k, v in self.extras)]
         return safe_name("-".join(str(p) for p in parts))
 
 
@@ -240,33 +284,46 @@ def _results(runs: Sequence[Run]) -> dict[str, MethodResult]:
         by_method.setdefault(run.method, []).append(run)
     curves = {m: mean_curve([r.curve for r in rs]) for m, rs in by_method.items()}
     baseline = curves.get(BASELINE)
-    return {m: MethodResult(m, tuple(by_method[m]), curves[m],
-                            communication_gain(baseline, curves[m]))
-            for m in sorted(by_method, key=_method_order)}
+    return {
+        m: MethodResult(m, tuple(by_method[m]), curves[m], communication_gain(baseline, curves[m]))
+        for m in sorted(by_method, key=_method_order)
+    }
 
 
 def _sort_key(key: Key) -> tuple[Any, ...]:
     values = dict(key)
     split = values.get("split")
-    return (str(values.get("task")), str(values.get("model")),
-            SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), repr(key))
+    return (
+        str(values.get("task")),
+        str(values.get("model")),
+        SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER),
+        repr(key),
+    )
 
 
 def group_settings(runs: Sequence[Run]) -> list[Setting]:
     """Group runs into settings. A setting is a maximal key; a run belongs to every setting whose
     keys include all of its own (so an FP32 run, without ``format``, is in every format's)."""
     keys = {run.key for run in runs}
-    maximal = sorted((k for k in keys if not any(set(k) < set(other) for other in keys)),
-                     key=_sort_key)
-    return [Setting(key, _extras(key, maximal), _results([r for r in runs if set(r.key) <= set(key)]))
-            for key in maximal]
+    maximal = sorted(
+        (k for k in keys if not any(set(k) < set(other) for other in keys)), key=_sort_key
+    )
+    return [
+        Setting(key, _extras(key, maximal), _results([r for r in runs if set(r.key) <= set(key)]))
+        for key in maximal
+    ]
 
 
 def _extras(key: Key, keys: Sequence[Key]) -> Key:
     """The keys of ``key`` that tell it apart from the settings sharing its task, model and split
     (different tasks differ in their label already, not in a list of run-config values)."""
+
     def labelled(k: Key) -> Key:
         return tuple(item for item in k if item[0] in LABELLED_KEYS)
+
     siblings = [dict(k) for k in keys if labelled(k) == labelled(key)]
-    return tuple((name, value) for name, value in key if name not in LABELLED_KEYS
-                 and len({repr(s.get(name)) for s in siblings}) > 1)
+    return tuple(
+        (name, value)
+        for name, value in key
+        if name not in LABELLED_KEYS and len({repr(s.get(name)) for s in siblings}) > 1
+    )

@@ -19,13 +19,14 @@ from clients.app import make_client_app
 from fp8fl.config import RunConfig
 from strategies.app import make_server_app
 
-__all__ = ["simulate", "main"]
+__all__ = ["main", "simulate"]
 
 
 def simulate(config: RunConfig, client_app: ClientApp | None = None) -> None:
     """``config`` on ``num-clients`` virtual SuperNodes, one CPU each."""
     run_simulation(
-        make_server_app(config), client_app or make_client_app(config),
+        make_server_app(config),
+        client_app or make_client_app(config),
         num_supernodes=config.num_clients,
         backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}},
     )

@@ -37,11 +37,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from experiments.run_outcome import reported_failure
 from fp8fl.checkpoint import CHECKPOINT_FILE
 from fp8fl.config import ConfigError, RunConfig
 from fp8fl.results import read_rounds, resolve_results_dir, safe_name
 
-__all__ = ["Sweep", "SweepRun", "load_sweep", "run_sweep", "main"]
+__all__ = ["Sweep", "SweepRun", "load_sweep", "main", "run_sweep"]
 
 PROJECT = Path(__file__).resolve().parents[1]
 SECTIONS = ("sweep", "base", "grid")
@@ -63,8 +64,9 @@ class Sweep:
     runs: tuple[SweepRun, ...]
 
 
-def load_sweep(path: Path, overrides: dict[str, Any] | None = None,
-               seeds: list[int] | None = None) -> Sweep:
+def load_sweep(
+    path: Path, overrides: dict[str, Any] | None = None, seeds: list[int] | None = None
+) -> Sweep:
     """Read a sweep file, apply ``--set`` overrides and ``--seeds``, and validate every run."""
     try:
         document = tomllib.loads(Path(path).read_text())
@@ -86,15 +88,22 @@ def load_sweep(path: Path, overrides: dict[str, Any] | None = None,
     for seed in seeds:  # seed-major: an unfinished sweep still compares every configuration
         for values in itertools.product(*(grid[k] for k in keys)):
             run_name = "-".join([*(_name_part(v) for v in values), f"s{seed}"])
-            mapping = {**base, **dict(zip(keys, values)), "seed": seed,
-                       "results-dir": str(results_dir), "run-name": run_name}
+            mapping = {
+                **base,
+                **dict(zip(keys, values)),
+                "seed": seed,
+                "results-dir": str(results_dir),
+                "run-name": run_name,
+            }
             try:
                 runs.append(SweepRun(run_name, RunConfig.from_mapping(mapping)))
             except ConfigError as err:
                 problems.append(f"{run_name}: {err}")
     names = [run.name for run in runs]
-    problems += [f"{name}: two grid points map to this run name; give the values distinct "
-                 f"letters or digits" for name in sorted({n for n in names if names.count(n) > 1})]
+    problems += [
+        f"{name}: two grid points map to this run name; give the values distinct letters or digits"
+        for name in sorted({n for n in names if names.count(n) > 1})
+    ]
     if problems:
         raise SystemExit("invalid sweep:\n" + "\n".join(problems))
     return Sweep(name, results_dir, tuple(runs))
@@ -110,8 +119,14 @@ def run_sweep(sweep: Sweep, console: Console | None = None) -> dict[str, str]:
     console = console or Console()
     sweep.results_dir.mkdir(parents=True, exist_ok=True)
     statuses: dict[str, str] = {}
-    with Progress(TextColumn("[bold]{task.fields[sweep]}[/]"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+    with Progress(
+        TextColumn("[bold]{task.fields[sweep]}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
         task = bar.add_task("", total=len(sweep.runs), sweep=sweep.name)
         for run in sweep.runs:
             folder = sweep.results_dir / run.name
@@ -120,13 +135,16 @@ def run_sweep(sweep: Sweep, console: Console | None = None) -> dict[str, str]:
                 bar.advance(task)
                 continue
             if (folder / CHECKPOINT_FILE).is_file():
-                run = dataclasses.replace(run, config=dataclasses.replace(run.config,
-                                                                          resume=run.name))
+                run = dataclasses.replace(
+                    run, config=dataclasses.replace(run.config, resume=run.name)
+                )
             elif folder.exists():
                 _set_aside(folder)
             statuses[run.name] = _execute(run, sweep.results_dir, bar, task)
             if statuses[run.name] != "done":
-                console.print(f"[red]{run.name} failed[/]: see {sweep.results_dir / run.name}.log")
+                log = sweep.results_dir / f"{run.name}.log"
+                cause = reported_failure(log) or "no cause in the log"
+                console.print(f"[red]{run.name} failed[/]: {cause} (log: {log})", soft_wrap=True)
             bar.advance(task)
             _write_status(sweep, statuses)
     _write_status(sweep, statuses)
@@ -137,8 +155,18 @@ def _execute(run: SweepRun, results_dir: Path, bar: Progress, task: Any) -> str:
     """One ``flwr run`` of ``run``, its output in ``<run>.log``; "done" or "failed"."""
     config_file = results_dir / f".{run.name}.run-config.toml"
     config_file.write_text(_to_toml(run.config.to_mapping()))
-    command = [sys.executable, "-m", "experiments.flwr_cli", "run", str(PROJECT), "--stream",
-               "--run-config", str(config_file), "--federation-config", run.federation()]
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.flwr_cli",
+        "run",
+        str(PROJECT),
+        "--stream",
+        "--run-config",
+        str(config_file),
+        "--federation-config",
+        run.federation(),
+    ]
     rounds_dir = results_dir / run.name
     with open(results_dir / f"{run.name}.log", "w") as log:
         process = subprocess.Popen(command, cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT)
@@ -146,9 +174,12 @@ def _execute(run: SweepRun, results_dir: Path, bar: Progress, task: Any) -> str:
             records = read_rounds(rounds_dir)
             last = records[-1] if records else {}
             acc = last.get("accuracy")
-            bar.update(task, description=f"{run.name}: round {last.get('round', '-')}"
-                       f"/{run.config.num_server_rounds}"
-                       + ("" if acc is None else f", acc {100 * acc:.1f}%"))
+            bar.update(
+                task,
+                description=f"{run.name}: round {last.get('round', '-')}"
+                f"/{run.config.num_server_rounds}"
+                + ("" if acc is None else f", acc {100 * acc:.1f}%"),
+            )
             time.sleep(2)
     config_file.unlink(missing_ok=True)
     return "done" if (rounds_dir / "summary.json").is_file() else "failed"
@@ -171,8 +202,10 @@ def _to_toml(mapping: dict[str, Any]) -> str:
 
 
 def _write_status(sweep: Sweep, statuses: dict[str, str]) -> None:
-    status = {"sweep": sweep.name, "runs": {r.name: statuses.get(r.name, "pending")
-                                            for r in sweep.runs}}
+    status = {
+        "sweep": sweep.name,
+        "runs": {r.name: statuses.get(r.name, "pending") for r in sweep.runs},
+    }
     (sweep.results_dir / f"sweep-{sweep.name}.json").write_text(json.dumps(status, indent=2) + "\n")
 
 
@@ -198,18 +231,26 @@ def _summary_table(sweep: Sweep, statuses: dict[str, str]) -> Table:
         summary_file = sweep.results_dir / run.name / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
         final, best = summary.get("final_accuracy"), summary.get("best_accuracy")
-        table.add_row(run.name, statuses.get(run.name, "pending"),
-                      "" if final is None else f"{100 * final:.2f}%",
-                      "" if best is None else f"{100 * best:.2f}%",
-                      "" if not summary else f"{summary['total_bytes'] / 1e6:.1f}")
+        table.add_row(
+            run.name,
+            statuses.get(run.name, "pending"),
+            "" if final is None else f"{100 * final:.2f}%",
+            "" if best is None else f"{100 * best:.2f}%",
+            "" if not summary else f"{summary['total_bytes'] / 1e6:.1f}",
+        )
     return table
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fp8fl-sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_file", type=Path)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a [base] run-config key (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a [base] run-config key (repeatable)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", help="replace the sweep's seeds")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and stop")
     args = parser.parse_args(argv)

@@ -18,8 +18,15 @@ import numpy as np
 from experiments.gain import Gain
 from experiments.runs import MODEL_NAMES, TASK_NAMES, Found, MethodResult, Setting
 
-__all__ = ["TABLES", "TableSpec", "csv_table", "gain_text", "markdown_table", "run_rows",
-           "write_csv"]
+__all__ = [
+    "TABLES",
+    "TableSpec",
+    "csv_table",
+    "gain_text",
+    "markdown_table",
+    "run_rows",
+    "write_csv",
+]
 
 
 @dataclass(frozen=True)
@@ -35,25 +42,46 @@ class TableSpec:
 
 
 TABLES = (
-    TableSpec("table1", "Table 1: final test accuracy (%, mean ± std over seeds) / communication "
-              "gain vs FP32 FedAvg",
-              (("fp32", "FP32 FedAvg"), ("uq", "FP8FedAvg-UQ"), ("uq+", "FP8FedAvg-UQ+"),
-               ("bq", "BQ (det. comm.)")), ("fp32", "uq", "uq+", "bq"), True),
-    TableSpec("table2", "Table 2: final test accuracy (%, mean ± std over seeds) for "
-              "deterministic/stochastic QAT without quantized communication",
-              (("fp32", "FP32 FedAvg"), ("qat-fp32wire", "det. QAT"),
-               ("randqat-fp32wire", "rand. QAT")), ("qat-fp32wire", "randqat-fp32wire"), False),
-    TableSpec("table3", "Table 3: final test accuracy (%, mean ± std over seeds) / communication "
-              "gain for deterministic (BQ) and stochastic (UQ) quantized communication (CQ)",
-              (("fp32", "FP32 FedAvg"), ("bq", "det. CQ"), ("uq", "rand. CQ")), ("bq",), True),
+    TableSpec(
+        "table1",
+        "Table 1: final test accuracy (%, mean ± std over seeds) / communication "
+        "gain vs FP32 FedAvg",
+        (
+            ("fp32", "FP32 FedAvg"),
+            ("uq", "FP8FedAvg-UQ"),
+            ("uq+", "FP8FedAvg-UQ+"),
+            ("bq", "BQ (det. comm.)"),
+        ),
+        ("fp32", "uq", "uq+", "bq"),
+        True,
+    ),
+    TableSpec(
+        "table2",
+        "Table 2: final test accuracy (%, mean ± std over seeds) for "
+        "deterministic/stochastic QAT without quantized communication",
+        (("fp32", "FP32 FedAvg"), ("qat-fp32wire", "det. QAT"), ("randqat-fp32wire", "rand. QAT")),
+        ("qat-fp32wire", "randqat-fp32wire"),
+        False,
+    ),
+    TableSpec(
+        "table3",
+        "Table 3: final test accuracy (%, mean ± std over seeds) / communication "
+        "gain for deterministic (BQ) and stochastic (UQ) quantized communication (CQ)",
+        (("fp32", "FP32 FedAvg"), ("bq", "det. CQ"), ("uq", "rand. CQ")),
+        ("bq",),
+        True,
+    ),
 )
-GAIN_NOTE = ("Gain: bytes FP32 FedAvg sent until it first reached acc* ÷ bytes the method sent "
-             "until it first reached acc*, where acc* is the lower of the two best accuracies, "
-             "on seed-mean curves; — where undefined.")
+GAIN_NOTE = (
+    "Gain: bytes FP32 FedAvg sent until it first reached acc* ÷ bytes the method sent "
+    "until it first reached acc*, where acc* is the lower of the two best accuracies, "
+    "on seed-mean curves; — where undefined."
+)
 
 
-def _rows_and_columns(spec: TableSpec, settings: Sequence[Setting]
-                      ) -> tuple[list[Setting], list[tuple[str, str]]]:
+def _rows_and_columns(
+    spec: TableSpec, settings: Sequence[Setting]
+) -> tuple[list[Setting], list[tuple[str, str]]]:
     """The settings that are rows of ``spec``, and its columns whose method ran in one of them."""
     rows = [s for s in settings if any(m in s.methods for m in spec.row_methods)]
     columns = [(m, h) for m, h in spec.columns if any(m in s.methods for s in rows)]
@@ -85,18 +113,46 @@ def markdown_table(spec: TableSpec, settings: Sequence[Setting]) -> str | None:
     if not rows:
         return None
     with_extras = any(s.extras for s in rows)
-    header = ["Task", "Model", "Split", *(["Setting"] if with_extras else []), "Rounds", "Seeds",
-              *(h for _, h in columns)]
-    lines = [[TASK_NAMES.get(s.get("task"), s.get("task")),
-              MODEL_NAMES.get(s.get("model"), s.get("model")), s.split_label,
-              *([s.extras_label] if with_extras else []), str(s.get("num-server-rounds", "")),
-              _seeds_cell(s, columns),
-              *(_cell(spec, s.methods.get(m)) for m, _ in columns)] for s in rows]
+    header = [
+        "Task",
+        "Model",
+        "Split",
+        *(["Setting"] if with_extras else []),
+        "Rounds",
+        "Seeds",
+        *(h for _, h in columns),
+    ]
+    lines = [
+        [
+            TASK_NAMES.get(s.get("task"), s.get("task")),
+            MODEL_NAMES.get(s.get("model"), s.get("model")),
+            s.split_label,
+            *([s.extras_label] if with_extras else []),
+            str(s.get("num-server-rounds", "")),
+            _seeds_cell(s, columns),
+            *(_cell(spec, s.methods.get(m)) for m, _ in columns),
+        ]
+        for s in rows
+    ]
     if spec.gains:
-        lines.append(["Average gain", "", "", *([""] if with_extras else []), "", "",
-                      *(_average_gain(rows, m) for m, _ in columns)])
-    text = [f"**{spec.title}**", "", _markdown_row(header),
-            _markdown_row(["---"] * len(header)), *(_markdown_row(line) for line in lines)]
+        lines.append(
+            [
+                "Average gain",
+                "",
+                "",
+                *([""] if with_extras else []),
+                "",
+                "",
+                *(_average_gain(rows, m) for m, _ in columns),
+            ]
+        )
+    text = [
+        f"**{spec.title}**",
+        "",
+        _markdown_row(header),
+        _markdown_row(["---"] * len(header)),
+        *(_markdown_row(line) for line in lines),
+    ]
     return "\n".join(text + (["", GAIN_NOTE] if spec.gains else [])) + "\n"
 
 
@@ -108,8 +164,11 @@ def _cell(spec: TableSpec, result: MethodResult | None) -> str:
 
 
 def _average_gain(rows: Sequence[Setting], method: str) -> str:
-    gains = [s.methods[method].gain.value for s in rows
-             if method in s.methods and s.methods[method].gain is not None]
+    gains = [
+        s.methods[method].gain.value
+        for s in rows
+        if method in s.methods and s.methods[method].gain is not None
+    ]
     return f"{np.mean(gains):.1f}×" if gains else "—"
 
 
@@ -123,12 +182,16 @@ def csv_table(spec: TableSpec, settings: Sequence[Setting]) -> list[dict[str, An
     rows, columns = _rows_and_columns(spec, settings)
     out = []
     for s in rows:
-        row: dict[str, Any] = {"setting": s.label, "task": s.get("task"), "model": s.get("model"),
-                               "split": s.get("split"),
-                               "dirichlet_alpha": s.get("dirichlet-alpha", ""),
-                               "num_clients": s.get("num-clients", ""),
-                               "format": s.get("format", ""),
-                               "rounds": s.get("num-server-rounds", "")}
+        row: dict[str, Any] = {
+            "setting": s.label,
+            "task": s.get("task"),
+            "model": s.get("model"),
+            "split": s.get("split"),
+            "dirichlet_alpha": s.get("dirichlet-alpha", ""),
+            "num_clients": s.get("num-clients", ""),
+            "format": s.get("format", ""),
+            "rounds": s.get("num-server-rounds", ""),
+        }
         for method, _ in columns:
             row.update(_csv_cells(method, s.methods.get(method), spec.gains))
         out.append(row)
@@ -137,9 +200,11 @@ def csv_table(spec: TableSpec, settings: Sequence[Setting]) -> list[dict[str, An
 
 def _csv_cells(method: str, result: MethodResult | None, gains: bool) -> dict[str, Any]:
     gain = result.gain if result else None
-    cells = {f"{method}_n": result.n if result else 0,
-             f"{method}_acc_mean_pct": _number(result.mean if result else None),
-             f"{method}_acc_std_pct": _number(result.std if result else None)}
+    cells = {
+        f"{method}_n": result.n if result else 0,
+        f"{method}_acc_mean_pct": _number(result.mean if result else None),
+        f"{method}_acc_std_pct": _number(result.std if result else None),
+    }
     if gains:
         cells[f"{method}_gain"] = _number(gain.value if gain else None)
         cells[f"{method}_gain_acc_pct"] = _number(100 * gain.target if gain else None)
@@ -164,21 +229,34 @@ def run_rows(found: Found, settings: Sequence[Setting]) -> list[dict[str, Any]]:
         for result in setting.methods.values():
             for run in result.runs:
                 labels.setdefault(run.path, []).append(setting.label)
-    notes = {run.path: f"not counted: same setting, method and seed as {kept.path}"
-             for run, kept in found.duplicates}
+    notes = {
+        run.path: f"not counted: same setting, method and seed as {kept.path}"
+        for run, kept in found.duplicates
+    }
     rows = []
-    for run in sorted([*found.runs, *(d for d, _ in found.duplicates)],
-                      key=lambda r: (r.method, r.seed, r.started, str(r.path))):
+    for run in sorted(
+        [*found.runs, *(d for d, _ in found.duplicates)],
+        key=lambda r: (r.method, r.seed, r.started, str(r.path)),
+    ):
         s = run.summary
-        rows.append({
-            "run_id": run.run_id, "setting": "; ".join(labels.get(run.path, [])),
-            "method": run.method, "seed": run.seed,
-            "final_accuracy_pct": _number(_percent(s.get("final_accuracy"))),
-            "best_accuracy_pct": _number(_percent(s.get("best_accuracy"))),
-            "best_round": s.get("best_round", ""), "rounds": s.get("rounds", ""),
-            "total_bytes": s.get("total_bytes", ""), "bytes_up": s.get("bytes_up", ""),
-            "bytes_down": s.get("bytes_down", ""), "wall_s": _number(s.get("wall_s")),
-            "path": str(run.path), "note": notes.get(run.path, "")})
+        rows.append(
+            {
+                "run_id": run.run_id,
+                "setting": "; ".join(labels.get(run.path, [])),
+                "method": run.method,
+                "seed": run.seed,
+                "final_accuracy_pct": _number(_percent(s.get("final_accuracy"))),
+                "best_accuracy_pct": _number(_percent(s.get("best_accuracy"))),
+                "best_round": s.get("best_round", ""),
+                "rounds": s.get("rounds", ""),
+                "total_bytes": s.get("total_bytes", ""),
+                "bytes_up": s.get("bytes_up", ""),
+                "bytes_down": s.get("bytes_down", ""),
+                "wall_s": _number(s.get("wall_s")),
+                "path": str(run.path),
+                "note": notes.get(run.path, ""),
+            }
+        )
     return rows
 
 

@@ -1,6 +1,7 @@
 """Server-side maths: the n_k-weighted average (Alg. 3, lines 8-11) and ServerOptimize (Alg. 2).
 
-ServerOptimize (UQ+, seed 001 eq. 7-8) looks for the global weights w and clipping values α that
+ServerOptimize (UQ+, Wang et al. 2024, arXiv:2407.02610 eq. 7-8) looks for the global weights w and
+clipping values α that
 minimise, per quantized tensor,
 
     F(w, α) = Σ_k n_k/m · E‖Q(w; α) − Q(w_k; α_k)‖²
@@ -28,11 +29,12 @@ from fp8fl.kernels import expected_squared_error
 from fp8fl.qat import alpha_name
 from fp8fl.quant import quantize
 
-__all__ = ["weighted_average", "ServerOptResult", "server_optimize", "average_objective"]
+__all__ = ["ServerOptResult", "average_objective", "server_optimize", "weighted_average"]
 
 
-def weighted_average(states: list[dict[str, torch.Tensor]], weights: list[int]
-                     ) -> dict[str, torch.Tensor]:
+def weighted_average(
+    states: list[dict[str, torch.Tensor]], weights: list[int]
+) -> dict[str, torch.Tensor]:
     """Σ_k n_k/m · state_k for every entry, accumulated in float64, returned as float32."""
     if not states or len(states) != len(weights):
         raise ValueError("need one weight per state and at least one state")
@@ -100,28 +102,44 @@ def average_objective(
     """Σ over quantized tensors of F(w̄, ᾱ): the objective of ServerOptimize at the plain average."""
     return sum(
         _spread(name, average, client_states, weights)
-        + _objective(average[name], average[name], float(average[alpha_name(name)]), fmt,
-                     stochastic)
-        for name in quantized)
+        + _objective(
+            average[name], average[name], float(average[alpha_name(name)]), fmt, stochastic
+        )
+        for name in quantized
+    )
 
 
-def _spread(name: str, average: dict[str, torch.Tensor],
-            client_states: list[dict[str, torch.Tensor]], weights: list[int]) -> float:
+def _spread(
+    name: str,
+    average: dict[str, torch.Tensor],
+    client_states: list[dict[str, torch.Tensor]],
+    weights: list[int],
+) -> float:
     """Σ_k n_k/m ‖w_k − w̄‖², the part of F that no choice of (w, α) changes."""
     total = float(sum(weights))
     w_bar = average[name].double()
-    return sum(float((s[name].double() - w_bar).pow(2).sum()) * (n / total)
-               for s, n in zip(client_states, weights))
+    return sum(
+        float((s[name].double() - w_bar).pow(2).sum()) * (n / total)
+        for s, n in zip(client_states, weights)
+    )
 
 
-def _objective(w: torch.Tensor, target: torch.Tensor, alpha: float, fmt: FloatFormat,
-               stochastic: bool) -> float:
+def _objective(
+    w: torch.Tensor, target: torch.Tensor, alpha: float, fmt: FloatFormat, stochastic: bool
+) -> float:
     tables = grid_tables(fmt, as_alpha(alpha, fmt))
     return expected_squared_error(w, target, tables, stochastic)
 
 
-def _descend(w_bar: torch.Tensor, alpha: float, fmt: FloatFormat, stochastic: bool, steps: int,
-             lr: float, generator: torch.Generator) -> torch.Tensor:
+def _descend(
+    w_bar: torch.Tensor,
+    alpha: float,
+    fmt: FloatFormat,
+    stochastic: bool,
+    steps: int,
+    lr: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """``steps`` STE gradient steps on ‖Q(w; α) − w̄‖² from w = w̄."""
     w = w_bar.clone()
     inside = w_bar.abs() <= alpha

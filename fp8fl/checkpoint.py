@@ -19,8 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CHECKPOINT_FILE", "Checkpoint", "save_checkpoint", "load_checkpoint", "rng_states",
-           "restore_rng_states"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "Checkpoint",
+    "load_checkpoint",
+    "restore_rng_states",
+    "rng_states",
+    "save_checkpoint",
+]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 VERSION = 1
@@ -39,9 +45,11 @@ def rng_states() -> dict[str, Any]:
     """torch's, numpy's and Python's global RNG states, as tensors and plain values."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, python_gauss = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-            "python": [version, list(internal), python_gauss]}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": [version, list(internal), python_gauss],
+    }
 
 
 def restore_rng_states(states: dict[str, Any]) -> None:
@@ -54,10 +62,14 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
 def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
     """Write ``checkpoint.pt`` via a temporary file, fsync and an atomic rename."""
-    payload = {"version": VERSION, "round": checkpoint.round,
-               "state": {k: v.detach().cpu() for k, v in checkpoint.state.items()},
-               "ledger": dict(checkpoint.ledger), "config": dict(checkpoint.config),
-               "rng": checkpoint.rng}
+    payload = {
+        "version": VERSION,
+        "round": checkpoint.round,
+        "state": {k: v.detach().cpu() for k, v in checkpoint.state.items()},
+        "ledger": dict(checkpoint.ledger),
+        "config": dict(checkpoint.config),
+        "rng": checkpoint.rng,
+    }
     handle, tmp = tempfile.mkstemp(dir=run_dir, prefix=".checkpoint.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as f:
@@ -74,11 +86,16 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     """Read ``checkpoint.pt`` (tensors and plain values only: nothing executable is unpickled)."""
     path = run_dir / CHECKPOINT_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint in {run_dir}: the run never completed a round "
-                                "(or this is not a run folder)")
+        raise FileNotFoundError(
+            f"no checkpoint in {run_dir}: the run never completed a round "
+            "(or this is not a run folder)"
+        )
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("version") != VERSION:
-        raise ValueError(f"{path} has checkpoint version {payload.get('version')}, this fp8fl "
-                         f"reads version {VERSION}")
-    return Checkpoint(payload["round"], payload["state"], payload["ledger"], payload["config"],
-                      payload["rng"])
+        raise ValueError(
+            f"{path} has checkpoint version {payload.get('version')}, this fp8fl "
+            f"reads version {VERSION}"
+        )
+    return Checkpoint(
+        payload["round"], payload["state"], payload["ledger"], payload["config"], payload["rng"]
+    )

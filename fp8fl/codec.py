@@ -23,7 +23,7 @@ from fp8fl.gridtables import grid_tables
 from fp8fl.kernels import decode_codes
 from fp8fl.quant import round_tensor
 
-__all__ = ["encode", "decode", "packed_length", "pack_codes", "unpack_codes"]
+__all__ = ["decode", "encode", "pack_codes", "packed_length", "unpack_codes"]
 
 
 def packed_length(count: int, bits: int) -> int:

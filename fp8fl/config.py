@@ -2,7 +2,8 @@
 
 Methods are three orthogonal switches — ``qat`` (rounding of the local QAT forward), ``wire``
 (rounding of the weights on the wire, both directions) and ``server_opt`` (how the server
-aggregates) — and ``method`` names a preset of them (seed 001: Table 1, Table 2, Table 3, Fig. 4):
+aggregates) — and ``method`` names a preset of them (Wang et al. 2024, arXiv:2407.02610: Table 1,
+Table 2, Table 3, Fig. 4):
 
 | method             | qat        | wire       | server_opt | in the paper                     |
 |--------------------|------------|------------|------------|----------------------------------|
@@ -28,7 +29,7 @@ from typing import Any
 from fp8fl.formats import FloatFormat
 from fp8fl.tasks import TASKS, task_spec
 
-__all__ = ["RunConfig", "ConfigError", "METHODS", "QAT_MODES", "WIRE_MODES", "SERVER_OPTS"]
+__all__ = ["METHODS", "QAT_MODES", "SERVER_OPTS", "WIRE_MODES", "ConfigError", "RunConfig"]
 
 QAT_MODES = ("none", "nearest", "stochastic")
 WIRE_MODES = ("fp32", "nearest", "stochastic")
@@ -91,7 +92,7 @@ class RunConfig:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_mapping(cls, values: dict[str, Any]) -> "RunConfig":
+    def from_mapping(cls, values: dict[str, Any]) -> RunConfig:
         """Build from a Flower run config (kebab-case keys); raise ``ConfigError`` listing every
         unknown key, wrongly typed value, out-of-range value and invalid combination."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -109,7 +110,7 @@ class RunConfig:
             raise ConfigError(_report(problems))
         return cls(**kwargs).resolved()
 
-    def resolved(self) -> "RunConfig":
+    def resolved(self) -> RunConfig:
         """Apply the method preset, resolve ``optimizer``, and validate."""
         problems: list[str] = []
         preset = METHODS.get(self.method)
@@ -121,13 +122,16 @@ class RunConfig:
         qat = self.qat or preset[0]
         wire = self.wire or preset[1]
         server_opt = self.server_opt or preset[2]
-        method = next((name for name, switches in METHODS.items()
-                       if switches == (qat, wire, server_opt)), "custom")
+        method = next(
+            (name for name, switches in METHODS.items() if switches == (qat, wire, server_opt)),
+            "custom",
+        )
         optimizer = self.optimizer
         if optimizer == "auto":
             optimizer = "adamw" if self.model == "kwt1" else "sgd"
-        config = dataclasses.replace(self, qat=qat, wire=wire, server_opt=server_opt,
-                                     method=method, optimizer=optimizer)
+        config = dataclasses.replace(
+            self, qat=qat, wire=wire, server_opt=server_opt, method=method, optimizer=optimizer
+        )
         problems += config._problems()
         if problems:
             raise ConfigError(_report(problems))
@@ -146,7 +150,7 @@ class RunConfig:
     def clients_per_round_count(self) -> int:
         """Clients sampled per round: a fraction of ``num_clients`` (at least one) or a count."""
         if isinstance(self.clients_per_round, float):
-            return max(1, int(round(self.clients_per_round * self.num_clients)))
+            return max(1, round(self.clients_per_round * self.num_clients))
         return self.clients_per_round
 
     @property
@@ -168,43 +172,70 @@ class RunConfig:
         need(self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.task in TASKS:
             spec = task_spec(self.task)
-            need(self.model in spec.models, f"model {self.model!r} does not fit task "
-                 f"{self.task!r}: choose {' or '.join(spec.models)}")
-            need(self.split in spec.splits, f"split {self.split!r} is not available for "
-                 f"{self.task!r}: choose {', '.join(spec.splits)}")
+            need(
+                self.model in spec.models,
+                f"model {self.model!r} does not fit task "
+                f"{self.task!r}: choose {' or '.join(spec.models)}",
+            )
+            need(
+                self.split in spec.splits,
+                f"split {self.split!r} is not available for "
+                f"{self.task!r}: choose {', '.join(spec.splits)}",
+            )
         need(self.qat in QAT_MODES, f"qat must be one of {', '.join(QAT_MODES)}, got {self.qat!r}")
-        need(self.wire in WIRE_MODES, f"wire must be one of {', '.join(WIRE_MODES)}, "
-             f"got {self.wire!r}")
-        need(self.server_opt in SERVER_OPTS, f"server-opt must be one of "
-             f"{', '.join(SERVER_OPTS)}, got {self.server_opt!r}")
-        need(not (self.qat == "none" and self.wire in ("nearest", "stochastic")),
-             "wire quantization uses the α learned by QAT: with qat = 'none' use wire = 'fp32'")
-        need(not (self.server_opt == "mse" and self.wire == "fp32"),
-             "server-opt = 'mse' minimises the error of quantized communication; with "
-             "wire = 'fp32' its solution is the plain average: use server-opt = 'average'")
+        need(
+            self.wire in WIRE_MODES,
+            f"wire must be one of {', '.join(WIRE_MODES)}, got {self.wire!r}",
+        )
+        need(
+            self.server_opt in SERVER_OPTS,
+            f"server-opt must be one of {', '.join(SERVER_OPTS)}, got {self.server_opt!r}",
+        )
+        need(
+            not (self.qat == "none" and self.wire in ("nearest", "stochastic")),
+            "wire quantization uses the α learned by QAT: with qat = 'none' use wire = 'fp32'",
+        )
+        need(
+            not (self.server_opt == "mse" and self.wire == "fp32"),
+            "server-opt = 'mse' minimises the error of quantized communication; with "
+            "wire = 'fp32' its solution is the plain average: use server-opt = 'average'",
+        )
         try:
             FloatFormat.from_name(self.format)
         except ValueError as err:
             p.append(str(err))
-        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
-             f"got {self.optimizer!r}")
+        need(
+            self.optimizer in OPTIMIZERS,
+            f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
+        )
         need(self.dirichlet_alpha > 0, f"dirichlet-alpha must be > 0, got {self.dirichlet_alpha}")
         need(self.num_clients >= 1, f"num-clients must be >= 1, got {self.num_clients}")
         need(self.num_server_rounds >= 1, "num-server-rounds must be >= 1")
         if isinstance(self.clients_per_round, float):
-            need(0 < self.clients_per_round <= 1, "clients-per-round as a fraction must be in "
-                 f"(0, 1], got {self.clients_per_round}")
+            need(
+                0 < self.clients_per_round <= 1,
+                f"clients-per-round as a fraction must be in (0, 1], got {self.clients_per_round}",
+            )
         else:
-            need(1 <= self.clients_per_round <= self.num_clients, "clients-per-round as a count "
-                 f"must be in 1..num-clients ({self.num_clients}), got {self.clients_per_round}")
+            need(
+                1 <= self.clients_per_round <= self.num_clients,
+                "clients-per-round as a count "
+                f"must be in 1..num-clients ({self.num_clients}), got {self.clients_per_round}",
+            )
         if self.num_clients >= 1 and not p:
-            need(1 <= self.min_fit_clients <= self.clients_per_round_count,
-                 f"min-fit-clients must be in 1..{self.clients_per_round_count} (the clients "
-                 f"sampled per round), got {self.min_fit_clients}")
-        need(self.local_epochs >= 0 and self.local_steps >= 0,
-             "local-epochs and local-steps must be >= 0")
-        need(self.local_epochs > 0 or self.local_steps > 0,
-             "set local-epochs or local-steps to a positive number")
+            need(
+                1 <= self.min_fit_clients <= self.clients_per_round_count,
+                f"min-fit-clients must be in 1..{self.clients_per_round_count} (the clients "
+                f"sampled per round), got {self.min_fit_clients}",
+            )
+        need(
+            self.local_epochs >= 0 and self.local_steps >= 0,
+            "local-epochs and local-steps must be >= 0",
+        )
+        need(
+            self.local_epochs > 0 or self.local_steps > 0,
+            "set local-epochs or local-steps to a positive number",
+        )
         need(self.batch_size >= 1, f"batch-size must be >= 1, got {self.batch_size}")
         need(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
         need(self.weight_decay >= 0, f"weight-decay must be >= 0, got {self.weight_decay}")
@@ -212,8 +243,10 @@ class RunConfig:
         need(self.server_opt_grid >= 1, "server-opt-grid must be >= 1")
         try:
             lrs = self.server_opt_lr_candidates
-            need(bool(lrs) and all(v > 0 and math.isfinite(v) for v in lrs),
-                 f"server-opt-lrs must be positive numbers, got {self.server_opt_lrs!r}")
+            need(
+                bool(lrs) and all(v > 0 and math.isfinite(v) for v in lrs),
+                f"server-opt-lrs must be positive numbers, got {self.server_opt_lrs!r}",
+            )
         except ValueError:
             p.append(f"server-opt-lrs must be comma-separated numbers, got {self.server_opt_lrs!r}")
         need(self.eval_every >= 1, f"eval-every must be >= 1, got {self.eval_every}")
@@ -222,8 +255,10 @@ class RunConfig:
         need(self.calibration_samples >= 1, "calibration-samples must be >= 1")
         need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         need(bool(self.results_dir), "results-dir must not be empty")
-        need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"),
-             f"device must be auto, cpu or cuda[:n], got {self.device!r}")
+        need(
+            self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"),
+            f"device must be auto, cpu or cuda[:n], got {self.device!r}",
+        )
         return p
 
 
@@ -246,8 +281,9 @@ def _coerce(name: str, value: Any, default: Any, problems: list[str]) -> Any:
         ok = isinstance(value, expected)
     if not ok:
         key = name.replace("_", "-")
-        problems.append(f"{key} must be {expected.__name__}, got {value!r} "
-                        f"({type(value).__name__})")
+        problems.append(
+            f"{key} must be {expected.__name__}, got {value!r} ({type(value).__name__})"
+        )
         return None
     return value
 

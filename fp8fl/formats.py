@@ -1,7 +1,8 @@
 """Low-precision floating-point formats with a flexible, α-dependent exponent bias.
 
 A format has one sign bit, ``exp_bits`` exponent bits and ``man_bits`` mantissa bits. Following
-seed 001 (§3.2, eq. 2-4) and Kuzmin et al. 2022, the exponent bias is not fixed: it is chosen from
+Wang et al. 2024 (arXiv:2407.02610, §3.2, eq. 2-4) and Kuzmin et al. 2022, the exponent bias is not
+fixed: it is chosen from
 a clipping value α so that the largest representable magnitude is exactly α::
 
     b(α) = 2^e − log2 α + log2(2 − 2^−m) − 1
@@ -27,7 +28,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-__all__ = ["FloatFormat", "E4M3", "E5M2", "E3M4", "E2M3", "E3M2", "E2M1", "as_alpha"]
+__all__ = ["E2M1", "E2M3", "E3M2", "E3M4", "E4M3", "E5M2", "FloatFormat", "as_alpha"]
 
 _FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -58,15 +59,14 @@ class FloatFormat:
             )
 
     @classmethod
-    def from_name(cls, name: str) -> "FloatFormat":
+    def from_name(cls, name: str) -> FloatFormat:
         """Parse a name such as ``"e4m3"`` or ``"E5M2"`` (any valid eXmY is accepted)."""
         if not isinstance(name, str):
             raise TypeError(f"format name must be a str, got {type(name).__name__}")
         match = re.fullmatch(r"e(\d)m(\d)", name.strip().lower())
         if match is None:
             raise ValueError(
-                f"unknown float format {name!r}: expected 'eXmY' such as "
-                f"{', '.join(cls.NAMED)}"
+                f"unknown float format {name!r}: expected 'eXmY' such as {', '.join(cls.NAMED)}"
             )
         try:
             return cls(int(match.group(1)), int(match.group(2)))
@@ -93,7 +93,8 @@ class FloatFormat:
         return 2 * (self.num_magnitudes - 1) + 1
 
     def bias(self, alpha: float | torch.Tensor) -> float:
-        """The flexible exponent bias b = 2^e − log2 α + log2(2 − 2^−m) − 1 (seed 001, §3.3)."""
+        """The flexible exponent bias b = 2^e − log2 α + log2(2 − 2^−m) − 1 (Wang et al. 2024,
+        arXiv:2407.02610, §3.3)."""
         a = as_alpha(alpha, self)
         return 2.0**self.exp_bits - math.log2(a) + math.log2(2.0 - 2.0**-self.man_bits) - 1.0
 
@@ -129,7 +130,9 @@ def as_alpha(alpha: float | torch.Tensor, fmt: FloatFormat) -> float:
     """Validate a clipping value and return it rounded to float32 (its wire representation)."""
     if isinstance(alpha, torch.Tensor):
         if alpha.numel() != 1 or alpha.dim() > 1:
-            raise ValueError(f"alpha must be a 0-d tensor or a float, got shape {tuple(alpha.shape)}")
+            raise ValueError(
+                f"alpha must be a 0-d tensor or a float, got shape {tuple(alpha.shape)}"
+            )
         if not alpha.dtype.is_floating_point:
             raise TypeError(f"alpha must be a floating-point tensor, got {alpha.dtype}")
         value = float(alpha.detach().reshape(()).item())

@@ -36,12 +36,12 @@ class CellLookup:
     next: np.ndarray  # int32, the one threshold inside the cell, or int32 max
 
     @classmethod
-    def build(cls, thresholds: np.ndarray, man_bits: int) -> "CellLookup":
+    def build(cls, thresholds: np.ndarray, man_bits: int) -> CellLookup:
         bits = np.ascontiguousarray(thresholds, dtype=np.float32).view(np.int32)
         shift = 23 - (man_bits + 2)
         kmin = int(bits[0] >> shift) - 1  # cell 0 lies wholly below the first threshold
         kmax = int(bits[-1] >> shift) + 1  # the last cell lies wholly above the last one
-        starts = (np.arange(kmin, kmax + 1, dtype=np.int64) << shift)
+        starts = np.arange(kmin, kmax + 1, dtype=np.int64) << shift
         base = np.searchsorted(bits, starts, side="right")
         inside = np.searchsorted(bits, starts + (1 << shift), side="left") - base
         if inside.max() > 1:

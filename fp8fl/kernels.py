@@ -24,8 +24,13 @@ from numba import njit, prange
 from fp8fl.gridtables import CellLookup, GridTables
 
 __all__ = [
-    "round_to_grid", "decode_codes", "fake_quant_grads", "RoundResult", "draw_key", "uniform_stream",
+    "RoundResult",
+    "decode_codes",
+    "draw_key",
     "expected_squared_error",
+    "fake_quant_grads",
+    "round_to_grid",
+    "uniform_stream",
 ]
 
 _ABS_MASK = 0x7FFFFFFF
@@ -171,15 +176,14 @@ _LAUNCH = threading.Lock()
 def _launch(kernel, *args):  # type: ignore[no-untyped-def]
     """Run a parallel kernel on as many threads as torch uses (one in a one-CPU Ray actor)."""
     with _LAUNCH:
-        numba.set_num_threads(max(1, min(torch.get_num_threads(),
-                                         numba.config.NUMBA_NUM_THREADS)))
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
         return kernel(*args)
 
 
 class RoundResult:
     """Outputs of one rounding pass: flat ``codes`` (uint8) and/or ``values`` (float32)."""
 
-    __slots__ = ("codes", "values", "nonfinite")
+    __slots__ = ("codes", "nonfinite", "values")
 
     def __init__(self, codes: torch.Tensor | None, values: torch.Tensor | None, nonfinite: int):
         self.codes, self.values, self.nonfinite = codes, values, nonfinite
@@ -201,8 +205,16 @@ def round_to_grid(
         return _round_torch(flat, tables, stochastic, key, want_codes, want_values)
     flat = flat.contiguous()
     lookup = tables.floor if stochastic else tables.nearest
-    args = (flat.numpy(), np.uint64(key), stochastic, lookup.shift, lookup.kmin, lookup.base,
-            lookup.next, tables.magnitudes)
+    args = (
+        flat.numpy(),
+        np.uint64(key),
+        stochastic,
+        lookup.shift,
+        lookup.kmin,
+        lookup.base,
+        lookup.next,
+        tables.magnitudes,
+    )
     codes = values = None
     if want_codes:
         codes = torch.empty(flat.numel(), dtype=torch.uint8)
@@ -249,13 +261,24 @@ def _round_torch(
     return RoundResult(codes, values, nonfinite)
 
 
-def expected_squared_error(w: torch.Tensor, target: torch.Tensor, tables: GridTables,
-                           stochastic: bool) -> float:
+def expected_squared_error(
+    w: torch.Tensor, target: torch.Tensor, tables: GridTables, stochastic: bool
+) -> float:
     """Σ E‖Q(w) − target‖² for the nearest or the stochastic quantizer (CPU float32 tensors)."""
     lookup = tables.floor if stochastic else tables.nearest
-    return float(_launch(
-        _expected_error_kernel, w.detach().reshape(-1).contiguous().numpy(), target.detach().reshape(-1).contiguous().numpy(),
-        stochastic, lookup.shift, lookup.kmin, lookup.base, lookup.next, tables.magnitudes))
+    return float(
+        _launch(
+            _expected_error_kernel,
+            w.detach().reshape(-1).contiguous().numpy(),
+            target.detach().reshape(-1).contiguous().numpy(),
+            stochastic,
+            lookup.shift,
+            lookup.kmin,
+            lookup.base,
+            lookup.next,
+            tables.magnitudes,
+        )
+    )
 
 
 def decode_codes(codes: np.ndarray, tables: GridTables) -> torch.Tensor:
@@ -277,7 +300,11 @@ def fake_quant_grads(
     g_flat = g.detach().reshape(-1).contiguous()
     gx = torch.empty_like(g_flat)
     galpha = _launch(
-        _fake_quant_backward_kernel, g_flat.numpy(), x.reshape(-1).contiguous().numpy(), q.reshape(-1).contiguous().numpy(),
-        np.float32(alpha), gx.numpy(),
+        _fake_quant_backward_kernel,
+        g_flat.numpy(),
+        x.reshape(-1).contiguous().numpy(),
+        q.reshape(-1).contiguous().numpy(),
+        np.float32(alpha),
+        gx.numpy(),
     )
     return gx.view_as(g), float(galpha)

@@ -1,4 +1,5 @@
-"""The paper's four models in FP32 (seed 001 §5.1), built by name: ``build_model(name, num_classes)``.
+"""The paper's four models in FP32 (Wang et al. 2024, arXiv:2407.02610, §5.1), built by name:
+``build_model(name, num_classes)``.
 
 | name          | input (float32)                    | parameters                                   |
 |---------------|------------------------------------|----------------------------------------------|
@@ -8,8 +9,10 @@
 | ``kwt1``        | N×98×40 MFCCs (frames × features)  | 608,931 (C=35), 607,436 (C=12)               |
 
 Every normalisation is per sample (GroupNorm, LayerNorm): BatchNorm's running statistics are
-estimated on each client's skewed data and do not average into the statistics of the union
-(Hsieh et al. 2020, seed 001's ref. [12]); §5.2 names GroupNorm for the CNNs and LayerNorm for KWT.
+estimated on each client's skewed data and do not average into the statistics of the
+union
+(Hsieh et al. 2020, ref. [12] of Wang et al. 2024, arXiv:2407.02610); §5.2 names GroupNorm for the
+CNNs and LayerNorm for KWT.
 None of the models uses dropout. Convert any of them to QAT with ``fp8fl.qat.prepare_qat``.
 """
 
@@ -27,12 +30,20 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from fp8fl.attention import SelfAttention
 
 __all__ = [
-    "MODELS", "build_model", "model_options", "LeNet", "resnet18", "MatchboxNet", "KWT", "kwt1",
+    "KWT",
+    "MODELS",
+    "LeNet",
+    "MatchboxNet",
+    "build_model",
+    "kwt1",
+    "model_options",
+    "resnet18",
 ]
 
 
 class LeNet(nn.Module):
-    """FedDyn's CIFAR CNN, called LeNet in seed 001: two 5×5 convs with max pooling, three FCs."""
+    """FedDyn's CIFAR CNN, called LeNet in Wang et al. 2024 (arXiv:2407.02610): two 5×5 convs with
+    max pooling, three FCs."""
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
@@ -55,8 +66,12 @@ def resnet18(num_classes: int, norm_groups: int = 2) -> ResNet:
     Two groups per GroupNorm, as in FedDyn's ResNet18 and Hsieh et al. 2020, who found G = 2 the
     best setting under skewed client data. The norm layers keep torchvision's names (``bn1`` …).
     """
-    model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes,
-                   norm_layer=partial(nn.GroupNorm, norm_groups))
+    model = ResNet(
+        BasicBlock,
+        [2, 2, 2, 2],
+        num_classes=num_classes,
+        norm_layer=partial(nn.GroupNorm, norm_groups),
+    )
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     model.maxpool = nn.Identity()
@@ -70,24 +85,41 @@ class ConvBlock(nn.Module):
     otherwise one bias-free conv. "Same" padding keeps the number of frames.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, dilation: int = 1,
-                 separable: bool = True, residual: bool = False, norm_groups: int = 2) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        dilation: int = 1,
+        separable: bool = True,
+        residual: bool = False,
+        norm_groups: int = 2,
+    ) -> None:
         super().__init__()
         padding = dilation * (kernel - 1) // 2
         if separable:
             self.conv = nn.Sequential(
-                nn.Conv1d(in_ch, in_ch, kernel, padding=padding, dilation=dilation, groups=in_ch,
-                          bias=False),
+                nn.Conv1d(
+                    in_ch,
+                    in_ch,
+                    kernel,
+                    padding=padding,
+                    dilation=dilation,
+                    groups=in_ch,
+                    bias=False,
+                ),
                 nn.Conv1d(in_ch, out_ch, 1, bias=False),
             )
         else:
             self.conv = nn.Sequential(
-                nn.Conv1d(in_ch, out_ch, kernel, padding=padding, dilation=dilation, bias=False))
+                nn.Conv1d(in_ch, out_ch, kernel, padding=padding, dilation=dilation, bias=False)
+            )
         self.norm = nn.GroupNorm(norm_groups, out_ch)
         self.residual = None
         if residual:
-            self.residual = nn.Sequential(nn.Conv1d(in_ch, out_ch, 1, bias=False),
-                                          nn.GroupNorm(norm_groups, out_ch))
+            self.residual = nn.Sequential(
+                nn.Conv1d(in_ch, out_ch, 1, bias=False), nn.GroupNorm(norm_groups, out_ch)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm(self.conv(x))
@@ -101,7 +133,7 @@ class MatchboxNet(nn.Module):
 
     Prologue 128 ch k11; three residual blocks of 64 ch with k13, k15, k17; epilogue 128 ch k29
     dilation 2, then 128 ch k1 (not separable); mean over time; linear classifier. This is the
-    published 3x1x64 (77,859 parameters for 35 classes on 64 MFCCs, NeMo's "~77K"); seed 001's
+    published 3x1x64 (77,859 parameters for 35 classes on 64 MFCCs, NeMo's "~77K"); Wang et al.'s
     "350K" matches no 3x1x64 configuration. GroupNorm with ``norm_groups`` groups (default 2, as in
     ``resnet18``) normalises each sample over its channels and frames, so nothing depends on the
     client's batch statistics.
@@ -148,8 +180,16 @@ class KWT(nn.Module):
     (607,436 for 12, the "607K" of the KWT paper).
     """
 
-    def __init__(self, num_classes: int, frames: int = 98, features: int = 40, dim: int = 64,
-                 depth: int = 12, heads: int = 1, mlp_dim: int = 256) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        frames: int = 98,
+        features: int = 40,
+        dim: int = 64,
+        depth: int = 12,
+        heads: int = 1,
+        mlp_dim: int = 256,
+    ) -> None:
         super().__init__()
         self.input_shape = (frames, features)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -163,8 +203,10 @@ class KWT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: N×frames×features."""
         if x.dim() != 3 or tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"KWT expects input N×{self.input_shape[0]}×{self.input_shape[1]} "
-                             f"(frames × MFCC features), got {tuple(x.shape)}")
+            raise ValueError(
+                f"KWT expects input N×{self.input_shape[0]}×{self.input_shape[1]} "
+                f"(frames × MFCC features), got {tuple(x.shape)}"
+            )
         tokens = self.embed(x)
         cls = self.cls_token.expand(len(x), -1, -1)
         tokens = torch.cat([cls, tokens], dim=1) + self.pos_embedding
@@ -199,8 +241,10 @@ def build_model(name: str, num_classes: int, **options: int) -> nn.Module:
     valid = model_options(name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"model {name!r} has no option(s) {', '.join(unknown)}; valid options: "
-                         f"{', '.join(valid) or 'none'}")
+        raise ValueError(
+            f"model {name!r} has no option(s) {', '.join(unknown)}; valid options: "
+            f"{', '.join(valid) or 'none'}"
+        )
     return builder(num_classes, **options)
 
 

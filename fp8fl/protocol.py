@@ -10,8 +10,13 @@ from __future__ import annotations
 from fp8fl.config import RunConfig
 from fp8fl.wire import WIRE_VERSION
 
-__all__ = ["fit_instructions", "check_instructions", "update_metrics", "check_update_metrics",
-           "ProtocolError"]
+__all__ = [
+    "ProtocolError",
+    "check_instructions",
+    "check_update_metrics",
+    "fit_instructions",
+    "update_metrics",
+]
 
 Scalar = bool | int | float | str | bytes
 
@@ -46,11 +51,16 @@ def check_instructions(values: dict[str, Scalar], config: RunConfig) -> int:
     return server_round
 
 
-def update_metrics(config: RunConfig, partition_id: int, stats: dict[str, float],
-                   fit_seconds: float) -> dict[str, Scalar]:
+def update_metrics(
+    config: RunConfig, partition_id: int, stats: dict[str, float], fit_seconds: float
+) -> dict[str, Scalar]:
     """The FitRes metrics a client sends with its update."""
-    return {**stats, "partition-id": partition_id, **_wire_fields(config),
-            "fit-seconds": fit_seconds}
+    return {
+        **stats,
+        "partition-id": partition_id,
+        **_wire_fields(config),
+        "fit-seconds": fit_seconds,
+    }
 
 
 def check_update_metrics(values: dict[str, Scalar], config: RunConfig) -> int:

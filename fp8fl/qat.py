@@ -1,4 +1,5 @@
-"""Quantization-aware training simulating on-device FP8 training (seed 001 §3.3, §5.2, Fig. 3).
+"""Quantization-aware training simulating on-device FP8 training (Wang et al. 2024,
+arXiv:2407.02610, §3.3, §5.2, Fig. 3).
 
 ``prepare_qat(model, config)`` converts, in place, every ``nn.Conv1d``, ``nn.Conv2d`` and
 ``nn.Linear`` (exact types) into its QAT subclass (``QConv1d``, ``QConv2d``, ``QLinear``) and every
@@ -57,9 +58,22 @@ from fp8fl.formats import E4M3, FloatFormat
 from fp8fl.quant import fake_quant
 
 __all__ = [
-    "QuantConfig", "Rounding", "ROUNDINGS", "MIN_RANGE", "QATModule", "QLinear", "QConv1d",
-    "QConv2d", "QSelfAttention", "prepare_qat", "calibrate", "is_calibrated", "clamp_ranges_",
-    "quantized_weight_names", "alpha_name", "range_parameter_names",
+    "MIN_RANGE",
+    "ROUNDINGS",
+    "QATModule",
+    "QConv1d",
+    "QConv2d",
+    "QLinear",
+    "QSelfAttention",
+    "QuantConfig",
+    "Rounding",
+    "alpha_name",
+    "calibrate",
+    "clamp_ranges_",
+    "is_calibrated",
+    "prepare_qat",
+    "quantized_weight_names",
+    "range_parameter_names",
 ]
 
 Rounding = Literal["nearest", "stochastic", "none"]
@@ -84,11 +98,14 @@ class QuantConfig:
         if isinstance(self.fmt, str):
             object.__setattr__(self, "fmt", FloatFormat.from_name(self.fmt))
         if not isinstance(self.fmt, FloatFormat):
-            raise TypeError(f"QuantConfig.fmt must be a FloatFormat or a name such as 'e4m3', "
-                            f"got {type(self.fmt).__name__}")
+            raise TypeError(
+                f"QuantConfig.fmt must be a FloatFormat or a name such as 'e4m3', "
+                f"got {type(self.fmt).__name__}"
+            )
         if not isinstance(self.rounding, str) or self.rounding not in ROUNDINGS:
-            raise ValueError(f"QuantConfig.rounding must be one of {', '.join(ROUNDINGS)}, "
-                             f"got {self.rounding!r}")
+            raise ValueError(
+                f"QuantConfig.rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}"
+            )
 
 
 class QATModule(nn.Module):
@@ -115,8 +132,10 @@ class QATModule(nn.Module):
         clip = getattr(self, range_name)
         value = clip.item()
         if math.isnan(value):
-            raise RuntimeError(f"{_join(self.qat_name, range_name)} is not calibrated (NaN): run "
-                               "fp8fl.qat.calibrate(model, batch) once before using a QAT model")
+            raise RuntimeError(
+                f"{_join(self.qat_name, range_name)} is not calibrated (NaN): run "
+                "fp8fl.qat.calibrate(model, batch) once before using a QAT model"
+            )
         if value < MIN_RANGE:
             _clamp_(clip)
         stochastic = self.qat_config.rounding == "stochastic"
@@ -143,8 +162,9 @@ class _WeightLayer(QATModule, ABC):
             self.weight_alpha.copy_(self.weight.detach().abs().max().clamp(min=MIN_RANGE))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.apply_weight(self.quantize_input(x, "input_beta"),
-                                 self.quantize(self.weight, "weight_alpha"))
+        return self.apply_weight(
+            self.quantize_input(x, "input_beta"), self.quantize(self.weight, "weight_alpha")
+        )
 
     @abstractmethod
     def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -179,7 +199,10 @@ class QSelfAttention(QATModule, SelfAttention):
 
 
 QAT_CLASSES: dict[type[nn.Module], type[QATModule]] = {
-    nn.Linear: QLinear, nn.Conv1d: QConv1d, nn.Conv2d: QConv2d, SelfAttention: QSelfAttention,
+    nn.Linear: QLinear,
+    nn.Conv1d: QConv1d,
+    nn.Conv2d: QConv2d,
+    SelfAttention: QSelfAttention,
 }
 
 
@@ -201,8 +224,9 @@ def prepare_qat(model: nn.Module, config: QuantConfig | None = None) -> nn.Modul
             module.setup_qat(config, name)  # type: ignore[attr-defined]
             converted += 1
     if not converted:
-        raise ValueError("model has no nn.Conv1d, nn.Conv2d, nn.Linear or SelfAttention to "
-                         "quantize")
+        raise ValueError(
+            "model has no nn.Conv1d, nn.Conv2d, nn.Linear or SelfAttention to quantize"
+        )
     return model
 
 
@@ -226,8 +250,9 @@ def calibrate(model: nn.Module, batch: torch.Tensor) -> None:
             module.calibrating = False
         for m, training in modes:
             m.training = training
-    missing = [_join(m.qat_name, b) for m in modules for b in _betas(m)
-               if math.isnan(getattr(m, b).item())]
+    missing = [
+        _join(m.qat_name, b) for m in modules for b in _betas(m) if math.isnan(getattr(m, b).item())
+    ]
     if missing:
         raise RuntimeError(f"the calibration forward pass never reached {', '.join(missing)}")
 
@@ -247,8 +272,11 @@ def clamp_ranges_(model: nn.Module) -> None:
 
 def quantized_weight_names(model: nn.Module) -> list[str]:
     """``state_dict`` keys of the weights that travel as FP8 codes, in ``state_dict`` order."""
-    weights = {_join(name, "weight") for name, m in model.named_modules(remove_duplicate=False)
-               if isinstance(m, _WeightLayer)}
+    weights = {
+        _join(name, "weight")
+        for name, m in model.named_modules(remove_duplicate=False)
+        if isinstance(m, _WeightLayer)
+    }
     return [key for key in model.state_dict(keep_vars=True) if key in weights]
 
 
@@ -262,8 +290,12 @@ def alpha_name(weight_name: str) -> str:
 def range_parameter_names(model: nn.Module) -> list[str]:
     """``state_dict`` keys of every α and β, in ``state_dict`` order (e.g. to exempt them from
     weight decay)."""
-    ranges = {_join(name, r) for name, m in model.named_modules(remove_duplicate=False)
-              if isinstance(m, QATModule) for r in m.RANGES}
+    ranges = {
+        _join(name, r)
+        for name, m in model.named_modules(remove_duplicate=False)
+        if isinstance(m, QATModule)
+        for r in m.RANGES
+    }
     return [key for key in model.state_dict(keep_vars=True) if key in ranges]
 
 

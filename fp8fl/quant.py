@@ -1,6 +1,7 @@
 """FP8 quantization onto the flexible-bias grid: ``quantize`` (no autograd) and ``fake_quant`` (QAT).
 
-Nearest rounding is round-half-to-even onto the grid (seed 001, eq. 3-4) after clamping to [−α, α].
+Nearest rounding is round-half-to-even onto the grid (Wang et al. 2024, arXiv:2407.02610, eq. 3-4)
+after clamping to [−α, α].
 Stochastic rounding is Q(x) = s·floor(x/s + u), u ~ U[0,1) (the appendix's uniform p; eq. 5's
 "Bernoulli" would be biased), so E[Q(x)] = x for |x| <= α. Here s is the grid step at x, i.e. the
 two candidates are the grid neighbours of x. The comparison with u is done exactly; u takes values
@@ -19,7 +20,7 @@ from fp8fl.formats import E4M3, FloatFormat, as_alpha
 from fp8fl.gridtables import grid_tables
 from fp8fl.kernels import RoundResult, draw_key, fake_quant_grads, round_to_grid
 
-__all__ = ["quantize", "fake_quant", "round_tensor"]
+__all__ = ["fake_quant", "quantize", "round_tensor"]
 
 
 def check_float32(x: object, what: str = "x") -> torch.Tensor:

@@ -13,7 +13,7 @@ import platform
 import re
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,13 +21,27 @@ from typing import Any
 import fp8fl
 from fp8fl.config import RunConfig
 
-__all__ = ["RunRecorder", "resolve_results_dir", "write_json_atomic", "read_rounds", "public_argv",
-           "safe_name"]
+__all__ = [
+    "RunRecorder",
+    "public_argv",
+    "read_rounds",
+    "resolve_results_dir",
+    "safe_name",
+    "write_json_atomic",
+]
 
 RESULTS_ROOT_ENV = "FP8FL_RESULTS_ROOT"
 SECRET_FLAGS = ("--token",)
-PACKAGES = ("fp8fl", "flwr", "torch", "torchvision", "torchaudio", "numpy", "numba",
-            "flwr-datasets")
+PACKAGES = (
+    "fp8fl",
+    "flwr",
+    "torch",
+    "torchvision",
+    "torchaudio",
+    "numpy",
+    "numba",
+    "flwr-datasets",
+)
 
 
 def public_argv(argv: list[str] | None = None) -> list[str]:
@@ -114,18 +128,21 @@ class RunRecorder:
         base = run_id or config.run_name or default_run_id(config)
         self.run_dir = _fresh_folder(root, base)
         self.run_id = self.run_dir.name
-        write_json_atomic(self.run_dir / "config.json", {
-            "run-id": self.run_id,
-            "config": config.to_mapping(),
-            "seed": config.seed,
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": public_argv(),
-            "host": platform.node(),
-            "versions": package_versions(),
-        })
+        write_json_atomic(
+            self.run_dir / "config.json",
+            {
+                "run-id": self.run_id,
+                "config": config.to_mapping(),
+                "seed": config.seed,
+                "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                "command": public_argv(),
+                "host": platform.node(),
+                "versions": package_versions(),
+            },
+        )
 
     @classmethod
-    def reopen(cls, config: RunConfig, run_id: str) -> "RunRecorder":
+    def reopen(cls, config: RunConfig, run_id: str) -> RunRecorder:
         """The existing folder of run ``run_id``; notes the resumption in its ``config.json``."""
         run_dir = resolve_results_dir(config.results_dir) / run_id
         if not (run_dir / "config.json").is_file():
@@ -133,8 +150,12 @@ class RunRecorder:
         recorder = cls.__new__(cls)
         recorder.run_dir, recorder.run_id = run_dir, run_id
         document = json.loads((run_dir / "config.json").read_text())
-        document.setdefault("resumed", []).append({
-            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": public_argv()})
+        document.setdefault("resumed", []).append(
+            {
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "command": public_argv(),
+            }
+        )
         write_json_atomic(run_dir / "config.json", document)
         return recorder
 

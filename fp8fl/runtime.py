@@ -11,7 +11,7 @@ from fp8fl.models import build_model
 from fp8fl.qat import QuantConfig, prepare_qat
 from fp8fl.train import LocalUpdate, cosine_lr
 
-__all__ = ["build_run_model", "round_local_update", "derive_seed", "seeded_generator"]
+__all__ = ["build_run_model", "derive_seed", "round_local_update", "seeded_generator"]
 
 
 def build_run_model(config: RunConfig, num_classes: int) -> nn.Module:
@@ -27,14 +27,21 @@ def round_local_update(config: RunConfig, server_round: int) -> LocalUpdate:
     lr = config.lr
     if config.optimizer == "adamw":
         lr = cosine_lr(config.lr, server_round, config.num_server_rounds)
-    return LocalUpdate(config.optimizer, lr, config.weight_decay, config.batch_size,
-                       config.local_epochs, config.local_steps)
+    return LocalUpdate(
+        config.optimizer,
+        lr,
+        config.weight_decay,
+        config.batch_size,
+        config.local_epochs,
+        config.local_steps,
+    )
 
 
 def derive_seed(seed: int, *parts: int | str) -> int:
     """An independent 63-bit seed for (seed, parts...), e.g. (seed, "client", round, partition)."""
-    words = [seed] + [p if isinstance(p, int) else int.from_bytes(p.encode(), "little")
-                      for p in parts]
+    words = [seed] + [
+        p if isinstance(p, int) else int.from_bytes(p.encode(), "little") for p in parts
+    ]
     return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 

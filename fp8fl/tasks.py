@@ -1,4 +1,5 @@
-"""The learning tasks of seed 001 §5.1: which data set, models and client splits each one has."""
+"""The learning tasks of Wang et al. 2024, arXiv:2407.02610 §5.1: which data set, models and client
+splits each one has."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from fp8fl.data import load_dataset
 from fp8fl.data.features import features, prepare_images, prepare_mfcc
 
-__all__ = ["TaskSpec", "TASKS", "task_spec", "FEATURE_KIND", "TaskData", "load_task_data"]
+__all__ = ["FEATURE_KIND", "TASKS", "TaskData", "TaskSpec", "load_task_data", "task_spec"]
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,12 @@ TASKS: dict[str, TaskSpec] = {
     for spec in (
         TaskSpec("cifar10", "cifar10", ("lenet", "resnet18"), ("iid", "dirichlet")),
         TaskSpec("cifar100", "cifar100", ("lenet", "resnet18"), ("iid", "dirichlet")),
-        TaskSpec("speechcommands", "speechcommands", ("matchboxnet", "kwt1"),
-                 ("iid", "dirichlet", "speaker")),
+        TaskSpec(
+            "speechcommands",
+            "speechcommands",
+            ("matchboxnet", "kwt1"),
+            ("iid", "dirichlet", "speaker"),
+        ),
         TaskSpec("fsdd", "fsdd", ("matchboxnet", "kwt1"), ("iid", "dirichlet", "speaker")),
     )
 }
@@ -55,8 +60,13 @@ class TaskData:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batch(self, indices: torch.Tensor, train: bool, generator: torch.Generator | None,
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self,
+        indices: torch.Tensor,
+        train: bool,
+        generator: torch.Generator | None,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Model input and labels of rows ``indices`` (augmented when ``train``)."""
         x = self.prepare(self.inputs[indices], train, generator)
         return x.to(device, non_blocking=True), self.labels[indices].to(device, non_blocking=True)
@@ -81,11 +91,17 @@ def load_task_data(task: str, model: str, split: str, root: str | None = None) -
     return TaskData(inputs, ds.labels, len(ds.classes), prepare)
 
 
-def _prepare_mfcc(x: torch.Tensor, train: bool, generator: torch.Generator | None, kind: str
-                  ) -> torch.Tensor:
+def _prepare_mfcc(
+    x: torch.Tensor, train: bool, generator: torch.Generator | None, kind: str
+) -> torch.Tensor:
     return prepare_mfcc(x, kind, train, generator)
 
 
-def _prepare_images(x: torch.Tensor, train: bool, generator: torch.Generator | None,
-                    mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+def _prepare_images(
+    x: torch.Tensor,
+    train: bool,
+    generator: torch.Generator | None,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> torch.Tensor:
     return prepare_images(x, mean, std, train, generator)

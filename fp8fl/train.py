@@ -1,4 +1,5 @@
-"""Local training (seed 001, Alg. 1 LOCALUPDATE) and evaluation of a model on task data.
+"""Local training (Wang et al. 2024, arXiv:2407.02610, Alg. 1 LOCALUPDATE) and evaluation of a
+model on task data.
 
 The optimizer is created afresh for every call, so its state (momentum, Adam moments) is reset
 every round (§5.2). α and β are learned with the weights but exempt from weight decay: decay would
@@ -9,9 +10,9 @@ positive (``qat.clamp_ranges_``), since they travel on the wire as clipping valu
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from torch import nn
 from fp8fl.qat import QATModule, clamp_ranges_, range_parameter_names
 from fp8fl.tasks import TaskData
 
-__all__ = ["LocalUpdate", "evaluate", "cosine_lr", "deterministic_rounding", "resolve_device"]
+__all__ = ["LocalUpdate", "cosine_lr", "deterministic_rounding", "evaluate", "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,14 @@ class LocalUpdate:
             return self.steps
         return self.epochs * math.ceil(num_examples / self.batch_size)
 
-    def run(self, model: nn.Module, data: TaskData, indices: np.ndarray,
-            generator: torch.Generator, device: torch.device) -> dict[str, float]:
+    def run(
+        self,
+        model: nn.Module,
+        data: TaskData,
+        indices: np.ndarray,
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> dict[str, float]:
         """Train ``model`` in place on rows ``indices`` of ``data``; returns loss statistics."""
         if len(indices) == 0:
             raise ValueError("cannot train on an empty partition")
@@ -54,7 +61,7 @@ class LocalUpdate:
         while len(losses) < total_steps:
             if len(order) == 0:  # a new epoch: a fresh permutation
                 order = rows[torch.randperm(len(rows), generator=generator)]
-            batch, order = order[: self.batch_size], order[self.batch_size:]
+            batch, order = order[: self.batch_size], order[self.batch_size :]
             x, y = data.batch(batch, True, generator, device)
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
@@ -62,11 +69,15 @@ class LocalUpdate:
             optimizer.step()
             losses.append(float(loss.detach()))
             if not math.isfinite(losses[-1]):
-                raise FloatingPointError(f"training loss became {losses[-1]} at local step "
-                                         f"{len(losses)}")
+                raise FloatingPointError(
+                    f"training loss became {losses[-1]} at local step {len(losses)}"
+                )
         clamp_ranges_(model)
-        return {"train-loss": float(np.mean(losses)), "train-loss-last": losses[-1],
-                "local-steps": float(total_steps)}
+        return {
+            "train-loss": float(np.mean(losses)),
+            "train-loss-last": losses[-1],
+            "local-steps": float(total_steps),
+        }
 
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         ranges = set(range_parameter_names(model))
@@ -90,8 +101,11 @@ def cosine_lr(base_lr: float, server_round: int, num_rounds: int) -> float:
 @contextmanager
 def deterministic_rounding(model: nn.Module) -> Iterator[None]:
     """Evaluate a stochastic-QAT model with nearest rounding (a deterministic forward)."""
-    modules = [m for m in model.modules() if isinstance(m, QATModule)
-               and m.qat_config.rounding == "stochastic"]
+    modules = [
+        m
+        for m in model.modules()
+        if isinstance(m, QATModule) and m.qat_config.rounding == "stochastic"
+    ]
     saved = [m.qat_config for m in modules]
     for m in modules:
         m.qat_config = replace(m.qat_config, rounding="nearest")
@@ -103,15 +117,20 @@ def deterministic_rounding(model: nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TaskData, batch_size: int, device: torch.device,
-             indices: np.ndarray | None = None) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module,
+    data: TaskData,
+    batch_size: int,
+    device: torch.device,
+    indices: np.ndarray | None = None,
+) -> tuple[float, float]:
     """Mean cross-entropy loss and accuracy of ``model`` on ``data`` (rows ``indices`` or all)."""
     model.eval()
     rows = torch.arange(len(data)) if indices is None else torch.as_tensor(indices)
     loss_sum = correct = 0.0
     with deterministic_rounding(model):
         for start in range(0, len(rows), batch_size):
-            x, y = data.batch(rows[start:start + batch_size], False, None, device)
+            x, y = data.batch(rows[start : start + batch_size], False, None, device)
             logits = model(x)
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += float((logits.argmax(1) == y).sum())

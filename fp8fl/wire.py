@@ -27,7 +27,7 @@ from fp8fl.codec import decode, encode, packed_length
 from fp8fl.formats import FloatFormat
 from fp8fl.qat import alpha_name, quantized_weight_names, range_parameter_names
 
-__all__ = ["WIRE_VERSION", "WireError", "StateLayout", "ARRAY_NAMES"]
+__all__ = ["ARRAY_NAMES", "WIRE_VERSION", "StateLayout", "WireError"]
 
 WIRE_VERSION = 1
 ARRAY_NAMES = ("weights", "scales", "dense")
@@ -47,7 +47,7 @@ class StateLayout:
     dense: tuple[str, ...]
 
     @classmethod
-    def from_model(cls, model: nn.Module) -> "StateLayout":
+    def from_model(cls, model: nn.Module) -> StateLayout:
         state = model.state_dict()
         quantized = tuple(quantized_weight_names(model))
         scales = tuple(range_parameter_names(model))
@@ -66,40 +66,70 @@ class StateLayout:
         return [packed_length(math.prod(self.shapes[n]), fmt.bits) for n in self.quantized]
 
     # ------------------------------------------------------------------ pack / unpack
-    def pack(self, state: dict[str, torch.Tensor], wire: str, fmt: FloatFormat,
-             generator: torch.Generator | None = None) -> list[np.ndarray]:
+    def pack(
+        self,
+        state: dict[str, torch.Tensor],
+        wire: str,
+        fmt: FloatFormat,
+        generator: torch.Generator | None = None,
+    ) -> list[np.ndarray]:
         """The three arrays of a message; ``wire`` is "fp32", "nearest" or "stochastic"."""
         if wire == "fp32":
             weights = _concat([state[n] for n in self.quantized])
         else:
             weights = np.concatenate(
-                [np.empty(0, np.uint8)] + [
-                    encode(state[n].detach().float().cpu().contiguous(),
-                           state[alpha_name(n)].detach(), fmt,
-                           stochastic=wire == "stochastic", generator=generator)
-                    for n in self.quantized])
-        return [weights, _concat([state[n] for n in self.scales]),
-                _concat([state[n] for n in self.dense])]
+                [np.empty(0, np.uint8)]
+                + [
+                    encode(
+                        state[n].detach().float().cpu().contiguous(),
+                        state[alpha_name(n)].detach(),
+                        fmt,
+                        stochastic=wire == "stochastic",
+                        generator=generator,
+                    )
+                    for n in self.quantized
+                ]
+            )
+        return [
+            weights,
+            _concat([state[n] for n in self.scales]),
+            _concat([state[n] for n in self.dense]),
+        ]
 
-    def unpack(self, arrays: list[np.ndarray], wire: str, fmt: FloatFormat
-               ) -> dict[str, torch.Tensor]:
+    def unpack(
+        self, arrays: list[np.ndarray], wire: str, fmt: FloatFormat
+    ) -> dict[str, torch.Tensor]:
         """Validate a message and return the state it carries (float32 CPU tensors)."""
         if not isinstance(arrays, (list, tuple)) or len(arrays) != len(ARRAY_NAMES):
             count = len(arrays) if isinstance(arrays, (list, tuple)) else type(arrays).__name__
-            raise WireError(f"expected {len(ARRAY_NAMES)} arrays ({', '.join(ARRAY_NAMES)}), "
-                            f"got {count}")
+            raise WireError(
+                f"expected {len(ARRAY_NAMES)} arrays ({', '.join(ARRAY_NAMES)}), got {count}"
+            )
         weights, scales, dense = (
-            _checked(a, name, np.dtype(np.uint8) if name == "weights" and wire != "fp32"
-                     else np.dtype(np.float32), size)
+            _checked(
+                a,
+                name,
+                np.dtype(np.uint8)
+                if name == "weights" and wire != "fp32"
+                else np.dtype(np.float32),
+                size,
+            )
             for a, name, size in zip(
-                arrays, ARRAY_NAMES,
-                (sum(self.weight_bytes(wire, fmt)) // (4 if wire == "fp32" else 1),
-                 len(self.scales), self.numel(self.dense))))
+                arrays,
+                ARRAY_NAMES,
+                (
+                    sum(self.weight_bytes(wire, fmt)) // (4 if wire == "fp32" else 1),
+                    len(self.scales),
+                    self.numel(self.dense),
+                ),
+            )
+        )
         state: dict[str, torch.Tensor] = {}
         for name, value in zip(self.scales, scales.tolist()):
             if not (math.isfinite(value) and value > 0):
-                raise WireError(f"range parameter {name} is {value}: α and β must be positive "
-                                "and finite")
+                raise WireError(
+                    f"range parameter {name} is {value}: α and β must be positive and finite"
+                )
             state[name] = torch.tensor(value, dtype=torch.float32)
         _require_finite(dense, "dense")
         state.update(self._split(dense, self.dense))
@@ -110,8 +140,12 @@ class StateLayout:
             offset = 0
             for name, size in zip(self.quantized, self.weight_bytes(wire, fmt)):
                 try:
-                    state[name] = decode(weights[offset:offset + size], state[alpha_name(name)],
-                                         fmt, shape=self.shapes[name])
+                    state[name] = decode(
+                        weights[offset : offset + size],
+                        state[alpha_name(name)],
+                        fmt,
+                        shape=self.shapes[name],
+                    )
                 except ValueError as err:
                     raise WireError(f"{name}: {err}") from None
                 offset += size
@@ -121,7 +155,9 @@ class StateLayout:
         out, offset = {}, 0
         for name in names:
             size = math.prod(self.shapes[name])
-            out[name] = torch.from_numpy(flat[offset:offset + size].copy()).view(self.shapes[name])
+            out[name] = torch.from_numpy(flat[offset : offset + size].copy()).view(
+                self.shapes[name]
+            )
             offset += size
         return out
 

@@ -17,8 +17,9 @@ def make_server_app(config: RunConfig | None = None) -> ServerApp:
     def server_fn(context: Context) -> ServerAppComponents:
         run = config or RunConfig.from_mapping(dict(context.run_config))
         strategy = FP8FedAvg(run)
-        return ServerAppComponents(strategy=strategy,
-                                   config=ServerConfig(num_rounds=strategy.rounds_to_run))
+        return ServerAppComponents(
+            strategy=strategy, config=ServerConfig(num_rounds=strategy.rounds_to_run)
+        )
 
     return ServerApp(server_fn=server_fn)
 

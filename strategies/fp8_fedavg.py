@@ -1,7 +1,7 @@
 """``FP8FedAvg``: FP8FedAvg-UQ / UQ+ and their ablations as a Flower (legacy) Strategy.
 
 The global model stays FP32 on the server (weights, α, β, dense tensors); it is what Flower holds
-as the run's parameters and what is evaluated. Each round (seed 001, Alg. 3):
+as the run's parameters and what is evaluated. Each round (Wang et al. 2024, arXiv:2407.02610, Alg. 3):
 
 1. sample clients by partition id with the run's seed, so that a seed fixes the whole run;
 2. downlink: encode the global weights with the configured wire rounding (one encoding per round,
@@ -62,7 +62,7 @@ from fp8fl.wire import StateLayout, WireError
 from strategies.ledger import Ledger
 from strategies.progress import RunProgress
 
-__all__ = ["FP8FedAvg", "ClientsUnavailableError"]
+__all__ = ["ClientsUnavailableError", "FP8FedAvg"]
 
 CLIENT_WAIT_S = 600
 RESUMABLE_CHANGES = {"resume", "num-server-rounds", "run-name"}
@@ -74,8 +74,12 @@ class ClientsUnavailableError(RuntimeError):
 
 
 class FP8FedAvg(Strategy):
-    def __init__(self, config: RunConfig, recorder: RunRecorder | None = None,
-                 progress: RunProgress | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        recorder: RunRecorder | None = None,
+        progress: RunProgress | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.device = resolve_device(config.device)
@@ -109,15 +113,22 @@ class FP8FedAvg(Strategy):
     def _check_resumable(self, checkpoint: Checkpoint) -> None:
         """The checkpoint must come from this same run config, and leave rounds to run."""
         mine = self.config.to_mapping()
-        changed = [f"{k} was {v!r}, now {mine.get(k)!r}" for k, v in checkpoint.config.items()
-                   if k not in RESUMABLE_CHANGES and mine.get(k) != v]
+        changed = [
+            f"{k} was {v!r}, now {mine.get(k)!r}"
+            for k, v in checkpoint.config.items()
+            if k not in RESUMABLE_CHANGES and mine.get(k) != v
+        ]
         if changed:
-            raise ConfigError(f"cannot resume {self.config.resume!r} with a different run "
-                              f"config: {', '.join(sorted(changed))}")
+            raise ConfigError(
+                f"cannot resume {self.config.resume!r} with a different run "
+                f"config: {', '.join(sorted(changed))}"
+            )
         if checkpoint.round >= self.config.num_server_rounds:
-            raise ConfigError(f"run {self.config.resume!r} already completed "
-                              f"{checkpoint.round} of num-server-rounds = "
-                              f"{self.config.num_server_rounds}: nothing to resume")
+            raise ConfigError(
+                f"run {self.config.resume!r} already completed "
+                f"{checkpoint.round} of num-server-rounds = "
+                f"{self.config.num_server_rounds}: nothing to resume"
+            )
 
     def _adopt(self, checkpoint: Checkpoint) -> None:
         """Continue after the checkpoint's round: its model, ledger, RNG states and records."""
@@ -135,10 +146,12 @@ class FP8FedAvg(Strategy):
         if self.resume_state is not None:
             return self._parameters(self.resume_state)
         if self.config.qat != "none":
-            train = load_task_data(self.config.task, self.config.model, "train",
-                                   self.config.data_root)
+            train = load_task_data(
+                self.config.task, self.config.model, "train", self.config.data_root
+            )
             rows = np.random.default_rng(derive_seed(self.config.seed, "calibration")).choice(
-                len(train), size=min(self.config.calibration_samples, len(train)), replace=False)
+                len(train), size=min(self.config.calibration_samples, len(train)), replace=False
+            )
             x, _ = train.batch(torch.as_tensor(np.sort(rows)), False, None, self.device)
             calibrate(self.model, x)
         return self._parameters(self.model.state_dict())
@@ -148,46 +161,67 @@ class FP8FedAvg(Strategy):
         if not client_manager.wait_for(wanted, timeout=CLIENT_WAIT_S):
             raise ClientsUnavailableError(
                 f"only {client_manager.num_available()} of num-clients = {wanted} clients "
-                f"connected within {CLIENT_WAIT_S} s")
+                f"connected within {CLIENT_WAIT_S} s"
+            )
         proxies = list(client_manager.all().values())
         with ThreadPoolExecutor(max_workers=min(32, len(proxies))) as pool:
-            replies = list(pool.map(
-                lambda p: p.get_properties(GetPropertiesIns({}), timeout=None, group_id=0),
-                proxies))
+            replies = list(
+                pool.map(
+                    lambda p: p.get_properties(GetPropertiesIns({}), timeout=None, group_id=0),
+                    proxies,
+                )
+            )
         for proxy, reply in zip(proxies, replies):
             pid = int(reply.properties["partition-id"])
             if pid in self.partition_size:
-                raise ClientsUnavailableError(f"two clients claim partition {pid}: check each "
-                                              "SuperNode's --node-config partition-id")
+                raise ClientsUnavailableError(
+                    f"two clients claim partition {pid}: check each "
+                    "SuperNode's --node-config partition-id"
+                )
             self.partition_of[proxy.cid] = pid
             self.partition_size[pid] = int(reply.properties["num-examples"])
         missing = sorted(set(range(wanted)) - set(self.partition_size))
         if missing:
             raise ClientsUnavailableError(f"no client holds partition(s) {missing[:10]}")
-        log(INFO, "fp8fl: %d clients, partitions 0..%d, %d training examples in all",
-            len(proxies), wanted - 1, sum(self.partition_size.values()))
+        log(
+            INFO,
+            "fp8fl: %d clients, partitions 0..%d, %d training examples in all",
+            len(proxies),
+            wanted - 1,
+            sum(self.partition_size.values()),
+        )
 
     # ------------------------------------------------------------------ fit
-    def configure_fit(self, server_round: int, parameters: Parameters,
-                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
         server_round += self.start_round
         self.round_started = time.perf_counter()
         self.ledger.start_round()
-        available = {self.partition_of[cid]: proxy for cid, proxy in client_manager.all().items()
-                     if cid in self.partition_of}
+        available = {
+            self.partition_of[cid]: proxy
+            for cid, proxy in client_manager.all().items()
+            if cid in self.partition_of
+        }
         count = min(self.config.clients_per_round_count, len(available))
         rng = np.random.default_rng(derive_seed(self.config.seed, "sample", server_round))
         sampled = sorted(rng.choice(sorted(available), size=count, replace=False).tolist())
         state = self._state(parameters)
-        downlink = self.layout.pack(state, self.config.wire, self.config.fmt,
-                                    seeded_generator(self.config.seed, "downlink", server_round))
+        downlink = self.layout.pack(
+            state,
+            self.config.wire,
+            self.config.fmt,
+            seeded_generator(self.config.seed, "downlink", server_round),
+        )
         ins = FitIns(ndarrays_to_parameters(downlink), fit_instructions(self.config, server_round))
         self.ledger.sent(ins, copies=len(sampled))
         self.pending = {"round": server_round, "sampled": sampled}
         return [(available[pid], ins) for pid in sampled]
 
     def aggregate_fit(
-        self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         server_round += self.start_round
@@ -205,21 +239,37 @@ class FP8FedAvg(Strategy):
         for f in failed:
             log(WARNING, "fp8fl: client of partition %s failed: %s", f["partition"], f["reason"])
         replied = {self.partition_of.get(proxy.cid) for proxy, _ in results}
-        self.pending.update(clients_ok=len(accepted), clients_failed=len(failed),
-                            clients_rejected=len(rejected), failures=failed, rejected=rejected,
-                            failed_partitions=sorted(set(self.pending["sampled"]) - replied),
-                            server_opt_before=None, server_opt_after=None, aggregated=False)
-        self.pending["fit_seconds"] = {str(pid): float(m.get("fit-seconds", np.nan))
-                                       for pid, _, _, m in accepted}
-        self.pending["train_seconds"] = {str(pid): float(m.get("train-seconds", np.nan))
-                                         for pid, _, _, m in accepted}
+        self.pending.update(
+            clients_ok=len(accepted),
+            clients_failed=len(failed),
+            clients_rejected=len(rejected),
+            failures=failed,
+            rejected=rejected,
+            failed_partitions=sorted(set(self.pending["sampled"]) - replied),
+            server_opt_before=None,
+            server_opt_after=None,
+            aggregated=False,
+        )
+        self.pending["fit_seconds"] = {
+            str(pid): float(m.get("fit-seconds", np.nan)) for pid, _, _, m in accepted
+        }
+        self.pending["train_seconds"] = {
+            str(pid): float(m.get("train-seconds", np.nan)) for pid, _, _, m in accepted
+        }
         if accepted:
-            self.pending["train_loss"] = float(np.average(
-                [float(m.get("train-loss", np.nan)) for _, _, _, m in accepted],
-                weights=[n for _, n, _, _ in accepted]))
+            self.pending["train_loss"] = float(
+                np.average(
+                    [float(m.get("train-loss", np.nan)) for _, _, _, m in accepted],
+                    weights=[n for _, n, _, _ in accepted],
+                )
+            )
         enough = len(accepted) >= self.config.min_fit_clients
         if not enough or (failed and not self.config.accept_failures):
-            why = "too few valid updates" if not enough else "a client failed (accept-failures = false)"
+            why = (
+                "too few valid updates"
+                if not enough
+                else "a client failed (accept-failures = false)"
+            )
             log(WARNING, "fp8fl: round %d keeps the global model: %s", server_round, why)
             self.pending["skipped"] = why
             return None, {}
@@ -231,46 +281,61 @@ class FP8FedAvg(Strategy):
             stochastic = self.config.wire == "stochastic"
             if self.config.server_opt == "mse":
                 result = server_optimize(
-                    new_state, states, weights, self.layout.quantized, self.config.fmt,
-                    stochastic, self.config.server_opt_steps,
-                    self.config.server_opt_lr_candidates, self.config.server_opt_grid,
-                    seeded_generator(self.config.seed, "serveropt", server_round))
+                    new_state,
+                    states,
+                    weights,
+                    self.layout.quantized,
+                    self.config.fmt,
+                    stochastic,
+                    self.config.server_opt_steps,
+                    self.config.server_opt_lr_candidates,
+                    self.config.server_opt_grid,
+                    seeded_generator(self.config.seed, "serveropt", server_round),
+                )
                 new_state = result.state
                 before, after = result.objective_before, result.objective_after
             else:
-                before = after = average_objective(new_state, states, weights,
-                                                   self.layout.quantized, self.config.fmt,
-                                                   stochastic)
+                before = after = average_objective(
+                    new_state, states, weights, self.layout.quantized, self.config.fmt, stochastic
+                )
             self.pending.update(server_opt_before=before, server_opt_after=after)
         self.pending["aggregated"] = True
         return self._parameters(new_state), {"clients_ok": len(accepted)}
 
-    def _check_update(self, pid: int | None, res: FitRes
-                      ) -> tuple[int, int, dict[str, torch.Tensor], dict[str, Scalar]]:
+    def _check_update(
+        self, pid: int | None, res: FitRes
+    ) -> tuple[int, int, dict[str, torch.Tensor], dict[str, Scalar]]:
         if pid is None:
             raise ProtocolError("update from a client that was never registered")
         claimed = check_update_metrics(res.metrics, self.config)
         if claimed != pid:
-            raise ProtocolError(f"update claims partition {claimed} but comes from the client "
-                                f"of partition {pid}")
+            raise ProtocolError(
+                f"update claims partition {claimed} but comes from the client of partition {pid}"
+            )
         n = res.num_examples
         if isinstance(n, bool) or not isinstance(n, int) or n != self.partition_size[pid]:
-            raise ProtocolError(f"num_examples = {n!r}, but partition {pid} holds "
-                                f"{self.partition_size[pid]} examples")
-        state = self.layout.unpack(parameters_to_ndarrays(res.parameters), self.config.wire,
-                                   self.config.fmt)
+            raise ProtocolError(
+                f"num_examples = {n!r}, but partition {pid} holds "
+                f"{self.partition_size[pid]} examples"
+            )
+        state = self.layout.unpack(
+            parameters_to_ndarrays(res.parameters), self.config.wire, self.config.fmt
+        )
         return pid, n, state, res.metrics
 
     def _failure(self, failure: tuple[ClientProxy, FitRes] | BaseException) -> dict[str, Any]:
         if isinstance(failure, BaseException):
             return {"partition": None, "reason": f"{type(failure).__name__}: {failure}"}
         proxy, res = failure
-        return {"partition": self.partition_of.get(proxy.cid),
-                "reason": f"{res.status.code.name}: {res.status.message}"}
+        return {
+            "partition": self.partition_of.get(proxy.cid),
+            "reason": f"{res.status.code.name}: {res.status.message}",
+        }
 
     # ------------------------------------------------------------------ evaluation & records
-    def evaluate(self, server_round: int, parameters: Parameters
-                 ) -> tuple[float, dict[str, Scalar]] | None:
+    def evaluate(
+        self, server_round: int, parameters: Parameters
+    ) -> tuple[float, dict[str, Scalar]] | None:
         """Central evaluation on the test split; writes the round's record and checkpoint."""
         if server_round == 0 and self.start_round > 0:
             return None  # the resumed round is evaluated and recorded already
@@ -280,37 +345,65 @@ class FP8FedAvg(Strategy):
         eval_started = time.perf_counter()
         if server_round == 0 or last or server_round % self.config.eval_every == 0:
             self.model.load_state_dict(self._state(parameters))
-            loss, accuracy = evaluate(self.model, self.test, self.config.eval_batch_size,
-                                      self.device, self.eval_rows)
+            loss, accuracy = evaluate(
+                self.model, self.test, self.config.eval_batch_size, self.device, self.eval_rows
+            )
         record = self._record(server_round, loss, accuracy, _digest(parameters))
         record["eval_s"] = time.perf_counter() - eval_started
         self.recorder.round(record)
         self.history.append(record)
         if server_round > 0:
-            save_checkpoint(self.recorder.run_dir, Checkpoint(
-                server_round, self._state(parameters),
-                {"up": self.ledger.up, "down": self.ledger.down},
-                self.config.to_mapping(), rng_states()))
+            save_checkpoint(
+                self.recorder.run_dir,
+                Checkpoint(
+                    server_round,
+                    self._state(parameters),
+                    {"up": self.ledger.up, "down": self.ledger.down},
+                    self.config.to_mapping(),
+                    rng_states(),
+                ),
+            )
         if server_round > 0:
             self.progress.round_done(record)
         if last:
             self._finish()
         return None if loss is None else (loss, {"accuracy": accuracy})
 
-    def _record(self, server_round: int, loss: float | None, accuracy: float | None,
-                digest: str) -> dict[str, Any]:
+    def _record(
+        self, server_round: int, loss: float | None, accuracy: float | None, digest: str
+    ) -> dict[str, Any]:
         now = time.perf_counter()
-        bytes_entry = self.ledger.close_round() if server_round > 0 else {
-            "bytes_up": 0, "bytes_down": 0, "array_bytes_up": 0, "array_bytes_down": 0,
-            "cum_bytes_up": 0, "cum_bytes_down": 0, "cum_bytes": 0}
-        record: dict[str, Any] = {"round": server_round, "accuracy": accuracy, "loss": loss,
-                                  **bytes_entry, "model_sha256": digest}
+        bytes_entry = (
+            self.ledger.close_round()
+            if server_round > 0
+            else {
+                "bytes_up": 0,
+                "bytes_down": 0,
+                "array_bytes_up": 0,
+                "array_bytes_down": 0,
+                "cum_bytes_up": 0,
+                "cum_bytes_down": 0,
+                "cum_bytes": 0,
+            }
+        )
+        record: dict[str, Any] = {
+            "round": server_round,
+            "accuracy": accuracy,
+            "loss": loss,
+            **bytes_entry,
+            "model_sha256": digest,
+        }
         if server_round > 0:
             record.update(self.pending)
             record["wall_s"] = now - self.round_started
         else:
-            record.update(clients_ok=0, clients_failed=0, server_opt_before=None,
-                          server_opt_after=None, wall_s=now - self.run_started)
+            record.update(
+                clients_ok=0,
+                clients_failed=0,
+                server_opt_before=None,
+                server_opt_after=None,
+                wall_s=now - self.run_started,
+            )
         record["elapsed_s"] = now - self.run_started
         return record
 
@@ -335,14 +428,17 @@ class FP8FedAvg(Strategy):
         self.progress.finish(summary)
 
     # ------------------------------------------------------------------ federated evaluation: off
-    def configure_evaluate(self, server_round: int, parameters: Parameters,
-                           client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
         return []
 
-    def aggregate_evaluate(self, server_round: int,
-                           results: list[tuple[ClientProxy, EvaluateRes]],
-                           failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
-                           ) -> tuple[float | None, dict[str, Scalar]]:
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
         return None, {}
 
     # ------------------------------------------------------------------ helpers
@@ -357,7 +453,6 @@ class FP8FedAvg(Strategy):
             return None
         rng = np.random.default_rng(derive_seed(self.config.seed, "eval-rows"))
         return np.sort(rng.choice(len(self.test), self.config.eval_samples, replace=False))
-
 
 
 def _digest(parameters: Parameters) -> str:

@@ -16,7 +16,7 @@ from flwr.common import FitIns, FitRes, Parameters
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
-__all__ = ["payload_bytes", "fitins_bytes", "fitres_bytes", "array_bytes", "Ledger"]
+__all__ = ["Ledger", "array_bytes", "fitins_bytes", "fitres_bytes", "payload_bytes"]
 
 
 def payload_bytes(record: object) -> int:
@@ -70,9 +70,13 @@ class Ledger:
         self.up += self.round_up
         self.down += self.round_down
         return {
-            "bytes_up": self.round_up, "bytes_down": self.round_down,
-            "array_bytes_up": self.round_arrays_up, "array_bytes_down": self.round_arrays_down,
-            "cum_bytes_up": self.up, "cum_bytes_down": self.down, "cum_bytes": self.up + self.down,
+            "bytes_up": self.round_up,
+            "bytes_down": self.round_down,
+            "array_bytes_up": self.round_arrays_up,
+            "array_bytes_down": self.round_arrays_down,
+            "cum_bytes_up": self.up,
+            "cum_bytes_down": self.down,
+            "cum_bytes": self.up + self.down,
             "bytes_down_per_client": self.per_client_down,
             "bytes_up_per_client": dict(self.per_client_up),
         }

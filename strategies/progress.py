@@ -22,9 +22,11 @@ def format_bytes(count: float) -> str:
 
 def _describe(record: dict[str, Any]) -> str:
     acc = "—" if record.get("accuracy") is None else f"{100 * record['accuracy']:.2f}%"
-    return (f"acc {acc} · {format_bytes(record.get('cum_bytes', 0))} sent · "
-            f"{record.get('clients_ok', 0)} ok / {record.get('clients_failed', 0)} failed / "
-            f"{record.get('clients_rejected', 0)} rejected")
+    return (
+        f"acc {acc} · {format_bytes(record.get('cum_bytes', 0))} sent · "
+        f"{record.get('clients_ok', 0)} ok / {record.get('clients_failed', 0)} failed / "
+        f"{record.get('clients_rejected', 0)} rejected"
+    )
 
 
 class RunProgress:
@@ -35,19 +37,27 @@ class RunProgress:
         self.progress: Progress | None = None
         if self.live:
             self.progress = Progress(
-                TextColumn(f"[bold]{run_id}[/]"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.description}"), TimeRemainingColumn(), console=self.console)
+                TextColumn(f"[bold]{run_id}[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.description}"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
             self.task = self.progress.add_task("starting", total=total_rounds)
             self.progress.start()
         self.total_rounds = total_rounds
 
     def round_done(self, record: dict[str, Any]) -> None:
         if self.progress is not None:
-            self.progress.update(self.task, completed=record["round"],
-                                 description=_describe(record))
+            self.progress.update(
+                self.task, completed=record["round"], description=_describe(record)
+            )
         else:
-            self.console.print(f"[{self.run_id}] round {record['round']}/{self.total_rounds}: "
-                               f"{_describe(record)} · {record.get('wall_s', 0):.1f} s")
+            self.console.print(
+                f"[{self.run_id}] round {record['round']}/{self.total_rounds}: "
+                f"{_describe(record)} · {record.get('wall_s', 0):.1f} s"
+            )
 
     def finish(self, summary: dict[str, Any]) -> None:
         if self.progress is not None:
@@ -59,8 +69,10 @@ class RunProgress:
         rows = [
             ("rounds", str(summary.get("rounds"))),
             ("final accuracy", "—" if final is None else f"{100 * final:.2f}%"),
-            ("best accuracy", "—" if best is None else f"{100 * best:.2f}% (round "
-                                                       f"{summary.get('best_round')})"),
+            (
+                "best accuracy",
+                "—" if best is None else f"{100 * best:.2f}% (round {summary.get('best_round')})",
+            ),
             ("bytes up", format_bytes(summary.get("bytes_up", 0))),
             ("bytes down", format_bytes(summary.get("bytes_down", 0))),
             ("bytes total", format_bytes(summary.get("total_bytes", 0))),

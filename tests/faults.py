@@ -8,9 +8,9 @@ from flwr.client import Client, ClientApp
 from flwr.common import Config, Context, NDArrays, Scalar
 from ray import cloudpickle
 
+import tests.malformed
 from clients.fp8_client import FP8Client
 from fp8fl.config import RunConfig
-import tests.malformed
 from tests.malformed import MUTATIONS
 
 CRASH = "crash"
@@ -20,8 +20,9 @@ class FaultyClient(FP8Client):
     """An ``FP8Client`` that, for the partitions in ``faults``, raises (``"crash"``) or applies a
     mutation of ``tests.malformed.MUTATIONS`` to its otherwise valid update."""
 
-    def __init__(self, config: RunConfig, partition_id: int, num_partitions: int,
-                 faults: dict[int, str]) -> None:
+    def __init__(
+        self, config: RunConfig, partition_id: int, num_partitions: int, faults: dict[int, str]
+    ) -> None:
         super().__init__(config, partition_id, num_partitions)
         self.fault = faults.get(partition_id)
 
@@ -34,8 +35,12 @@ class FaultyClient(FP8Client):
 
 def faulty_client_app(config: RunConfig, faults: dict[int, str]) -> ClientApp:
     def client_fn(context: Context) -> Client:
-        return FaultyClient(config, int(context.node_config["partition-id"]),
-                            int(context.node_config["num-partitions"]), faults).to_client()
+        return FaultyClient(
+            config,
+            int(context.node_config["partition-id"]),
+            int(context.node_config["num-partitions"]),
+            faults,
+        ).to_client()
 
     return ClientApp(client_fn=client_fn)
 

@@ -22,14 +22,17 @@ def _set(i: int, index: int, value: float) -> Callable[[list[np.ndarray]], list[
     def mutate(arrays: list[np.ndarray]) -> list[np.ndarray]:
         arrays[i][index] = value
         return arrays
+
     return mutate
 
 
-def _replace(i: int, fn: Callable[[np.ndarray], np.ndarray]
-             ) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+def _replace(
+    i: int, fn: Callable[[np.ndarray], np.ndarray]
+) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
     def mutate(arrays: list[np.ndarray]) -> list[np.ndarray]:
         arrays[i] = fn(arrays[i])
         return arrays
+
     return mutate
 
 
@@ -41,6 +44,7 @@ def _metric(key: str, value: object) -> Mutation:
         else:
             metrics[key] = value
         return u[0], u[1], metrics
+
     return mutate
 
 
@@ -48,8 +52,16 @@ def _n(value: object) -> Mutation:
     return lambda u: (u[0], value, u[2])  # type: ignore[return-value]
 
 
-ARRAY_PROBLEMS = ("weights-", "alpha-", "beta-", "scales-", "dense-", "missing-array",
-                  "extra-array", "reordered-arrays")
+ARRAY_PROBLEMS = (
+    "weights-",
+    "alpha-",
+    "beta-",
+    "scales-",
+    "dense-",
+    "missing-array",
+    "extra-array",
+    "reordered-arrays",
+)
 """Names (prefixes) of the mutations that a ``StateLayout.unpack`` alone must catch."""
 
 MUTATIONS: dict[str, tuple[Mutation, str]] = {
@@ -67,7 +79,7 @@ MUTATIONS: dict[str, tuple[Mutation, str]] = {
     "dense-inf": (_arrays(_set(2, -1, -np.inf)), "non-finite"),
     "dense-oversized": (_arrays(_replace(2, lambda a: np.append(a, a[:1]))), "oversized"),
     "missing-array": (_arrays(lambda a: a[:2]), "expected 3 arrays"),
-    "extra-array": (_arrays(lambda a: a + [np.zeros(3, np.float32)]), "expected 3 arrays"),
+    "extra-array": (_arrays(lambda a: [*a, np.zeros(3, np.float32)]), "expected 3 arrays"),
     "reordered-arrays": (_arrays(lambda a: [a[2], a[1], a[0]]), "dtype"),
     "n-zero": (_n(0), "num_examples"),
     "n-negative": (_n(-50), "num_examples"),
@@ -77,6 +89,8 @@ MUTATIONS: dict[str, tuple[Mutation, str]] = {
     "wrong-wire-version": (_metric("wire-version", 99), "wire-version"),
     "wrong-wire-rounding": (_metric("wire", "nearest"), "wire"),
     "missing-partition-id": (_metric("partition-id", None), "partition-id"),
-    "foreign-partition-id": (lambda u: _metric("partition-id", u[2]["partition-id"] + 1)(u),
-                             "claims partition"),
+    "foreign-partition-id": (
+        lambda u: _metric("partition-id", u[2]["partition-id"] + 1)(u),
+        "claims partition",
+    ),
 }

@@ -50,7 +50,14 @@ def hard_inputs(fmt: FloatFormat, alpha: float, random_count: int, seed: int) ->
         [mid32, np.nextafter(mid32, np.float32(np.inf)), np.nextafter(mid32, np.float32(0))]
     )
     values = np.concatenate(
-        [log_uniform * rng.choice([-1, 1], random_count), uniform, around, -around, mags, -mags,
-         [alpha * 1e6, -alpha * 1e6, 0.0, -0.0]]
+        [
+            log_uniform * rng.choice([-1, 1], random_count),
+            uniform,
+            around,
+            -around,
+            mags,
+            -mags,
+            [alpha * 1e6, -alpha * 1e6, 0.0, -0.0],
+        ]
     ).astype(np.float32)
     return torch.from_numpy(values)

@@ -12,8 +12,15 @@ from fp8fl.config import RunConfig
 from fp8fl.results import read_rounds
 
 TINY = {
-    "task": "cifar10", "model": "lenet", "split": "iid", "num-clients": 4, "clients-per-round": 2,
-    "num-server-rounds": 2, "local-steps": 2, "batch-size": 20, "eval-samples": 500,
+    "task": "cifar10",
+    "model": "lenet",
+    "split": "iid",
+    "num-clients": 4,
+    "clients-per-round": 2,
+    "num-server-rounds": 2,
+    "local-steps": 2,
+    "batch-size": 20,
+    "eval-samples": 500,
     "calibration-samples": 64,
 }
 
@@ -24,8 +31,9 @@ def tiny_config(results_dir: Path, **overrides: Any) -> RunConfig:
     return RunConfig.from_mapping(values)
 
 
-def simulate(config: RunConfig, client_app: ClientApp | None = None
-             ) -> tuple[Path, list[dict[str, Any]]]:
+def simulate(
+    config: RunConfig, client_app: ClientApp | None = None
+) -> tuple[Path, list[dict[str, Any]]]:
     """Run ``config`` in simulation (one CPU per virtual client); return its folder and rounds."""
     run(config, client_app)
     (run_dir,) = [p for p in Path(config.results_dir).iterdir() if p.is_dir()]

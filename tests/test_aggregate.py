@@ -15,8 +15,13 @@ from fp8fl.quant import quantize
 
 def test_weighted_average_matches_float64_numpy():
     rng = np.random.default_rng(0)
-    states = [{"w": torch.from_numpy(rng.normal(size=(4, 5)).astype(np.float32)),
-               "b": torch.from_numpy(rng.normal(size=3).astype(np.float32))} for _ in range(3)]
+    states = [
+        {
+            "w": torch.from_numpy(rng.normal(size=(4, 5)).astype(np.float32)),
+            "b": torch.from_numpy(rng.normal(size=3).astype(np.float32)),
+        }
+        for _ in range(3)
+    ]
     n = [10, 30, 60]
     avg = weighted_average(states, n)
     for key in ("w", "b"):
@@ -39,8 +44,12 @@ def test_expected_squared_error_is_exact(stochastic):
         direct = (quantize(w, alpha).double() - target.double()).pow(2).sum()
         assert math.isclose(exact, float(direct), rel_tol=1e-12)
         return
-    draws = torch.stack([(quantize(w, alpha, stochastic=True, generator=gen) - target)
-                         .double().pow(2).sum() for _ in range(400)])
+    draws = torch.stack(
+        [
+            (quantize(w, alpha, stochastic=True, generator=gen) - target).double().pow(2).sum()
+            for _ in range(400)
+        ]
+    )
     assert abs(draws.mean().item() - exact) < 5 * draws.std().item() / math.sqrt(400)
 
 
@@ -52,8 +61,12 @@ def _clients(seed: int, count: int = 5, size: int = 4000):
     for k in range(count):
         w = center + torch.randn(size, generator=rng) * 0.02
         a = float(alphas[k])
-        states.append({"fc.weight": quantize(w, a, stochastic=True, generator=rng),
-                       "fc.weight_alpha": torch.tensor(a)})
+        states.append(
+            {
+                "fc.weight": quantize(w, a, stochastic=True, generator=rng),
+                "fc.weight_alpha": torch.tensor(a),
+            }
+        )
     return states, [100 + 10 * k for k in range(count)]
 
 
@@ -62,18 +75,30 @@ def test_server_optimize_is_never_worse_than_the_average_and_reports_truthfully(
     states, n = _clients(1)
     avg = weighted_average(states, n)
     before = average_objective(avg, states, n, ("fc.weight",), fmt, stochastic)
-    result = server_optimize(avg, states, n, ("fc.weight",), fmt, stochastic, steps=5,
-                             lrs=(0.01, 0.1, 1.0), grid=50,
-                             generator=torch.Generator().manual_seed(0))
+    result = server_optimize(
+        avg,
+        states,
+        n,
+        ("fc.weight",),
+        fmt,
+        stochastic,
+        steps=5,
+        lrs=(0.01, 0.1, 1.0),
+        grid=50,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert math.isclose(result.objective_before, before, rel_tol=1e-12)
     assert result.objective_after <= result.objective_before
     # the reported objective is F at the returned (w, α): spread + E‖Q(w; α) − w̄‖²
     w_bar = avg["fc.weight"]
-    spread = sum(float((s["fc.weight"].double() - w_bar.double()).pow(2).sum()) * k / sum(n)
-                 for s, k in zip(states, n))
+    spread = sum(
+        float((s["fc.weight"].double() - w_bar.double()).pow(2).sum()) * k / sum(n)
+        for s, k in zip(states, n)
+    )
     alpha = float(result.state["fc.weight_alpha"])
-    direct = spread + expected_squared_error(result.state["fc.weight"], w_bar,
-                                             grid_tables(fmt, alpha), stochastic)
+    direct = spread + expected_squared_error(
+        result.state["fc.weight"], w_bar, grid_tables(fmt, alpha), stochastic
+    )
     assert math.isclose(result.objective_after, direct, rel_tol=1e-12)
     alphas = [float(s["fc.weight_alpha"]) for s in states]
     assert min(alphas) - 1e-6 <= alpha <= max(alphas) + 1e-6
@@ -86,14 +111,31 @@ def test_server_optimize_improves_when_a_smaller_alpha_fits_better():
     (In E4M3 the same setting gains little: its 16 binades keep small weights normal.)"""
     gen = torch.Generator().manual_seed(5)
     base = (torch.randn(5000, generator=gen) * 0.03).clamp(-0.19, 0.19)
-    states = [{"fc.weight": quantize(base, a, E2M3, stochastic=True, generator=gen),
-               "fc.weight_alpha": torch.tensor(a)} for a in (0.2, 3.0, 3.0, 3.0)]
+    states = [
+        {
+            "fc.weight": quantize(base, a, E2M3, stochastic=True, generator=gen),
+            "fc.weight_alpha": torch.tensor(a),
+        }
+        for a in (0.2, 3.0, 3.0, 3.0)
+    ]
     n = [1, 1, 1, 1]
     avg = weighted_average(states, n)
-    spread = sum(float((s["fc.weight"].double() - avg["fc.weight"].double()).pow(2).sum()) / 4
-                 for s in states)
-    result = server_optimize(avg, states, n, ("fc.weight",), E2M3, True, 5, (0.01, 0.1, 1.0), 50,
-                             torch.Generator().manual_seed(0))
+    spread = sum(
+        float((s["fc.weight"].double() - avg["fc.weight"].double()).pow(2).sum()) / 4
+        for s in states
+    )
+    result = server_optimize(
+        avg,
+        states,
+        n,
+        ("fc.weight",),
+        E2M3,
+        True,
+        5,
+        (0.01, 0.1, 1.0),
+        50,
+        torch.Generator().manual_seed(0),
+    )
     assert result.tensors_improved == 1
     assert result.objective_after - spread < 0.5 * (result.objective_before - spread)
     assert float(result.state["fc.weight_alpha"]) < float(avg["fc.weight_alpha"])
@@ -104,6 +146,7 @@ def test_server_optimize_leaves_other_entries_alone():
     for s in states:
         s["bias"] = torch.randn(7)
     avg = weighted_average(states, n)
-    result = server_optimize(avg, states, n, ("fc.weight",), E4M3, True, 2, (0.1,), 5,
-                             torch.Generator().manual_seed(0))
+    result = server_optimize(
+        avg, states, n, ("fc.weight",), E4M3, True, 2, (0.1,), 5, torch.Generator().manual_seed(0)
+    )
     assert torch.equal(result.state["bias"], avg["bias"])

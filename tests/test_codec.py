@@ -9,8 +9,17 @@ from fp8fl.formats import E2M1, E2M3, E3M2, E3M4, E4M3, E5M2, FloatFormat
 from fp8fl.quant import quantize
 from tests.numerics_reference import hard_inputs
 
-FORMATS = [E4M3, E5M2, E3M4, E2M3, E3M2, E2M1, FloatFormat(2, 2), FloatFormat(3, 3),
-           FloatFormat(1, 0)]
+FORMATS = [
+    E4M3,
+    E5M2,
+    E3M4,
+    E2M3,
+    E3M2,
+    E2M1,
+    FloatFormat(2, 2),
+    FloatFormat(3, 3),
+    FloatFormat(1, 0),
+]
 
 
 def all_codes(fmt: FloatFormat) -> np.ndarray:

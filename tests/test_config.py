@@ -31,14 +31,28 @@ def test_optimizer_auto_picks_adamw_for_kwt1():
 
 
 def test_clients_per_round_fraction_or_count():
-    assert RunConfig.from_mapping({"num-clients": 100, "clients-per-round": 0.1}
-                                  ).clients_per_round_count == 10
-    assert RunConfig.from_mapping({"num-clients": 2112, "clients-per-round": 0.01}
-                                  ).clients_per_round_count == 21
-    assert RunConfig.from_mapping({"num-clients": 100, "clients-per-round": 7}
-                                  ).clients_per_round_count == 7
-    assert RunConfig.from_mapping({"num-clients": 100, "clients-per-round": 1.0}
-                                  ).clients_per_round_count == 100
+    assert (
+        RunConfig.from_mapping(
+            {"num-clients": 100, "clients-per-round": 0.1}
+        ).clients_per_round_count
+        == 10
+    )
+    assert (
+        RunConfig.from_mapping(
+            {"num-clients": 2112, "clients-per-round": 0.01}
+        ).clients_per_round_count
+        == 21
+    )
+    assert (
+        RunConfig.from_mapping({"num-clients": 100, "clients-per-round": 7}).clients_per_round_count
+        == 7
+    )
+    assert (
+        RunConfig.from_mapping(
+            {"num-clients": 100, "clients-per-round": 1.0}
+        ).clients_per_round_count
+        == 100
+    )
 
 
 @pytest.mark.parametrize(
@@ -91,6 +105,5 @@ def test_pyproject_run_config_lists_every_key_with_the_dataclass_default():
 
 
 def test_round_trip_through_the_flat_mapping():
-    config = RunConfig.from_mapping({"method": "uq+", "num-clients": 100,
-                                     "clients-per-round": 0.1})
+    config = RunConfig.from_mapping({"method": "uq+", "num-clients": 100, "clients-per-round": 0.1})
     assert RunConfig.from_mapping(config.to_mapping()) == config

@@ -85,8 +85,12 @@ def test_damaged_cache_says_how_to_recover(tmp_path: Path, monkeypatch: pytest.M
         load_dataset("fsdd", split="test")
 
 
-@pytest.mark.parametrize("name, archive", [("cifar10", "cifar10-jpeg.tar.gz"), ("fsdd", "fsdd.tar.gz")])
-def test_truncated_archives(name: str, archive: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "name, archive", [("cifar10", "cifar10-jpeg.tar.gz"), ("fsdd", "fsdd.tar.gz")]
+)
+def test_truncated_archives(
+    name: str, archive: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if not (data_root() / archive).is_file():
         pytest.fail(f"no {archive} in the shared data folder")
     monkeypatch.setenv("FP8FL_CACHE", str(tmp_path / "cache"))
@@ -94,7 +98,9 @@ def test_truncated_archives(name: str, archive: str, tmp_path: Path, monkeypatch
     root.mkdir()
     data = (data_root() / archive).read_bytes()
     (root / archive).write_bytes(data[: len(data) - 1000])
-    with pytest.raises(DatasetCorruptError, match="corrupt or truncated"):  # no SHA256SUMS: gzip notices
+    with pytest.raises(
+        DatasetCorruptError, match="corrupt or truncated"
+    ):  # no SHA256SUMS: gzip notices
         load_dataset(name, root=root)
     shutil.copy(data_root() / "SHA256SUMS", root)
     with pytest.raises(DatasetCorruptError, match="SHA-256"):

@@ -10,6 +10,8 @@ from fp8fl.data import data_root, features, load_dataset, mfcc, prepare_images, 
 from fp8fl.data.features import crop_and_flip
 
 SHAPES = {"mfcc40": (98, 40), "mfcc64": (64, 101)}
+
+
 @pytest.mark.parametrize("kind", sorted(SHAPES))
 def test_mfcc_cached_once_and_row_aligned(kind: str) -> None:
     ds = load_dataset("fsdd", split="test")
@@ -21,7 +23,9 @@ def test_mfcc_cached_once_and_row_aligned(kind: str) -> None:
     again = features(ds, kind)
     assert files[0].stat().st_mtime_ns == mtime and torch.equal(again, first)
     rows = [0, 137, 299]
-    assert torch.equal(first[rows], mfcc(ds.inputs[rows], kind))  # per clip, independent of the batch
+    assert torch.equal(
+        first[rows], mfcc(ds.inputs[rows], kind)
+    )  # per clip, independent of the batch
     assert torch.equal(mfcc(ds.inputs[:1], kind)[0], first[0])
     client = ds.subset(torch.tensor([299, 0, 137])).subset([1, 2])  # rows 0 and 137
     assert torch.equal(features(client, kind), first[[0, 137]])
@@ -50,7 +54,10 @@ def test_spec_augment_per_sample_seeded_train_only(kind: str) -> None:
     assert torch.equal(out[~zero], x[~zero])
     time_axis, freq_axis = (1, 2) if kind == "mfcc40" else (2, 1)
     # Every masked cell lies in a fully masked frame or a fully masked coefficient band.
-    whole_frames, whole_bands = zero.all(dim=freq_axis, keepdim=True), zero.all(dim=time_axis, keepdim=True)
+    whole_frames, whole_bands = (
+        zero.all(dim=freq_axis, keepdim=True),
+        zero.all(dim=time_axis, keepdim=True),
+    )
     assert torch.equal(zero, whole_frames | whole_bands)
     patterns = {tuple(z.flatten().tolist()) for z in zero}
     assert len(patterns) > 32  # masks are drawn per sample, not once per batch
@@ -86,7 +93,9 @@ def test_prepare_images_normalises_and_augments_train_only() -> None:
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     plain = prepare_images(x, mean, std, train=False)
-    expected = (x.float() / 255 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    expected = (x.float() / 255 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[
+        :, None, None
+    ]
     assert plain.dtype == torch.float32 and torch.allclose(plain, expected)
     g = torch.Generator().manual_seed(5)
     train = prepare_images(x, mean, std, train=True, generator=g)

@@ -13,7 +13,6 @@ from fp8fl.data import Dataset, load_dataset, partition
 from fp8fl.data.partition import compute
 
 
-
 def assert_exact_cover(parts: list[np.ndarray], n: int) -> None:
     """Every row of 0..n-1 in exactly one partition, no partition empty."""
     assert min(map(len, parts)) > 0
@@ -23,13 +22,17 @@ def assert_exact_cover(parts: list[np.ndarray], n: int) -> None:
 def mean_label_entropy(labels: np.ndarray, parts: list[np.ndarray]) -> float:
     probs = [np.bincount(labels[p]) / len(p) for p in parts]
     return float(np.mean([-(q[q > 0] * np.log(q[q > 0])).sum() for q in probs]))
+
+
 @pytest.mark.parametrize("scheme", ["iid", "dirichlet"])
 def test_cifar10_partitions_cover_and_reproduce(scheme: str) -> None:
     ds = load_dataset("cifar10")
     parts = partition(ds, scheme, 100, seed=7)
     assert len(parts) == 100 and all(p.dtype == np.int64 and np.all(np.diff(p) > 0) for p in parts)
     assert_exact_cover(parts, len(ds))
-    fresh = compute(ds, scheme, 100, 7, 0.3, 10)  # what the cache holds is what the partitioner gives
+    fresh = compute(
+        ds, scheme, 100, 7, 0.3, 10
+    )  # what the cache holds is what the partitioner gives
     assert all(np.array_equal(a, b) for a, b in zip(parts, fresh))
     other = partition(ds, scheme, 100, seed=8)
     assert not all(np.array_equal(a, b) for a, b in zip(parts, other))
@@ -37,14 +40,20 @@ def test_cifar10_partitions_cover_and_reproduce(scheme: str) -> None:
         assert {len(p) for p in parts} == {500}
     else:
         assert min(map(len, parts)) >= 10 and max(map(len, parts)) > 1000
+
+
 def test_dirichlet_is_label_skewed() -> None:
     ds = load_dataset("cifar10")
     labels = ds.labels.numpy()
     iid = mean_label_entropy(labels, partition(ds, "iid", 100, seed=0))
     skewed = mean_label_entropy(labels, partition(ds, "dirichlet", 100, seed=0))
-    more_skewed = mean_label_entropy(labels, partition(ds, "dirichlet", 100, seed=0, dirichlet_alpha=0.1))
+    more_skewed = mean_label_entropy(
+        labels, partition(ds, "dirichlet", 100, seed=0, dirichlet_alpha=0.1)
+    )
     assert iid > 0.99 * np.log(10)
     assert skewed < 0.75 * iid and more_skewed < skewed
+
+
 def test_fsdd_speaker_partitions() -> None:
     ds = load_dataset("fsdd")
     parts = partition(ds, "speaker", 6)
@@ -55,6 +64,8 @@ def test_fsdd_speaker_partitions() -> None:
         partition(ds, "speaker", 100)
     with pytest.raises(ValueError, match="unknown partition scheme"):
         partition(ds, "pathological", 6)
+
+
 def test_speaker_scheme_needs_speakers() -> None:
     with pytest.raises(ValueError, match="no speaker ids"):
         partition(load_dataset("cifar10", split="test"), "speaker", 10)
@@ -86,5 +97,7 @@ def test_2112_speaker_clients_are_cached_and_cheap(tmp_path: Path) -> None:
     client = ds.subset(partition(ds, "speaker", 2112)[1234])
     assert time.perf_counter() - start < 0.5  # a client loads the cached split, not a recomputation
     assert set(client.speakers.tolist()) == {1234}
-    smaller = synthetic(tmp_path, n=5000, speakers=100)  # same folder, other content: another cache entry
+    smaller = synthetic(
+        tmp_path, n=5000, speakers=100
+    )  # same folder, other content: another cache entry
     assert partition(smaller, "speaker", 100)[0].max() < 5000

@@ -21,6 +21,8 @@ SAMPLE = SHARED / "speech-commands-v0.01-sample"
 def pcm(data: bytes) -> np.ndarray:
     """Samples of a canonical 44-byte-header 16-bit WAV, parsed without ``wave``, as floats."""
     return np.frombuffer(data[44:], "<i2") / 32768
+
+
 def test_speechcommands_v001_sample_splits_labels_speakers() -> None:
     files = {"validation": "validation_list.txt", "test": "testing_list.txt"}
     lists = {split: set((SAMPLE / name).read_text().split()) for split, name in files.items()}
@@ -28,7 +30,11 @@ def test_speechcommands_v001_sample_splits_labels_speakers() -> None:
     for path in sorted(SAMPLE.glob("*/*.wav")):
         rel = f"{path.parent.name}/{path.name}"
         expected[next((s for s, ids in lists.items() if rel in ids), "train")].append(rel)
-    assert {s: len(ids) for s, ids in expected.items()} == {"train": 205, "validation": 44, "test": 51}
+    assert {s: len(ids) for s, ids in expected.items()} == {
+        "train": 205,
+        "validation": 44,
+        "test": 51,
+    }
     speakers = {}
     for split, ids in expected.items():
         ds = load_dataset("speechcommands", root=SAMPLE, split=split)
@@ -40,7 +46,10 @@ def test_speechcommands_v001_sample_splits_labels_speakers() -> None:
         speakers[split] = set(ds.speaker_names)
         assert ds.inputs.shape == (len(ids), 16000) and ds.inputs.dtype == torch.float32
         raw = pcm((SAMPLE / ds.ids[0]).read_bytes())
-        assert np.array_equal(ds.inputs[0, : len(raw)].numpy(), raw) and not ds.inputs[0, len(raw) :].any()
+        assert (
+            np.array_equal(ds.inputs[0, : len(raw)].numpy(), raw)
+            and not ds.inputs[0, len(raw) :].any()
+        )
     # 41 speakers, none in two splits
     assert sum(map(len, speakers.values())) == len(set.union(*speakers.values())) == 41
 
@@ -67,15 +76,23 @@ def make_v2_folder(folder: Path) -> None:
     (folder / "testing_list.txt").write_text("\n".join(test))
 
 
-@pytest.mark.parametrize("inner", ["speech_commands_v0.02", "SpeechCommands/speech_commands_v0.02", "."])
-def test_speechcommands_v2_layouts(inner: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "inner", ["speech_commands_v0.02", "SpeechCommands/speech_commands_v0.02", "."]
+)
+def test_speechcommands_v2_layouts(
+    inner: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FP8FL_CACHE", str(tmp_path / "cache"))
     make_v2_folder(tmp_path / "root" / inner)
     root = tmp_path / "root"
-    train, val, test = (load_dataset("speechcommands", root, s) for s in ("train", "validation", "test"))
+    train, val, test = (
+        load_dataset("speechcommands", root, s) for s in ("train", "validation", "test")
+    )
     assert train.classes == ("backward", "follow", "yes")
     assert (len(train), len(val), len(test)) == (5, 1, 3)
-    assert test.ids.tolist() == [f"{w}/c1d39ce8_nohash_0.wav" for w in ("backward", "follow", "yes")]
+    assert test.ids.tolist() == [
+        f"{w}/c1d39ce8_nohash_0.wav" for w in ("backward", "follow", "yes")
+    ]
     assert val.ids.tolist() == ["follow/1b4c9b89_nohash_0.wav"] and val.labels.tolist() == [1]
     assert train.speaker_names == ("0a7c2a8d", "1b4c9b89") and test.speaker_names == ("c1d39ce8",)
     assert not train.inputs[:, 12000:].any() and train.inputs[:, :12000].abs().sum(dim=1).min() > 0
@@ -89,7 +106,9 @@ def test_speechcommands_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         assert part in str(err.value)
     (tmp_path / "validation_list.txt").write_text("")
     (tmp_path / "testing_list.txt").write_text("")
-    with pytest.raises(DatasetNotFoundError, match="<word>"):  # lists but no word folders: wrong layout
+    with pytest.raises(
+        DatasetNotFoundError, match="<word>"
+    ):  # lists but no word folders: wrong layout
         load_dataset("speechcommands", root=tmp_path)
     with pytest.raises(ValueError, match="splits"):
         load_dataset("fsdd", root=tmp_path, split="validation")
@@ -101,13 +120,18 @@ def test_speechcommands_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     path.write_bytes(path.read_bytes()[:-50])
     with pytest.raises(DatasetCorruptError, match="truncated"):
         load_dataset("speechcommands", root=tmp_path)
+
+
 def test_fsdd_counts_speakers_and_official_split() -> None:
     train, test = load_dataset("fsdd"), load_dataset("fsdd", split="test")
     assert (len(train), len(test)) == (2700, 300)
     speakers = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
     assert train.speaker_names == test.speaker_names == speakers
     assert train.classes == tuple("0123456789")
-    assert test.labels.bincount().tolist() == [30] * 10 and train.speakers.bincount().tolist() == [450] * 6
+    assert (
+        test.labels.bincount().tolist() == [30] * 10
+        and train.speakers.bincount().tolist() == [450] * 6
+    )
     for ds in (train, test):
         digit, speaker, index = zip(*(i.removesuffix(".wav").split("_") for i in ds.ids))
         assert [ds.classes[i] for i in ds.labels] == list(digit)
@@ -115,10 +139,15 @@ def test_fsdd_counts_speakers_and_official_split() -> None:
         assert all((int(i) < 5) == (ds.split == "test") for i in index)
     assert len(set(train.ids) | set(test.ids)) == 3000
     assert train.inputs.shape == (2700, 16000) and float(train.inputs.abs().max()) <= 1
+
+
 def test_fsdd_resampled_padded_and_cropped() -> None:
     ds = load_dataset("fsdd")
     with tarfile.open(SHARED / FSDD_ARCHIVE) as tar:
-        for name in ("0_george_10.wav", "7_theo_36.wav"):  # 0.57 s (padded) and 2.2 s (centre-cropped)
+        for name in (
+            "0_george_10.wav",
+            "7_theo_36.wav",
+        ):  # 0.57 s (padded) and 2.2 s (centre-cropped)
             raw = pcm(tar.extractfile(f"recordings/{name}").read())
             x = ds.inputs[list(ds.ids).index(name)].numpy()
             start = max(0, (2 * len(raw) - 16000) // 2)  # of the 1 s kept, in 16 kHz samples
@@ -128,20 +157,33 @@ def test_fsdd_resampled_padded_and_cropped() -> None:
             odd = start % 2
             kept = raw[(start + odd) // 2 :][:8000]
             assert np.corrcoef(x[odd::2][: len(kept)], kept)[0, 1] > 0.99
-            alone = torchaudio.functional.resample(torch.from_numpy(raw).float(), 8000, 16000).clamp(-1, 1)
+            alone = torchaudio.functional.resample(
+                torch.from_numpy(raw).float(), 8000, 16000
+            ).clamp(-1, 1)
             assert np.allclose(x[: len(alone)], alone[start : start + 16000], atol=1e-6)
 
 
 def test_fsdd_missing_root(tmp_path: Path) -> None:
     with pytest.raises(DatasetNotFoundError) as err:
         load_dataset("fsdd", root=tmp_path)
-    for part in ("fsdd", str(tmp_path / FSDD_ARCHIVE), "recordings/<digit>_<speaker>_<n>.wav", "FP8FL_DATA"):
+    for part in (
+        "fsdd",
+        str(tmp_path / FSDD_ARCHIVE),
+        "recordings/<digit>_<speaker>_<n>.wav",
+        "FP8FL_DATA",
+    ):
         assert part in str(err.value)
-def test_fsdd_unpacked_folder_matches_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+
+
+def test_fsdd_unpacked_folder_matches_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with tarfile.open(SHARED / FSDD_ARCHIVE) as tar:
         tar.extractall(tmp_path / "repo", filter="data")
     monkeypatch.setenv("FP8FL_CACHE", str(tmp_path / "cache"))
     unpacked = load_dataset("fsdd", root=tmp_path / "repo", split="test")
     monkeypatch.undo()
     archived = load_dataset("fsdd", split="test")
-    assert unpacked.ids.tolist() == archived.ids.tolist() and torch.equal(unpacked.inputs, archived.inputs)
+    assert unpacked.ids.tolist() == archived.ids.tolist() and torch.equal(
+        unpacked.inputs, archived.inputs
+    )

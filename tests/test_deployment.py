@@ -16,9 +16,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # starts Ray, Flower or TLS processes
+
 ROOT = Path(__file__).resolve().parents[1]
-RUN_CONFIG = ("num-clients=2 clients-per-round=2 num-server-rounds=2 local-steps=2 batch-size=20 "
-              "eval-samples=200 calibration-samples=32 results-dir='{}' run-name='deploy-test'")
+RUN_CONFIG = (
+    "num-clients=2 clients-per-round=2 num-server-rounds=2 local-steps=2 batch-size=20 "
+    "eval-samples=200 calibration-samples=32 results-dir='{}' run-name='deploy-test'"
+)
 
 
 def deploy(tmp_path: Path, *args: str, timeout: float) -> int | None:
@@ -26,9 +32,14 @@ def deploy(tmp_path: Path, *args: str, timeout: float) -> int | None:
     ``flwr`` included) if it runs past ``timeout``."""
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home")}
     with (tmp_path / f"{args[0]}.out").open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "experiments.deploy", *args], cwd=ROOT,
-                                env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "experiments.deploy", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -39,9 +50,12 @@ def deploy(tmp_path: Path, *args: str, timeout: float) -> int | None:
 
 def report(tmp_path: Path, command: str) -> str:
     """The tail of the command's output and of every process log, for a failure message."""
+
     def tail(path: Path, lines: int = 25) -> str:
-        return f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace")
-                                                .splitlines()[-lines:])
+        return f"--- {path.name}\n" + "\n".join(
+            path.read_text(errors="replace").splitlines()[-lines:]
+        )
+
     logs = sorted((tmp_path / "deployment" / "logs").glob("*.log"))
     return "\n".join(tail(path) for path in [tmp_path / f"{command}.out", *logs])
 
@@ -50,16 +64,22 @@ def tls_version(port: int, ca: Path) -> str:
     """Handshake with the Fleet API, verifying its certificate against our CA for 127.0.0.1."""
     context = ssl.create_default_context(cafile=ca)
     context.set_alpn_protocols(["h2"])
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
         return tls.version()
 
 
 def leftovers(tmp_path: Path, ports: list[int]) -> str:
     """Processes whose command line names ``tmp_path`` or one of the deployment's addresses."""
     addresses = [rf"127\.0\.0\.1:{port}([^0-9]|$)" for port in ports]
-    found = subprocess.run(["pgrep", "-af", "|".join([re.escape(str(tmp_path)), *addresses])],
-                           capture_output=True, text=True, check=False)
+    found = subprocess.run(
+        ["pgrep", "-af", "|".join([re.escape(str(tmp_path)), *addresses])],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return found.stdout
 
 
@@ -86,8 +106,9 @@ def deployment(tmp_path: Path, *up_args: str) -> Iterator[dict]:
     workdir = tmp_path / "deployment"
     ports: list[int] = []
     try:
-        assert deploy(tmp_path, "up", *up_args, "--workdir", str(workdir), timeout=180) == 0, \
+        assert deploy(tmp_path, "up", *up_args, "--workdir", str(workdir), timeout=180) == 0, (
             report(tmp_path, "up")
+        )
         state = json.loads((workdir / "deployment.json").read_text())
         ports = list(state["ports"].values())
         yield state
@@ -107,10 +128,14 @@ def test_tls_deployment_runs_two_rounds_and_stops_every_process(tmp_path):
         assert len(ports) == 4  # Fleet API, SuperLink HTTP API, one per SuperNode
         assert not ports & {39091, 39093}  # a local simulation SuperLink's
         assert [(certs / key).stat().st_mode & 0o777 for key in ("ca.key", "server.key")] == [
-            0o600, 0o600]
+            0o600,
+            0o600,
+        ]
         assert tls_version(state["ports"]["fleet"], certs / "ca.crt").startswith("TLS")
-        assert connection(tmp_path) == {"address": state["address"],
-                                        "root-certificates": str(certs / "ca.crt")}
+        assert connection(tmp_path) == {
+            "address": state["address"],
+            "root-certificates": str(certs / "ca.crt"),
+        }
 
         ran = deploy(tmp_path, "run", "--run-config", RUN_CONFIG.format(results), timeout=300)
         rounds_file = results / "deploy-test" / "rounds.jsonl"

@@ -5,16 +5,23 @@ import math
 import numpy as np
 import pytest
 
-from experiments.gain import (Curve, accuracy_range, communication_gain, curve_from_rounds,
-                              first_reach, mean_curve)
+from experiments.gain import (
+    Curve,
+    accuracy_range,
+    communication_gain,
+    curve_from_rounds,
+    first_reach,
+    mean_curve,
+)
 
 MB = 1_000_000
 
 
 def curve(accuracy, round_bytes=4 * MB):
     """Rounds 0..R with ``accuracy`` (None = not evaluated) and ``round_bytes`` sent per round."""
-    return curve_from_rounds({"round": r, "accuracy": a, "cum_bytes": r * round_bytes}
-                             for r, a in enumerate(accuracy))
+    return curve_from_rounds(
+        {"round": r, "accuracy": a, "cum_bytes": r * round_bytes} for r, a in enumerate(accuracy)
+    )
 
 
 FP32 = [0.10, 0.40, 0.60, 0.70, 0.75]
@@ -66,10 +73,16 @@ def test_curves_that_never_rise_above_round_zero_have_no_gain():
     assert communication_gain(flat, flat) is None
 
 
-@pytest.mark.parametrize("baseline, method", [
-    (None, curve(FP32)), (curve(FP32), None), (curve([]), curve(FP32)),
-    (curve(FP32), curve([])), (curve(FP32), curve([None, None, None])),
-])
+@pytest.mark.parametrize(
+    "baseline, method",
+    [
+        (None, curve(FP32)),
+        (curve(FP32), None),
+        (curve([]), curve(FP32)),
+        (curve(FP32), curve([])),
+        (curve(FP32), curve([None, None, None])),
+    ],
+)
 def test_missing_or_empty_curves_have_no_gain(baseline, method):
     assert communication_gain(baseline, method) is None
 
@@ -80,15 +93,21 @@ def test_rounds_without_evaluation_are_skipped():
     assert sparse.cum_bytes.tolist() == [0, 8 * MB, 16 * MB]
     assert first_reach(sparse, 0.5) == 8 * MB  # round 1 is not evaluated: round 2 is first
     assert communication_gain(curve(FP32), sparse).value == 1.0
-    nan = curve_from_rounds([{"round": 0, "accuracy": math.nan, "cum_bytes": 0},
-                             {"round": 1, "accuracy": 0.5, "cum_bytes": MB}])
+    nan = curve_from_rounds(
+        [
+            {"round": 0, "accuracy": math.nan, "cum_bytes": 0},
+            {"round": 1, "accuracy": 0.5, "cum_bytes": MB},
+        ]
+    )
     assert nan.rounds.tolist() == [1]
 
 
 def test_records_are_read_in_round_order_once_each():
-    records = [{"round": 2, "accuracy": 0.6, "cum_bytes": 2 * MB},
-               {"round": 0, "accuracy": 0.1, "cum_bytes": 0},
-               {"round": 1, "accuracy": 0.5, "cum_bytes": MB}]
+    records = [
+        {"round": 2, "accuracy": 0.6, "cum_bytes": 2 * MB},
+        {"round": 0, "accuracy": 0.1, "cum_bytes": 0},
+        {"round": 1, "accuracy": 0.5, "cum_bytes": MB},
+    ]
     assert curve_from_rounds(records).rounds.tolist() == [0, 1, 2]
     repeated = curve_from_rounds([*records, {"round": 2, "accuracy": 0.7, "cum_bytes": 2 * MB}])
     assert repeated.rounds.tolist() == [0, 1, 2] and repeated.accuracy[2] == 0.7

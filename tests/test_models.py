@@ -16,16 +16,19 @@ def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize(("name", "classes", "count"), [
-    ("lenet", 10, 797_962),
-    ("lenet", 100, 815_332),
-    ("resnet18", 10, 11_173_962),
-    ("resnet18", 100, 11_220_132),
-    ("matchboxnet", 35, 77_859),
-    ("matchboxnet", 12, 74_892),
-    ("kwt1", 35, 608_931),
-    ("kwt1", 12, 607_436),
-])
+@pytest.mark.parametrize(
+    ("name", "classes", "count"),
+    [
+        ("lenet", 10, 797_962),
+        ("lenet", 100, 815_332),
+        ("resnet18", 10, 11_173_962),
+        ("resnet18", 100, 11_220_132),
+        ("matchboxnet", 35, 77_859),
+        ("matchboxnet", 12, 74_892),
+        ("kwt1", 35, 608_931),
+        ("kwt1", 12, 607_436),
+    ],
+)
 def test_parameter_counts(name, classes, count):
     assert param_count(build_model(name, classes)) == count
 
@@ -52,7 +55,7 @@ def test_forward_and_backward_reach_every_parameter(name, qat):
 def test_registry_rejects_unknown_names_and_options():
     with pytest.raises(ValueError, match="valid models: lenet, resnet18, matchboxnet, kwt1"):
         build_model("vgg", 10)
-    with pytest.raises(ValueError, match="no option.*depth.*valid options: frames, features"):
+    with pytest.raises(ValueError, match=r"no option.*depth.*valid options: frames, features"):
         build_model("kwt1", 35, depth=6)
     with pytest.raises(ValueError, match="valid options: none"):
         build_model("lenet", 10, width=2)
@@ -75,8 +78,11 @@ def test_resnet18_has_cifar_stem_and_groupnorm():
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
     groups = {m.num_groups for m in model.modules() if isinstance(m, nn.GroupNorm)}
     assert not norms and groups == {2}
-    assert {m.num_groups for m in build_model("resnet18", 10, norm_groups=32).modules()
-            if isinstance(m, nn.GroupNorm)} == {32}
+    assert {
+        m.num_groups
+        for m in build_model("resnet18", 10, norm_groups=32).modules()
+        if isinstance(m, nn.GroupNorm)
+    } == {32}
 
 
 def test_matchboxnet_follows_nemo_3x1x64():
@@ -100,4 +106,3 @@ def test_kwt1_is_post_norm_and_checks_its_input():
     assert torch.allclose(tokens.var(-1, unbiased=False), torch.ones(2, 99), atol=1e-3)
     with pytest.raises(ValueError, match=r"N×98×40"):
         model(torch.randn(2, 1, 98, 40))
-

@@ -61,11 +61,16 @@ def test_prepare_qat_adds_only_named_ranges_in_place():
     state, ref = model.state_dict(), fp32.state_dict()
     assert [k for k in state if k in ref] == list(ref)
     assert all(torch.equal(state[k], v) for k, v in ref.items())
-    assert list(state)[:4] == ["conv1.weight", "conv1.bias",
-                               "conv1.weight_alpha", "conv1.input_beta"]
+    assert list(state)[:4] == [
+        "conv1.weight",
+        "conv1.bias",
+        "conv1.weight_alpha",
+        "conv1.input_beta",
+    ]
     layers = ["conv1", "conv2", "fc1", "fc2", "fc3"]
-    assert range_parameter_names(model) == [f"{n}.{r}" for n in layers
-                                            for r in ("weight_alpha", "input_beta")]
+    assert range_parameter_names(model) == [
+        f"{n}.{r}" for n in layers for r in ("weight_alpha", "input_beta")
+    ]
     assert set(state) - set(ref) == set(range_parameter_names(model))
     for n in layers:
         alpha = state[f"{n}.weight_alpha"]
@@ -76,7 +81,7 @@ def test_prepare_qat_adds_only_named_ranges_in_place():
         prepare_qat(model)
     with pytest.raises(TypeError, match="QuantConfig"):
         prepare_qat(build_model("lenet", 10), "nearest")
-    with pytest.raises(ValueError, match="no nn.Conv1d"):
+    with pytest.raises(ValueError, match=r"no nn\.Conv1d"):
         prepare_qat(nn.Sequential(nn.ReLU()))
 
 
@@ -101,6 +106,7 @@ def test_calibrate_sets_beta_to_max_abs_input_of_the_fp32_model():
             seen[f"{name}.input_beta"] = args[0].abs().max()
             if name.endswith((".attn.q", ".attn.k", ".attn.v")):
                 seen[f"{name[:-2]}.{name[-1]}_beta"] = output.abs().max()
+
         return hook
 
     for name, module in fp32.named_modules():
@@ -140,11 +146,15 @@ def set_ranges(layer: nn.Module, alpha: float, beta: float) -> None:
 
 
 @pytest.mark.parametrize("fmt", [E4M3, E5M2, FloatFormat(2, 1)], ids=str)
-@pytest.mark.parametrize(("layer", "shape"), [
-    (lambda: nn.Linear(12, 5), (4, 12)),
-    (lambda: nn.Conv1d(4, 6, 5, padding=2, dilation=1), (2, 4, 20)),
-    (lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1), (2, 3, 9, 9)),
-], ids=["linear", "conv1d", "conv2d"])
+@pytest.mark.parametrize(
+    ("layer", "shape"),
+    [
+        (lambda: nn.Linear(12, 5), (4, 12)),
+        (lambda: nn.Conv1d(4, 6, 5, padding=2, dilation=1), (2, 4, 20)),
+        (lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1), (2, 3, 9, 9)),
+    ],
+    ids=["linear", "conv1d", "conv2d"],
+)
 def test_qat_layer_equals_fake_quant_composed_by_hand(fmt, layer, shape):
     torch.manual_seed(3)
     ref = layer()
@@ -181,16 +191,22 @@ def test_attention_quantizes_the_matmul_operands_and_keeps_softmax_fp32():
 
     def proj(p: nn.Linear, name: str) -> torch.Tensor:
         layer = getattr(model, name)
-        y = F.linear(fake_quant(x, layer.input_beta.detach()),
-                     fake_quant(p.weight, layer.weight_alpha.detach()), p.bias)
+        y = F.linear(
+            fake_quant(x, layer.input_beta.detach()),
+            fake_quant(p.weight, layer.weight_alpha.detach()),
+            p.bias,
+        )
         return y.view(3, 7, 2, 8).transpose(1, 2)
 
     q, k, v = proj(ref.q, "q"), proj(ref.k, "k"), proj(ref.v, "v")
     scores = fake_quant(q, beta["q"]) @ fake_quant(k, beta["k"]).transpose(-2, -1)
     probs = (scores * 8**-0.5).softmax(-1)
     mixed = (fake_quant(probs, beta["probs"]) @ fake_quant(v, beta["v"])).transpose(1, 2).flatten(2)
-    expected = F.linear(fake_quant(mixed, model.out.input_beta.detach()),
-                        fake_quant(ref.out.weight, model.out.weight_alpha.detach()), ref.out.bias)
+    expected = F.linear(
+        fake_quant(mixed, model.out.input_beta.detach()),
+        fake_quant(ref.out.weight, model.out.weight_alpha.detach()),
+        ref.out.bias,
+    )
     assert torch.equal(model(x), expected)
     assert not torch.equal(expected, ref(x))
 
@@ -216,8 +232,11 @@ def test_quantized_weight_names_pair_with_alphas(name):
     state = model.state_dict()
     assert names == [k for k in state if k in set(names)]  # state_dict order
     layers = [m for m in model.modules() if isinstance(m, (QLinear, QConv1d, QConv2d))]
-    assert len(names) == len(layers) == {"lenet": 5, "resnet18": 21, "matchboxnet": 15,
-                                         "kwt1": 74}[name]
+    assert (
+        len(names)
+        == len(layers)
+        == {"lenet": 5, "resnet18": 21, "matchboxnet": 15, "kwt1": 74}[name]
+    )
     assert all(k.endswith(".weight") and alpha_name(k) in state for k in names)
     assert quantized_weight_names(fp32) == []
     fp8_share = sum(state[k].numel() for k in names) / sum(p.numel() for p in fp32.parameters())
@@ -256,14 +275,15 @@ def cifar_subset(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> list[float]:
-    """SGD as in seed 001 §5.1 (lr 0.1, weight decay 1e-3, batch 50), epochs reshuffled."""
+    """SGD as in Wang et al. 2024, arXiv:2407.02610, §5.1 (lr 0.1, weight decay 1e-3, batch 50),
+    epochs reshuffled."""
     generator = torch.Generator().manual_seed(0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-3)
     epochs = steps * 50 // len(x) + 1
     order = torch.cat([torch.randperm(len(x), generator=generator) for _ in range(epochs)])
     losses = []
     for step in range(steps):
-        batch = order[step * 50:(step + 1) * 50]
+        batch = order[step * 50 : (step + 1) * 50]
         loss = F.cross_entropy(model(x[batch]), y[batch])
         opt.zero_grad()
         loss.backward()
@@ -272,6 +292,7 @@ def train_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int)
     return losses
 
 
+@pytest.mark.integration  # end-to-end training on real data (about 30 s)
 def test_qat_lenet_learns_real_cifar10_like_fp32():
     """400 steps on 2,000 real images. Seeds 0-2 gave last/first window ratios 0.62-0.67 for both
     FP32 and QAT, and |QAT - FP32| <= 0.1 on the last window; the bounds leave a wide margin."""

@@ -23,8 +23,12 @@ def seeded(seed: int) -> torch.Generator:
 
 @pytest.mark.parametrize(
     ("fmt", "alpha"),
-    [(f, a) for f in NAMED + [FloatFormat(1, 6), FloatFormat(7, 0)] for a in ALPHAS
-     if a >= f.min_alpha()],  # e7m0's finest step underflows float32 below alpha = 1
+    [
+        (f, a)
+        for f in [*NAMED, FloatFormat(1, 6), FloatFormat(7, 0)]
+        for a in ALPHAS
+        if a >= f.min_alpha()
+    ],  # e7m0's finest step underflows float32 below alpha = 1
     ids=str,
 )
 def test_nearest_equals_brute_force_search(fmt, alpha):
@@ -40,7 +44,10 @@ def test_nearest_equals_brute_force_search(fmt, alpha):
 def test_ties_round_half_to_even():
     # alpha = 480 is the float8_e4m3fn scale: grid 2^-9 ... 448, 480; 17 lies between 16 and 18
     assert quantize(torch.tensor([17.0, 19.0, -17.0, 0.5 * 2**-9]), 480.0).tolist() == [
-        16.0, 20.0, -16.0, 0.0,
+        16.0,
+        20.0,
+        -16.0,
+        0.0,
     ]
 
 
@@ -50,8 +57,9 @@ def test_numba_and_torch_backends_are_bit_identical(fmt):
     tables = grid_tables(fmt, 2.5)
     for stochastic in (False, True):
         fast = round_to_grid(x, tables, stochastic, key=99, want_codes=True, want_values=True)
-        ref = round_to_grid(x, tables, stochastic, key=99, want_codes=True, want_values=True,
-                            force_torch=True)
+        ref = round_to_grid(
+            x, tables, stochastic, key=99, want_codes=True, want_values=True, force_torch=True
+        )
         assert torch.equal(fast.codes, ref.codes)
         assert torch.equal(fast.values.view(torch.int32), ref.values.view(torch.int32))
 
@@ -102,8 +110,9 @@ def test_stochastic_lands_on_the_two_neighbours_with_the_right_probabilities():
         x0 = np.float32(lo + f * (hi - lo))
         f_exact = (float(x0) - lo) / (hi - lo)
         for sign in (1.0, -1.0):
-            q = quantize(torch.full((n,), sign * float(x0)), alpha, stochastic=True,
-                         generator=seeded(c))
+            q = quantize(
+                torch.full((n,), sign * float(x0)), alpha, stochastic=True, generator=seeded(c)
+            )
             values = set(torch.unique(q.abs()).tolist())
             assert values <= {float(np.float32(lo)), float(np.float32(hi))}
             p_up = (q.abs() == float(np.float32(hi))).double().mean().item()
@@ -179,7 +188,8 @@ def test_alpha_gradient_in_the_clip_region_matches_central_differences(fmt):
     """Where every |x| > α the function is q = sign(x)·α: differentiable, dL/dα = Σ w·sign(x)."""
     alpha, h = 1.25, 1e-3
     x = torch.empty(5000).uniform_(1.5, 3.0, generator=seeded(0)) * torch.sign(
-        torch.randn(5000, generator=seeded(1)))
+        torch.randn(5000, generator=seeded(1))
+    )
     w = torch.randn(5000, generator=seeded(2))
 
     def loss(a: float) -> float:
@@ -210,9 +220,11 @@ def test_alpha_gradient_inside_the_range(fmt):
 
     # 1. true function, on elements whose rounding and exponent are the same at α ± h
     q_plus, q_minus = (quantize(x, a, fmt).double().numpy() for a in (alpha + h, alpha - h))
-    steady = (np.round(q_plus / scale(alpha + h)) == np.round(q_minus / scale(alpha - h))) & (
-        c == np.maximum(np.floor(np.log2(np.abs(xd)) + fmt.bias(alpha + h)), 1)) & (
-        c == np.maximum(np.floor(np.log2(np.abs(xd)) + fmt.bias(alpha - h)), 1))
+    steady = (
+        (np.round(q_plus / scale(alpha + h)) == np.round(q_minus / scale(alpha - h)))
+        & (c == np.maximum(np.floor(np.log2(np.abs(xd)) + fmt.bias(alpha + h)), 1))
+        & (c == np.maximum(np.floor(np.log2(np.abs(xd)) + fmt.bias(alpha - h)), 1))
+    )
     assert steady.mean() > 0.8
     keep = torch.from_numpy(steady)
     q0 = quantize(x, alpha, fmt).double().numpy()
@@ -253,9 +265,16 @@ def test_fake_quant_gradients_agree_between_backends():
 @pytest.mark.parametrize(
     ("x", "error", "message"),
     [
-        (torch.tensor([1.0, float("nan"), float("nan"), float("inf")]), ValueError,
-         r"3 non-finite value\(s\) \(2 NaN, 1 inf\)"),
-        (torch.tensor([1.0, float("-inf")]), ValueError, r"1 non-finite value\(s\) \(0 NaN, 1 inf\)"),
+        (
+            torch.tensor([1.0, float("nan"), float("nan"), float("inf")]),
+            ValueError,
+            r"3 non-finite value\(s\) \(2 NaN, 1 inf\)",
+        ),
+        (
+            torch.tensor([1.0, float("-inf")]),
+            ValueError,
+            r"1 non-finite value\(s\) \(0 NaN, 1 inf\)",
+        ),
         (torch.ones(3, dtype=torch.float64), TypeError, "float32"),
         (torch.ones(3, dtype=torch.float16), TypeError, "float32"),
         (np.ones(3, np.float32), TypeError, "torch.Tensor"),

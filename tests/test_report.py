@@ -15,43 +15,82 @@ from experiments.runs import find_runs, group_settings
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1_000_000
 SWITCHES = {  # (qat, wire, server-opt) of each method preset, as config.json records them
-    "fp32": ("none", "fp32", "average"), "uq": ("nearest", "stochastic", "average"),
-    "uq+": ("nearest", "stochastic", "mse"), "bq": ("nearest", "nearest", "average"),
+    "fp32": ("none", "fp32", "average"),
+    "uq": ("nearest", "stochastic", "average"),
+    "uq+": ("nearest", "stochastic", "mse"),
+    "bq": ("nearest", "nearest", "average"),
     "qat-fp32wire": ("nearest", "fp32", "average"),
     "randqat-fp32wire": ("stochastic", "fp32", "average"),
 }
-BASE = {"task": "cifar10", "model": "lenet", "split": "iid", "dirichlet-alpha": 0.3,
-        "num-clients": 10, "num-server-rounds": 3, "lr": 0.1, "format": "e4m3",
-        "server-opt-steps": 5, "calibration-samples": 256, "eval-every": 1,
-        "results-dir": "results", "device": "auto"}
+BASE = {
+    "task": "cifar10",
+    "model": "lenet",
+    "split": "iid",
+    "dirichlet-alpha": 0.3,
+    "num-clients": 10,
+    "num-server-rounds": 3,
+    "lr": 0.1,
+    "format": "e4m3",
+    "server-opt-steps": 5,
+    "calibration-samples": 256,
+    "eval-every": 1,
+    "results-dir": "results",
+    "device": "auto",
+}
 ROUND_BYTES = {"fp32": 4 * MB, "qat-fp32wire": 4 * MB, "randqat-fp32wire": 4 * MB}  # others: 1 MB
 
 
-def write_run(root: Path, method: str, seed: int, accuracy: list, *, finished: bool = True,
-              name: str | None = None, started: str = "2026-01-01T00:00:00+00:00",
-              **overrides) -> Path:
+def write_run(
+    root: Path,
+    method: str,
+    seed: int,
+    accuracy: list,
+    *,
+    finished: bool = True,
+    name: str | None = None,
+    started: str = "2026-01-01T00:00:00+00:00",
+    **overrides,
+) -> Path:
     """A run folder as the ServerApp writes it: round 0 to R with ``accuracy`` (None = not
     evaluated), each round sending ``ROUND_BYTES[method]`` (default 1 MB)."""
-    config = {**BASE, "method": method, "seed": seed,
-              **dict(zip(("qat", "wire", "server-opt"), SWITCHES[method], strict=True)),
-              **{k.replace("_", "-"): v for k, v in overrides.items()}}
+    config = {
+        **BASE,
+        "method": method,
+        "seed": seed,
+        **dict(zip(("qat", "wire", "server-opt"), SWITCHES[method], strict=True)),
+        **{k.replace("_", "-"): v for k, v in overrides.items()},
+    }
     folder = root / (name or f"{method}-s{seed}")
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps(
-        {"run-id": folder.name, "config": config, "seed": seed, "started": started}))
+    (folder / "config.json").write_text(
+        json.dumps({"run-id": folder.name, "config": config, "seed": seed, "started": started})
+    )
     step = ROUND_BYTES.get(method, MB)
-    records = [{"round": r, "accuracy": a, "loss": 1.0, "cum_bytes": r * step} for r, a in
-               enumerate(accuracy)]
+    records = [
+        {"round": r, "accuracy": a, "loss": 1.0, "cum_bytes": r * step}
+        for r, a in enumerate(accuracy)
+    ]
     (folder / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if finished:
         evaluated = [r for r in records[1:] if r["accuracy"] is not None]
         best = max(evaluated, key=lambda r: r["accuracy"])
-        (folder / "summary.json").write_text(json.dumps({
-            "run_id": folder.name, "method": method, "rounds": len(records) - 1,
-            "final_accuracy": evaluated[-1]["accuracy"], "best_accuracy": best["accuracy"],
-            "best_round": best["round"], "total_bytes": records[-1]["cum_bytes"],
-            "bytes_up": records[-1]["cum_bytes"] // 2, "bytes_down": records[-1]["cum_bytes"] // 2,
-            "wall_s": 12.5, "results_dir": str(folder)}))
+        (folder / "summary.json").write_text(
+            json.dumps(
+                {
+                    "run_id": folder.name,
+                    "method": method,
+                    "rounds": len(records) - 1,
+                    "final_accuracy": evaluated[-1]["accuracy"],
+                    "best_accuracy": best["accuracy"],
+                    "best_round": best["round"],
+                    "total_bytes": records[-1]["cum_bytes"],
+                    "bytes_up": records[-1]["cum_bytes"] // 2,
+                    "bytes_down": records[-1]["cum_bytes"] // 2,
+                    "wall_s": 12.5,
+                    "results_dir": str(folder),
+                }
+            )
+        )
     return folder
 
 
@@ -87,15 +126,34 @@ def test_table1_has_mean_std_over_seeds_and_the_gain(tmp_path):
     out = report(tmp_path, tmp_path / "results")
     markdown = (out / "table1.md").read_text()
     header = table_row(markdown, "Task")
-    assert header == ["Task", "Model", "Split", "Rounds", "Seeds", "FP32 FedAvg", "FP8FedAvg-UQ",
-                      "FP8FedAvg-UQ+"]
+    assert header == [
+        "Task",
+        "Model",
+        "Split",
+        "Rounds",
+        "Seeds",
+        "FP32 FedAvg",
+        "FP8FedAvg-UQ",
+        "FP8FedAvg-UQ+",
+    ]
     assert table_row(markdown, "CIFAR10") == [
-        "CIFAR10", "LeNet", "i.i.d.", "3", "3", "82.0 ± 2.0 / 1.0×", "80.0 ± 1.0 / 4.0×",
-        "80.0 ± 0.0 / 6.0×"]  # UQ+: acc* = its best 0.8; FP32 reaches it at 12 MB, UQ+ at 2 MB
+        "CIFAR10",
+        "LeNet",
+        "i.i.d.",
+        "3",
+        "3",
+        "82.0 ± 2.0 / 1.0×",
+        "80.0 ± 1.0 / 4.0×",
+        "80.0 ± 0.0 / 6.0×",
+    ]  # UQ+: acc* = its best 0.8; FP32 reaches it at 12 MB, UQ+ at 2 MB
     assert table_row(markdown, "Average gain")[-3:] == ["1.0×", "4.0×", "6.0×"]
     [row] = read_csv(out / "table1.csv")
-    assert (row["fp32_n"], row["uq_acc_mean_pct"], row["uq_acc_std_pct"], row["uq_gain"]) == \
-        ("3", "80.0", "1.0", "4.0")
+    assert (row["fp32_n"], row["uq_acc_mean_pct"], row["uq_acc_std_pct"], row["uq_gain"]) == (
+        "3",
+        "80.0",
+        "1.0",
+        "4.0",
+    )
     assert row["uq+_gain_acc_pct"] == "80.0" and row["format"] == "e4m3"
     assert not (out / "table2.md").exists() and not (out / "table3.md").exists()
 
@@ -158,24 +216,46 @@ def test_one_fp32_baseline_serves_every_format(tmp_path):
 
 def test_settings_differ_in_any_training_key_but_not_in_how_a_run_ran(tmp_path):
     write_run(tmp_path / "r", "uq", 0, [0.1, 0.5, 0.7, 0.8])
-    write_run(tmp_path / "r", "uq", 1, [0.1, 0.5, 0.7, 0.8], device="cuda", eval_every=2,
-              resume="uq-s1-old")
+    write_run(
+        tmp_path / "r",
+        "uq",
+        1,
+        [0.1, 0.5, 0.7, 0.8],
+        device="cuda",
+        eval_every=2,
+        resume="uq-s1-old",
+    )
     write_run(tmp_path / "r", "uq", 0, [0.1, 0.5, 0.7, 0.6], name="uq-lr", lr=0.01)
     write_run(tmp_path / "r", "uq", 0, [0.1, 0.5, 0.7, 0.6], name="uq-dir", split="dirichlet")
     settings = group_settings(find_runs([tmp_path / "r"]).runs)
     assert [(s.split_label, s.extras_label, s.methods["uq"].n) for s in settings] == [
-        ("i.i.d.", "lr=0.01", 1), ("i.i.d.", "lr=0.1", 2), ("Dir(0.3)", "", 1)]
+        ("i.i.d.", "lr=0.01", 1),
+        ("i.i.d.", "lr=0.1", 2),
+        ("Dir(0.3)", "", 1),
+    ]
     assert len({s.slug for s in settings}) == 3
 
 
 def test_different_tasks_need_no_setting_label(tmp_path):
     """Two sweeps of different tasks differ in many keys; the task already tells them apart."""
     write_run(tmp_path / "r", "uq", 0, [0.1, 0.5, 0.7, 0.8])
-    write_run(tmp_path / "r", "uq", 0, [0.1, 0.5, 0.7, 0.8], name="kws", task="fsdd",
-              model="matchboxnet", split="speaker", num_clients=6, lr=0.01)
+    write_run(
+        tmp_path / "r",
+        "uq",
+        0,
+        [0.1, 0.5, 0.7, 0.8],
+        name="kws",
+        task="fsdd",
+        model="matchboxnet",
+        split="speaker",
+        num_clients=6,
+        lr=0.01,
+    )
     settings = group_settings(find_runs([tmp_path / "r"]).runs)
     assert [(s.label, s.extras) for s in settings] == [
-        ("CIFAR10 · LeNet · i.i.d.", ()), ("FSDD · MatchboxNet · speaker-id", ())]
+        ("CIFAR10 · LeNet · i.i.d.", ()),
+        ("FSDD · MatchboxNet · speaker-id", ()),
+    ]
 
 
 def test_a_repeated_seed_counts_once_the_latest_run(tmp_path):
@@ -186,7 +266,9 @@ def test_a_repeated_seed_counts_once_the_latest_run(tmp_path):
     rows = read_csv(out / "runs.csv")
     kept = (tmp_path / "b" / "uq-s0").resolve()
     assert [(r["final_accuracy_pct"], r["note"]) for r in rows] == [
-        ("50.0", f"not counted: same setting, method and seed as {kept}"), ("80.0", "")]
+        ("50.0", f"not counted: same setting, method and seed as {kept}"),
+        ("80.0", ""),
+    ]
 
 
 def test_runs_csv_has_one_row_per_run(tmp_path):
@@ -194,8 +276,14 @@ def test_runs_csv_has_one_row_per_run(tmp_path):
     rows = read_csv(report(tmp_path, tmp_path / "r") / "runs.csv")
     assert len(rows) == 9
     first = rows[0]
-    assert (first["method"], first["seed"], first["final_accuracy_pct"], first["total_bytes"],
-            first["rounds"], first["wall_s"]) == ("fp32", "0", "80.0", str(12 * MB), "3", "12.5")
+    assert (
+        first["method"],
+        first["seed"],
+        first["final_accuracy_pct"],
+        first["total_bytes"],
+        first["rounds"],
+        first["wall_s"],
+    ) == ("fp32", "0", "80.0", str(12 * MB), "3", "12.5")
     assert first["setting"] == "CIFAR10 · LeNet · i.i.d."
 
 
@@ -213,13 +301,22 @@ def test_fig4_is_written_with_legend_and_gain_labels(tmp_path):
     png, svg = out / "fig4-cifar10-lenet-iid.png", out / "fig4-cifar10-lenet-iid.svg"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = svg.read_text()
-    for label in ("FP32 FedAvg (n=3)", "FP8FedAvg-UQ (n=3, gain 4.0×)",
-                  "FP8FedAvg-UQ+ (n=3, gain 6.0×)", "min–max over seeds"):
+    for label in (
+        "FP32 FedAvg (n=3)",
+        "FP8FedAvg-UQ (n=3, gain 4.0×)",
+        "FP8FedAvg-UQ+ (n=3, gain 6.0×)",
+        "min–max over seeds",
+    ):
         assert label in text
 
 
 def test_module_entry_point(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "experiments.report", str(tmp_path),
-                             "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.report", str(tmp_path), "--out", str(tmp_path / "out")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 1 and "no finished run" in result.stderr

@@ -12,14 +12,30 @@ from fp8fl.results import RunRecorder, public_argv
 
 
 def test_public_argv_redacts_token_in_both_spellings() -> None:
-    argv = ["flwr-simulation", "--runtime-api-address", "127.0.0.1:39091", "--token", "abc123",
-            "--insecure", "--token=def456"]
-    assert public_argv(argv) == ["flwr-simulation", "--runtime-api-address", "127.0.0.1:39091",
-                                 "--token", "<redacted>", "--insecure", "--token=<redacted>"]
+    argv = [
+        "flwr-simulation",
+        "--runtime-api-address",
+        "127.0.0.1:39091",
+        "--token",
+        "abc123",
+        "--insecure",
+        "--token=def456",
+    ]
+    assert public_argv(argv) == [
+        "flwr-simulation",
+        "--runtime-api-address",
+        "127.0.0.1:39091",
+        "--token",
+        "<redacted>",
+        "--insecure",
+        "--token=<redacted>",
+    ]
     assert public_argv(["prog", "--tokens", "x"]) == ["prog", "--tokens", "x"]
 
 
-def test_config_json_and_resume_record_no_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_json_and_resume_record_no_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sys, "argv", ["flwr-simulation", "--token", "s3cr3t", "--insecure"])
     config = RunConfig(results_dir=str(tmp_path), run_name="r")
     recorder = RunRecorder(config)

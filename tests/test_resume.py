@@ -19,6 +19,8 @@ from fp8fl.results import RunRecorder
 from strategies.fp8_fedavg import FP8FedAvg
 from tests.simulation import simulate, tiny_config
 
+pytestmark = pytest.mark.integration  # starts Ray, Flower or TLS processes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -31,13 +33,18 @@ def kill_after_round(config, run_dir: Path, last_round: int, timeout_s: float = 
     checkpoint of ``last_round`` exists; returns the round the checkpoint holds."""
     child = subprocess.Popen(
         [sys.executable, "-m", "experiments.simulate", json.dumps(config.to_mapping())],
-        cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline and child.poll() is None:
-            if (run_dir / "checkpoint.pt").is_file():
-                if load_checkpoint(run_dir).round >= last_round:
-                    break
+            if (run_dir / "checkpoint.pt").is_file() and load_checkpoint(
+                run_dir
+            ).round >= last_round:
+                break
             time.sleep(0.1)
     finally:
         os.killpg(child.pid, signal.SIGKILL)
@@ -67,8 +74,12 @@ def checkpointed_run(tmp_path):
     """A run folder whose checkpoint says round 2 of 4 is done (no Flower needed)."""
     config = tiny_config(tmp_path, num_server_rounds=4, run_name="half")
     recorder = RunRecorder(config)
-    save_checkpoint(recorder.run_dir, Checkpoint(
-        2, {"w": torch.zeros(1)}, {"up": 10, "down": 20}, config.to_mapping(), rng_states()))
+    save_checkpoint(
+        recorder.run_dir,
+        Checkpoint(
+            2, {"w": torch.zeros(1)}, {"up": 10, "down": 20}, config.to_mapping(), rng_states()
+        ),
+    )
     for r in range(4):  # round 3's record was written before the crash, its checkpoint was not
         recorder.round({"round": r})
     return config
@@ -76,7 +87,7 @@ def checkpointed_run(tmp_path):
 
 def test_resume_refuses_a_different_run_config(checkpointed_run, tmp_path):
     changed = dataclasses.replace(checkpointed_run, resume="half", lr=0.5)
-    with pytest.raises(ConfigError, match="lr was 0.1, now 0.5"):
+    with pytest.raises(ConfigError, match=r"lr was 0\.1, now 0\.5"):
         FP8FedAvg(changed)
     # a refused resumption leaves the run's folder as it was
     assert "resumed" not in json.loads((tmp_path / "half" / "config.json").read_text())
@@ -89,8 +100,7 @@ def test_resume_refuses_a_finished_run(checkpointed_run):
 
 
 def test_resume_drops_records_of_the_lost_round_and_may_add_rounds(checkpointed_run):
-    strategy = FP8FedAvg(dataclasses.replace(checkpointed_run, resume="half",
-                                             num_server_rounds=6))
+    strategy = FP8FedAvg(dataclasses.replace(checkpointed_run, resume="half", num_server_rounds=6))
     assert strategy.start_round == 2 and strategy.rounds_to_run == 4
     assert [r["round"] for r in strategy.history] == [0, 1, 2]
     assert (strategy.ledger.up, strategy.ledger.down) == (10, 20)

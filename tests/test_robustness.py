@@ -3,9 +3,13 @@ averaged, and the run goes on while at least min-fit-clients succeed."""
 
 import json
 
+import pytest
+
 from tests.faults import CRASH, faulty_client_app
 from tests.malformed import MUTATIONS
 from tests.simulation import simulate, tiny_config
+
+pytestmark = pytest.mark.integration  # starts Ray, Flower or TLS processes
 
 
 def test_thirty_percent_failing_clients_do_not_stop_the_run(tmp_path):
@@ -20,8 +24,9 @@ def test_thirty_percent_failing_clients_do_not_stop_the_run(tmp_path):
 
 
 def test_a_round_with_too_few_valid_updates_keeps_the_global_model(tmp_path):
-    config = tiny_config(tmp_path, num_clients=3, clients_per_round=3, min_fit_clients=3,
-                         num_server_rounds=1)
+    config = tiny_config(
+        tmp_path, num_clients=3, clients_per_round=3, min_fit_clients=3, num_server_rounds=1
+    )
     _, rounds = simulate(config, faulty_client_app(config, {1: "dense-nan"}))
     assert rounds[1]["clients_ok"] == 2 and rounds[1]["clients_rejected"] == 1
     assert rounds[1]["skipped"] == "too few valid updates" and not rounds[1]["aggregated"]
@@ -36,11 +41,13 @@ def test_every_malformed_update_is_rejected_and_only_valid_clients_count(tmp_pat
     assert len(names) >= 15
     count = len(names) + 2
     faults = dict(enumerate(names))
-    config = tiny_config(tmp_path / "bad", num_clients=count, clients_per_round=count,
-                         num_server_rounds=1)
+    config = tiny_config(
+        tmp_path / "bad", num_clients=count, clients_per_round=count, num_server_rounds=1
+    )
     _, rounds = simulate(config, faulty_client_app(config, faults))
-    reference = tiny_config(tmp_path / "ref", num_clients=count, clients_per_round=count,
-                            num_server_rounds=1)
+    reference = tiny_config(
+        tmp_path / "ref", num_clients=count, clients_per_round=count, num_server_rounds=1
+    )
     _, expected = simulate(reference, faulty_client_app(reference, dict.fromkeys(faults, CRASH)))
     record = rounds[1]
     reasons = {r["partition"]: r["reason"] for r in record["rejected"]}

@@ -11,6 +11,8 @@ import pytest
 
 from experiments.sweep import load_sweep
 
+pytestmark = pytest.mark.integration  # starts Ray, Flower or TLS processes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY_SWEEP = """
@@ -34,8 +36,14 @@ method = ["fp32", "uq"]
 
 
 def run_sweep_cli(sweep_file: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "experiments.sweep", str(sweep_file), *extra],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.sweep", str(sweep_file), *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
 
 
 def test_two_tiny_runs_then_a_rerun_does_nothing(tmp_path):
@@ -48,7 +56,9 @@ def test_two_tiny_runs_then_a_rerun_does_nothing(tmp_path):
         summary = json.loads((results / name / "summary.json").read_text())
         assert summary["rounds"] == 1 and summary["total_bytes"] > 0
     assert json.loads((results / "sweep-tiny.json").read_text())["runs"] == {
-        "fp32-s0": "done", "uq-s0": "done"}
+        "fp32-s0": "done",
+        "uq-s0": "done",
+    }
     before = sorted(p.name for p in results.iterdir())
     again = run_sweep_cli(sweep_file)
     assert again.returncode == 0
@@ -62,22 +72,34 @@ def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path):
     empty = tmp_path / "nodata"
     empty.mkdir()
     sweep_file = tmp_path / "tiny.toml"
-    sweep_file.write_text(TINY_SWEEP.format(results=tmp_path / "results").replace(
-        'method = ["fp32", "uq"]', f'method = ["fp32"]\ndata-root = ["{empty}", ""]'))
+    sweep_file.write_text(
+        TINY_SWEEP.format(results=tmp_path / "results").replace(
+            'method = ["fp32", "uq"]', f'method = ["fp32"]\ndata-root = ["{empty}", ""]'
+        )
+    )
     result = run_sweep_cli(sweep_file)
     assert result.returncode != 0 and "1 run(s) failed" in result.stderr
     statuses = json.loads((tmp_path / "results" / "sweep-tiny.json").read_text())["runs"]
     (failed, first), (done, second) = statuses.items()
     assert (first, second, done) == ("failed", "done", "fp32-default-s0")
-    assert failed.endswith("_nodata-s0") and "/" not in failed  # a path value makes a flat folder name
+    assert (
+        failed.endswith("_nodata-s0") and "/" not in failed
+    )  # a path value makes a flat folder name
     log = (tmp_path / "results" / f"{failed}.log").read_text()
     assert "data set not found" in log and str(empty) in log, log[-2000:]
+    # the sweep names the cause, read from the run's own log
+    assert "failed: ServerApp failed: DatasetNotFoundError: cifar10: data set not found" in (
+        " ".join(result.stdout.split())
+    ), result.stdout[-2000:]
 
 
 def test_distinct_values_with_one_run_name_are_refused(tmp_path):
     sweep_file = tmp_path / "clash.toml"
-    sweep_file.write_text(TINY_SWEEP.format(results=tmp_path / "results").replace(
-        'method = ["fp32", "uq"]', 'method = ["fp32"]\ndata-root = ["a b", "a/b"]'))
+    sweep_file.write_text(
+        TINY_SWEEP.format(results=tmp_path / "results").replace(
+            'method = ["fp32", "uq"]', 'method = ["fp32"]\ndata-root = ["a b", "a/b"]'
+        )
+    )
     with pytest.raises(SystemExit, match="fp32-a_b-s0: two grid points map to this run name"):
         load_sweep(sweep_file)
 

@@ -50,8 +50,9 @@ def test_quantized_wire_sends_codes_with_each_weights_alpha(fmt):
     arrays = layout.pack(state, "nearest", fmt)
     assert arrays[0].dtype == np.uint8
     n_quantized = layout.numel(layout.quantized)
-    assert arrays[0].nbytes == sum(-(-math.prod(state[w].shape) * fmt.bits // 8)
-                                   for w in layout.quantized)
+    assert arrays[0].nbytes == sum(
+        -(-math.prod(state[w].shape) * fmt.bits // 8) for w in layout.quantized
+    )
     assert n_quantized == 797_962 - (64 + 64 + 384 + 192 + 10)  # LeNet minus its biases
     back = layout.unpack(arrays, "nearest", fmt)
     for w in layout.quantized:

@@ -173,4 +173,6 @@ def read_meta(folder: Path) -> dict:
     try:
         return json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError) as e:
-        raise DatasetCorruptError(f"cache {folder} is damaged ({e}); delete that folder to rebuild it") from e
+        raise DatasetCorruptError(
+            f"cache {folder} is damaged ({e}); delete that folder to rebuild it"
+        ) from e

@@ -61,16 +61,26 @@ def build_torchvision(name: str, root: Path, out: Path) -> None:
         try:
             data = cls(str(root), train=split == "train", download=False)
         except RuntimeError as e:  # torchvision: "Dataset not found or corrupted."
-            raise DatasetCorruptError(f"{name}: torchvision root {root} failed its check ({e})") from e
+            raise DatasetCorruptError(
+                f"{name}: torchvision root {root} failed its check ({e})"
+            ) from e
         ids = np.array([f"{split}/{i:05d}" for i in range(len(data))])
-        splits[split] = (torch.from_numpy(data.data).permute(0, 3, 1, 2), np.asarray(data.targets), ids)
+        splits[split] = (
+            torch.from_numpy(data.data).permute(0, 3, 1, 2),
+            np.asarray(data.targets),
+            ids,
+        )
     write_images(out, name, f"torchvision root {root}", tuple(data.classes), splits)
 
 
 def build_jpeg(archive: Path, out: Path) -> None:
     """Checksum, read and batch-decode the JPEG archive ``train|test/<class>/NNNN.jpg``."""
     members = read_archive("cifar10", archive)
-    bad = [str(p) for p in members if len(p.parts) != 3 or p.parts[0] not in SPLITS or p.suffix != ".jpg"]
+    bad = [
+        str(p)
+        for p in members
+        if len(p.parts) != 3 or p.parts[0] not in SPLITS or p.suffix != ".jpg"
+    ]
     if bad or not members:
         layout = "train|test/<class>/NNNN.jpg"
         raise DatasetCorruptError(f"cifar10: {archive} is not laid out as {layout}: {bad[:3]}")

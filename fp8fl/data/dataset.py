@@ -60,7 +60,11 @@ class Dataset:
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         speakers = None if self.speakers is None else self.speakers[idx]
         rows = idx.numpy() if self.rows is None else self.rows[idx.numpy()]
-        copied = dict(inputs=self.inputs[idx], labels=self.labels[idx], ids=self.ids[idx.numpy()])
+        copied = {
+            "inputs": self.inputs[idx],
+            "labels": self.labels[idx],
+            "ids": self.ids[idx.numpy()],
+        }
         return replace(self, **copied, speakers=speakers, rows=rows)
 
 
@@ -87,7 +91,9 @@ def load_dataset(name: str, root: str | Path | None = None, split: str = "train"
         classes=tuple(meta["classes"]),
         ids=np.load(split_file(folder, split, "ids"), mmap_mode="r"),
         cache_dir=folder,
-        speakers=None if speaker_names is None else load_array(split_file(folder, split, "speakers")),
+        speakers=None
+        if speaker_names is None
+        else load_array(split_file(folder, split, "speakers")),
         speaker_names=None if speaker_names is None else tuple(speaker_names),
         mean=tuple(meta["mean"]) if "mean" in meta else None,
         std=tuple(meta["std"]) if "std" in meta else None,

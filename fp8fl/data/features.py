@@ -42,14 +42,22 @@ class MfccKind:
     masks: int = 2  # masks of each kind per sample
 
     def transform(self) -> torchaudio.transforms.MFCC:
-        return torchaudio.transforms.MFCC(sample_rate=RATE, n_mfcc=self.n_mfcc, melkwargs=self.melkwargs)
+        return torchaudio.transforms.MFCC(
+            sample_rate=RATE, n_mfcc=self.n_mfcc, melkwargs=self.melkwargs
+        )
 
 
 MFCC_KINDS = {
     "mfcc40": MfccKind(
-        40, dict(n_fft=480, win_length=480, hop_length=160, n_mels=40, center=False), True, 7, 25
+        40,
+        {"n_fft": 480, "win_length": 480, "hop_length": 160, "n_mels": 40, "center": False},
+        True,
+        7,
+        25,
     ),
-    "mfcc64": MfccKind(64, dict(n_fft=512, win_length=400, hop_length=160, n_mels=64), False, 15, 25),
+    "mfcc64": MfccKind(
+        64, {"n_fft": 512, "win_length": 400, "hop_length": 160, "n_mels": 64}, False, 15, 25
+    ),
 }
 
 

@@ -17,7 +17,12 @@ from pathlib import Path
 import flwr_datasets
 import numpy as np
 from datasets import Dataset as HFDataset
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner, Partitioner
+from flwr_datasets.partitioner import (
+    DirichletPartitioner,
+    IidPartitioner,
+    NaturalIdPartitioner,
+    Partitioner,
+)
 
 from fp8fl.data.cache import build_once
 from fp8fl.data.dataset import Dataset
@@ -74,7 +79,12 @@ def check(ds: Dataset, scheme: str, num_partitions: int) -> None:
 
 
 def compute(
-    ds: Dataset, scheme: str, num_partitions: int, seed: int, dirichlet_alpha: float, min_partition_size: int
+    ds: Dataset,
+    scheme: str,
+    num_partitions: int,
+    seed: int,
+    dirichlet_alpha: float,
+    min_partition_size: int,
 ) -> list[np.ndarray]:
     """Run the flwr-datasets partitioner for ``scheme`` and map its rows back to ``ds`` rows."""
     if scheme == "speaker":
@@ -87,13 +97,19 @@ def compute(
             partitioner = IidPartitioner(num_partitions)
         else:
             partitioner = DirichletPartitioner(
-                num_partitions, "label", dirichlet_alpha, min_partition_size=min_partition_size, seed=seed
+                num_partitions,
+                "label",
+                dirichlet_alpha,
+                min_partition_size=min_partition_size,
+                seed=seed,
             )
     columns = {"idx": order, "label": ds.labels.numpy()[order]}
     if ds.speakers is not None:
         columns["speaker"] = ds.speakers.numpy()[order]
     partitioner.dataset = HFDataset.from_dict(columns)
-    parts = (partitioner.load_partition(k).with_format("arrow")["idx"] for k in range(num_partitions))
+    parts = (
+        partitioner.load_partition(k).with_format("arrow")["idx"] for k in range(num_partitions)
+    )
     return [np.sort(part.to_numpy()) for part in parts]
 
 

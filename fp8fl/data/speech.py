@@ -58,7 +58,11 @@ def locate_speechcommands(root: Path) -> Source:
         if all((folder / name).is_file() for name in SPLIT_LISTS.values()):
             words = word_folders(folder)
             if words:
-                keys = (folder, *(folder / n for n in SPLIT_LISTS.values()), *(folder / w for w in words))
+                keys = (
+                    folder,
+                    *(folder / n for n in SPLIT_LISTS.values()),
+                    *(folder / w for w in words),
+                )
                 return Source(keys, partial(build_speechcommands, folder, words))
     raise not_found(
         "speechcommands",
@@ -82,7 +86,9 @@ def holds_wav(folder: Path) -> bool:
 
 def build_speechcommands(folder: Path, words: tuple[str, ...], out: Path) -> None:
     """Assign each clip to the split its official list names (train otherwise) and decode it."""
-    listed = {split: set((folder / name).read_text().split()) for split, name in SPLIT_LISTS.items()}
+    listed = {
+        split: set((folder / name).read_text().split()) for split, name in SPLIT_LISTS.items()
+    }
     clips = []
     for word in words:
         for path in sorted((folder / word).glob("*.wav")):
@@ -113,16 +119,22 @@ def build_fsdd(source: Path, out: Path) -> None:
     if source.is_dir():
         files = {p.name: p.read_bytes() for p in source.glob("*.wav")}
     else:
-        files = {p.name: data for p, data in read_archive("fsdd", source).items() if p.suffix == ".wav"}
+        files = {
+            p.name: data for p, data in read_archive("fsdd", source).items() if p.suffix == ".wav"
+        }
     clips = []
     for name in sorted(files):
         parts = name.removesuffix(".wav").split("_")
         if len(parts) != 3 or not parts[0].isdigit() or not parts[2].isdigit():
-            raise DatasetCorruptError(f"fsdd: {name} in {source} is not named <digit>_<speaker>_<n>.wav")
+            raise DatasetCorruptError(
+                f"fsdd: {name} in {source} is not named <digit>_<speaker>_<n>.wav"
+            )
         digit, speaker, index = parts
         clips.append(Clip(name, "test" if int(index) < 5 else "train", digit, speaker))
     digits = tuple(sorted({c.word for c in clips}))
-    write_audio(out, "fsdd", f"FSDD {source}", digits, FSDD_SPLITS, clips, lambda clip: files[clip.id])
+    write_audio(
+        out, "fsdd", f"FSDD {source}", digits, FSDD_SPLITS, clips, lambda clip: files[clip.id]
+    )
 
 
 def write_audio(
@@ -151,7 +163,9 @@ def write_audio(
         np.save(split_file(out, split, "speakers"), positions(speakers, [c.speaker for c in part]))
         np.save(split_file(out, split, "ids"), np.array([c.id for c in part], dtype=str))
         speaker_names[split] = speakers
-    write_meta(out, {"name": name, "source": source, "classes": classes, "speaker_names": speaker_names})
+    write_meta(
+        out, {"name": name, "source": source, "classes": classes, "speaker_names": speaker_names}
+    )
 
 
 def positions(names: Sequence[str], values: list[str]) -> np.ndarray:
@@ -189,7 +203,9 @@ def one_second(waves: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
         rows = [i for i, (_, r) in enumerate(waves) if r == rate]
         batch = torch.nn.utils.rnn.pad_sequence([waves[i][0] for i in rows], batch_first=True)
         if rate != RATE:
-            batch = resampler(rate)(batch).clamp_(-1, 1)  # the filter's ringing can overshoot full scale
+            batch = resampler(rate)(batch).clamp_(
+                -1, 1
+            )  # the filter's ringing can overshoot full scale
         for i, x in zip(rows, batch):
             length = math.ceil(len(waves[i][0]) * RATE / rate)
             start = max(0, (length - RATE) // 2)
