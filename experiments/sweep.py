@@ -9,6 +9,8 @@ A sweep file (TOML) has three tables::
     [base]                       # run-config keys shared by every run
     [grid]                       # run-config keys with a list of values: the cartesian product
 
+or, for several products, ``[[grid]]`` tables, each with optional ``seeds = [...]`` of its own.
+
 Every configuration is validated before anything starts. Each run is ``fp8fl-flwr run .`` with
 its run config (a TOML file) and a federation of ``num-clients`` virtual SuperNodes — the same
 Flower simulation path as a single run, no private training loop. Its folder is
@@ -77,28 +79,30 @@ def load_sweep(
         raise SystemExit(f"{path}: unknown table(s) {unknown}; a sweep has {list(SECTIONS)}")
     meta, base, grid = (document.get(s, {}) for s in SECTIONS)
     name = meta.get("name") or Path(path).stem
-    seeds = seeds if seeds is not None else list(meta.get("seeds", [0]))
+    default_seeds = list(meta.get("seeds", [0]))
     base = {**base, **(overrides or {})}
-    for key, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise SystemExit(f"{path}: grid key {key!r} needs a non-empty list of values")
+    blocks = _grid_blocks(path, grid, default_seeds, seeds)
     results_dir = resolve_results_dir(meta.get("results-dir", f"results/sweeps/{name}"))
     runs, problems = [], []
-    keys = list(grid)
-    for seed in seeds:  # seed-major: an unfinished sweep still compares every configuration
-        for values in itertools.product(*(grid[k] for k in keys)):
-            run_name = "-".join([*(_name_part(v) for v in values), f"s{seed}"])
-            mapping = {
-                **base,
-                **dict(zip(keys, values)),
-                "seed": seed,
-                "results-dir": str(results_dir),
-                "run-name": run_name,
-            }
-            try:
-                runs.append(SweepRun(run_name, RunConfig.from_mapping(mapping)))
-            except ConfigError as err:
-                problems.append(f"{run_name}: {err}")
+    # seed-major: an unfinished sweep still compares every configuration
+    for seed in sorted({s for _, block_seeds in blocks for s in block_seeds}):
+        for block, block_seeds in blocks:
+            if seed not in block_seeds:
+                continue
+            keys = list(block)
+            for values in itertools.product(*(block[k] for k in keys)):
+                run_name = "-".join([*(_name_part(v) for v in values), f"s{seed}"])
+                mapping = {
+                    **base,
+                    **dict(zip(keys, values)),
+                    "seed": seed,
+                    "results-dir": str(results_dir),
+                    "run-name": run_name,
+                }
+                try:
+                    runs.append(SweepRun(run_name, RunConfig.from_mapping(mapping)))
+                except ConfigError as err:
+                    problems.append(f"{run_name}: {err}")
     names = [run.name for run in runs]
     problems += [
         f"{name}: two grid points map to this run name; give the values distinct letters or digits"
@@ -107,6 +111,22 @@ def load_sweep(
     if problems:
         raise SystemExit("invalid sweep:\n" + "\n".join(problems))
     return Sweep(name, results_dir, tuple(runs))
+
+
+def _grid_blocks(
+    path: Path, grid: dict | list, default_seeds: list[int], cli_seeds: list[int] | None
+) -> list[tuple[dict[str, list], list[int]]]:
+    """``[grid]`` is one cartesian product; ``[[grid]]`` several, each with optional ``seeds``
+    (``--seeds`` replaces every seed list)."""
+    blocks = []
+    for raw in grid if isinstance(grid, list) else [grid]:
+        block = dict(raw)
+        seeds = block.pop("seeds", default_seeds)
+        for key, values in block.items():
+            if not isinstance(values, list) or not values:
+                raise SystemExit(f"{path}: grid key {key!r} needs a non-empty list of values")
+        blocks.append((block, list(cli_seeds if cli_seeds is not None else seeds)))
+    return blocks
 
 
 def _name_part(value: Any) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fp8fl.codec import decode, encode, packed_length
+from fp8fl.codec import decode, encode, packed_length, unpack_codes
 from fp8fl.formats import FloatFormat
 from fp8fl.qat import alpha_name, quantized_weight_names, range_parameter_names
 
@@ -64,6 +64,18 @@ class StateLayout:
         if wire == "fp32":
             return [4 * math.prod(self.shapes[n]) for n in self.quantized]
         return [packed_length(math.prod(self.shapes[n]), fmt.bits) for n in self.quantized]
+
+    def codes(self, weights: np.ndarray, fmt: FloatFormat) -> np.ndarray:
+        """One code per weight (uint8), unpacked from a quantized ``weights`` array."""
+        parts, offset = [np.empty(0, np.uint8)], 0
+        for name, size in zip(self.quantized, self.weight_bytes("nearest", fmt)):
+            parts.append(
+                unpack_codes(
+                    weights[offset : offset + size], math.prod(self.shapes[name]), fmt.bits
+                )
+            )
+            offset += size
+        return np.concatenate(parts)
 
     # ------------------------------------------------------------------ pack / unpack
     def pack(

@@ -103,6 +103,7 @@ class FP8FedAvg(Strategy):
         self.partition_size: dict[int, int] = {}
         self.eval_rows = self._eval_rows()
         self.pending: dict[str, Any] = {}  # this round's facts, written once it is evaluated
+        self.downlink_codes: np.ndarray | None = None  # this round's broadcast codes
         self.round_started = self.run_started = time.perf_counter()
 
     @property
@@ -213,6 +214,9 @@ class FP8FedAvg(Strategy):
             self.config.fmt,
             seeded_generator(self.config.seed, "downlink", server_round),
         )
+        self.downlink_codes = (
+            self.layout.codes(downlink[0], self.config.fmt) if self.config.quantized_wire else None
+        )
         ins = FitIns(ndarrays_to_parameters(downlink), fit_instructions(self.config, server_round))
         self.ledger.sent(ins, copies=len(sampled))
         self.pending = {"round": server_round, "sampled": sampled}
@@ -227,11 +231,13 @@ class FP8FedAvg(Strategy):
         server_round += self.start_round
         accepted: list[tuple[int, int, dict[str, torch.Tensor], dict[str, Scalar]]] = []
         rejected: list[dict[str, Any]] = []
+        valid: dict[int, FitRes] = {}
         for proxy, res in results:
             pid = self.partition_of.get(proxy.cid)
             self.ledger.received(res, sender=str(pid))
             try:
                 accepted.append(self._check_update(pid, res))
+                valid[accepted[-1][0]] = res
             except (WireError, ProtocolError, ValueError) as err:
                 rejected.append({"partition": pid, "reason": str(err)})
                 log(WARNING, "fp8fl: rejected the update of partition %s: %s", pid, err)
@@ -256,6 +262,13 @@ class FP8FedAvg(Strategy):
         self.pending["train_seconds"] = {
             str(pid): float(m.get("train-seconds", np.nan)) for pid, _, _, m in accepted
         }
+        if self.downlink_codes is not None and accepted:
+            self.pending["unchanged_codes_per_client"] = {
+                str(pid): self._unchanged_codes(res) for pid, res in sorted(valid.items())
+            }
+            self.pending["unchanged_codes"] = float(
+                np.mean(list(self.pending["unchanged_codes_per_client"].values()))
+            )
         if accepted:
             self.pending["train_loss"] = float(
                 np.average(
@@ -322,6 +335,12 @@ class FP8FedAvg(Strategy):
             parameters_to_ndarrays(res.parameters), self.config.wire, self.config.fmt
         )
         return pid, n, state, res.metrics
+
+    def _unchanged_codes(self, res: FitRes) -> float:
+        """Fraction of weights whose uplink code equals the downlink code the client was sent
+        (a change under half a grid step rounds back to the same code with nearest rounding)."""
+        uplink = self.layout.codes(parameters_to_ndarrays(res.parameters)[0], self.config.fmt)
+        return float(np.count_nonzero(uplink == self.downlink_codes)) / max(1, uplink.size)
 
     def _failure(self, failure: tuple[ClientProxy, FitRes] | BaseException) -> dict[str, Any]:
         if isinstance(failure, BaseException):

@@ -61,6 +61,19 @@ def test_a_run_writes_config_rounds_and_summary(uq_run):
 def test_fp32_run_has_no_quantized_wire(fp32_run):
     _, rounds = fp32_run
     assert all(r["server_opt_before"] is None for r in rounds)
+    assert all("unchanged_codes" not in r for r in rounds)
+
+
+def test_quantized_runs_record_the_fraction_of_unchanged_codes(uq_run):
+    _, rounds = uq_run
+    for record in rounds[1:]:
+        per_client = record["unchanged_codes_per_client"]
+        assert len(per_client) == record["clients_ok"]
+        # two local steps move few weights by a grid step, but stochastic rounding moves some
+        assert all(0.0 < v < 1.0 for v in per_client.values())
+        assert record["unchanged_codes"] == pytest.approx(
+            sum(per_client.values()) / len(per_client)
+        )
     assert all(r["clients_ok"] == 2 for r in rounds[1:])
 
 

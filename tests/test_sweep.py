@@ -11,8 +11,6 @@ import pytest
 
 from experiments.sweep import load_sweep
 
-pytestmark = pytest.mark.integration  # starts Ray, Flower or TLS processes
-
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY_SWEEP = """
@@ -46,6 +44,7 @@ def run_sweep_cli(sweep_file: Path, *extra: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.integration  # runs flwr
 def test_two_tiny_runs_then_a_rerun_does_nothing(tmp_path):
     sweep_file = tmp_path / "tiny.toml"
     sweep_file.write_text(TINY_SWEEP.format(results=tmp_path / "results"))
@@ -67,6 +66,7 @@ def test_two_tiny_runs_then_a_rerun_does_nothing(tmp_path):
     assert dry.stdout.count("done") == 2
 
 
+@pytest.mark.integration  # runs flwr
 def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path):
     """The first run points at a folder without CIFAR-10 and fails; the second still runs."""
     empty = tmp_path / "nodata"
@@ -119,3 +119,40 @@ def test_set_and_seeds_override_the_file(tmp_path):
     sweep = load_sweep(sweep_file, {"num-server-rounds": 3}, seeds=[1, 2])
     assert [r.name for r in sweep.runs] == ["fp32-s1", "uq-s1", "fp32-s2", "uq-s2"]
     assert {r.config.num_server_rounds for r in sweep.runs} == {3}
+
+
+def test_several_grids_each_with_its_own_seeds_run_seed_major(tmp_path):
+    sweep_file = tmp_path / "multi.toml"
+    sweep_file.write_text(
+        """
+[sweep]
+seeds = [0, 1]
+[base]
+num-clients = 2
+[[grid]]
+split = ["iid"]
+method = ["uq", "bq"]
+[[grid]]
+split = ["dirichlet"]
+method = ["bq"]
+seeds = [0]
+"""
+    )
+    names = [run.name for run in load_sweep(sweep_file).runs]
+    assert names == ["iid-uq-s0", "iid-bq-s0", "dirichlet-bq-s0", "iid-uq-s1", "iid-bq-s1"]
+    assert [r.name for r in load_sweep(sweep_file, seeds=[5]).runs] == [
+        "iid-uq-s5",
+        "iid-bq-s5",
+        "dirichlet-bq-s5",
+    ]
+
+
+def test_the_150_round_sweep_file_is_the_issued_setting():
+    sweep = load_sweep(ROOT / "experiments" / "configs" / "lenet-cifar10-150.toml")
+    assert len(sweep.runs) == 14
+    assert {r.config.num_server_rounds for r in sweep.runs} == {150}
+    assert {(r.config.split, r.config.method, r.config.seed) for r in sweep.runs} == {
+        *(("iid", m, s) for m in ("fp32", "uq", "uq+", "bq") for s in (0, 1, 2)),
+        ("dirichlet", "uq", 0),
+        ("dirichlet", "bq", 0),
+    }

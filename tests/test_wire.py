@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fp8fl.codec import decode
+from fp8fl.codec import decode, pack_codes
 from fp8fl.formats import E2M1, E4M3
 from fp8fl.models import build_model
 from fp8fl.qat import QuantConfig, alpha_name, calibrate, prepare_qat
@@ -59,6 +59,28 @@ def test_quantized_wire_sends_codes_with_each_weights_alpha(fmt):
         assert torch.equal(back[w], quantize(state[w], state[alpha_name(w)], fmt))
     for k in layout.scales + layout.dense:
         assert torch.equal(back[k], state[k])
+
+
+@pytest.mark.parametrize("fmt", [E4M3, E2M1], ids=str)
+def test_codes_unpacks_one_code_per_weight_in_state_order(fmt):
+    """``codes`` is what the server compares to measure how many codes a round left unchanged."""
+    model = qat_model("lenet", fmt)
+    layout = StateLayout.from_model(model)
+    state = model.state_dict()
+    codes = layout.codes(layout.pack(state, "nearest", fmt)[0], fmt)
+    assert codes.dtype == np.uint8 and codes.size == layout.numel(layout.quantized)
+    offset = 0
+    for w in layout.quantized:
+        n = state[w].numel()
+        expected = decode(
+            pack_codes(codes[offset : offset + n], fmt.bits),
+            state[alpha_name(w)],
+            fmt,
+            shape=state[w].shape,
+        )
+        assert torch.equal(expected, quantize(state[w], state[alpha_name(w)], fmt))
+        offset += n
+    assert int(codes.max()) < 2**fmt.bits
 
 
 def test_stochastic_wire_depends_on_the_generator_only():
