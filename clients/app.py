@@ -7,7 +7,7 @@ from flwr.client import Client, ClientApp
 from flwr.common import Context
 
 from clients.fp8_client import FP8Client
-from fp8fl.config import RunConfig
+from fp8fl.federated.config import RunConfig
 
 __all__ = ["app", "make_client_app"]
 

@@ -8,13 +8,18 @@ import torch
 from flwr.client import NumPyClient
 from flwr.common import Config, NDArrays, Scalar
 
-from fp8fl.config import RunConfig
-from fp8fl.partitions import client_partition
-from fp8fl.protocol import check_instructions, update_metrics
-from fp8fl.runtime import build_run_model, derive_seed, round_local_update, seeded_generator
-from fp8fl.tasks import load_task_data
-from fp8fl.train import resolve_device
-from fp8fl.wire import StateLayout
+from fp8fl.data.tasks import load_task_data
+from fp8fl.federated.client_data import client_partition
+from fp8fl.federated.config import RunConfig
+from fp8fl.federated.protocol import check_instructions, update_metrics
+from fp8fl.federated.runtime import (
+    build_run_model,
+    derive_seed,
+    round_local_update,
+    seeded_generator,
+)
+from fp8fl.federated.training import resolve_device
+from fp8fl.federated.wire import StateLayout
 
 __all__ = ["FP8Client"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flwr.common import Context
 from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 
-from fp8fl.config import RunConfig
+from fp8fl.federated.config import RunConfig
 from strategies.fp8_fedavg import FP8FedAvg
 
 __all__ = ["app", "make_server_app"]

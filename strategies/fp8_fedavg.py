@@ -43,22 +43,22 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
-from fp8fl.aggregate import average_objective, server_optimize, weighted_average
-from fp8fl.checkpoint import (
+from fp8fl.data.tasks import load_task_data
+from fp8fl.federated.aggregation import average_objective, server_optimize, weighted_average
+from fp8fl.federated.checkpoint import (
     Checkpoint,
     load_checkpoint,
     restore_rng_states,
     rng_states,
     save_checkpoint,
 )
-from fp8fl.config import ConfigError, RunConfig
-from fp8fl.protocol import ProtocolError, check_update_metrics, fit_instructions
-from fp8fl.qat import calibrate
-from fp8fl.results import RunRecorder, resolve_results_dir
-from fp8fl.runtime import build_run_model, derive_seed, seeded_generator
-from fp8fl.tasks import load_task_data
-from fp8fl.train import evaluate, resolve_device
-from fp8fl.wire import StateLayout, WireError
+from fp8fl.federated.config import ConfigError, RunConfig
+from fp8fl.federated.protocol import ProtocolError, check_update_metrics, fit_instructions
+from fp8fl.federated.results import RunRecorder, resolve_results_dir
+from fp8fl.federated.runtime import build_run_model, derive_seed, seeded_generator
+from fp8fl.federated.training import evaluate, resolve_device
+from fp8fl.federated.wire import StateLayout, WireError
+from fp8fl.models.qat import calibrate
 from strategies.ledger import Ledger
 from strategies.progress import RunProgress
 

@@ -10,7 +10,7 @@ from ray import cloudpickle
 
 import tests.malformed
 from clients.fp8_client import FP8Client
-from fp8fl.config import RunConfig
+from fp8fl.federated.config import RunConfig
 from tests.malformed import MUTATIONS
 
 CRASH = "crash"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fp8fl.formats import FloatFormat
+from fp8fl.numerics.formats import FloatFormat
 
 
 def mantissa_is_odd(fmt: FloatFormat, magnitude_code: np.ndarray) -> np.ndarray:

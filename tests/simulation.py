@@ -7,9 +7,9 @@ from typing import Any
 
 from flwr.client import ClientApp
 
-from experiments.simulate import simulate as run
-from fp8fl.config import RunConfig
-from fp8fl.results import read_rounds
+from experiments.cli.simulate import simulate as run
+from fp8fl.federated.config import RunConfig
+from fp8fl.federated.results import read_rounds
 
 TINY = {
     "task": "cifar10",

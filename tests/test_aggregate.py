@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from fp8fl.aggregate import average_objective, server_optimize, weighted_average
-from fp8fl.formats import E2M3, E3M2, E4M3
-from fp8fl.gridtables import grid_tables
-from fp8fl.kernels import expected_squared_error
-from fp8fl.quant import quantize
+from fp8fl.federated.aggregation import average_objective, server_optimize, weighted_average
+from fp8fl.numerics.formats import E2M3, E3M2, E4M3
+from fp8fl.numerics.gridtables import grid_tables
+from fp8fl.numerics.kernels import expected_squared_error
+from fp8fl.numerics.quant import quantize
 
 
 def test_weighted_average_matches_float64_numpy():

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from fp8fl.codec import decode, encode, pack_codes, packed_length, unpack_codes
-from fp8fl.formats import E2M1, E2M3, E3M2, E3M4, E4M3, E5M2, FloatFormat
-from fp8fl.quant import quantize
+from fp8fl.numerics.codec import decode, encode, pack_codes, packed_length, unpack_codes
+from fp8fl.numerics.formats import E2M1, E2M3, E3M2, E3M4, E4M3, E5M2, FloatFormat
+from fp8fl.numerics.quant import quantize
 from tests.numerics_reference import hard_inputs
 
 FORMATS = [

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fp8fl.config import METHODS, ConfigError, RunConfig
+from fp8fl.federated.config import METHODS, ConfigError, RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

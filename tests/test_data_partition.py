@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fp8fl.data import Dataset, load_dataset, partition
-from fp8fl.data.partition import compute
+from fp8fl.data.partitioners import compute
 
 
 def assert_exact_cover(parts: list[np.ndarray], n: int) -> None:

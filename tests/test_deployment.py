@@ -33,7 +33,7 @@ def deploy(tmp_path: Path, *args: str, timeout: float) -> int | None:
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home")}
     with (tmp_path / f"{args[0]}.out").open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "experiments.deploy", *args],
+            [sys.executable, "-m", "experiments.cli.deploy", *args],
             cwd=ROOT,
             env=env,
             stdout=out,

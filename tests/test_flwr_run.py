@@ -27,7 +27,7 @@ def fp8fl_flwr_run(app: Path, home: Path, overrides: str) -> subprocess.Complete
         [
             sys.executable,
             "-m",
-            "experiments.flwr_cli",
+            "experiments.cli.flwr_cli",
             "run",
             str(app),
             "--stream",

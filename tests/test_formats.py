@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fp8fl.formats import E2M1, E2M3, E3M2, E3M4, E4M3, E5M2, FloatFormat
+from fp8fl.numerics.formats import E2M1, E2M3, E3M2, E3M4, E4M3, E5M2, FloatFormat
 
 NAMED = {"e4m3": E4M3, "e5m2": E5M2, "e3m4": E3M4, "e2m3": E2M3, "e3m2": E3M2, "e2m1": E2M1}
 ALL_FORMATS = [FloatFormat(e, m) for e in range(1, 8) for m in range(8 - e)]

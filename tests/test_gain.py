@@ -1,11 +1,11 @@
-"""The §5.3 communication gain (experiments.gain) on hand-made curves with known answers."""
+"""The §5.3 communication gain (experiments.reporting.gain) on hand-made curves with known answers."""
 
 import math
 
 import numpy as np
 import pytest
 
-from experiments.gain import (
+from experiments.reporting.gain import (
     Curve,
     accuracy_range,
     communication_gain,

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fp8fl.models import MODELS, build_model, model_options
-from fp8fl.qat import QuantConfig, calibrate, prepare_qat, range_parameter_names
+from fp8fl.models.architectures import MODELS, build_model, model_options
+from fp8fl.models.qat import QuantConfig, calibrate, prepare_qat, range_parameter_names
 
 INPUTS = {"lenet": (3, 32, 32), "resnet18": (3, 32, 32), "matchboxnet": (64, 101), "kwt1": (98, 40)}
 CLASSES = {"lenet": 10, "resnet18": 10, "matchboxnet": 35, "kwt1": 35}

@@ -10,10 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from fp8fl.attention import SelfAttention
-from fp8fl.formats import E4M3, E5M2, FloatFormat
-from fp8fl.models import MODELS, build_model
-from fp8fl.qat import (
+from fp8fl.models.architectures import MODELS, build_model
+from fp8fl.models.attention import SelfAttention
+from fp8fl.models.qat import (
     MIN_RANGE,
     QConv1d,
     QConv2d,
@@ -28,7 +27,8 @@ from fp8fl.qat import (
     quantized_weight_names,
     range_parameter_names,
 )
-from fp8fl.quant import fake_quant
+from fp8fl.numerics.formats import E4M3, E5M2, FloatFormat
+from fp8fl.numerics.quant import fake_quant
 from tests.test_models import CLASSES, INPUTS
 
 

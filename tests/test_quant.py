@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from fp8fl.formats import E2M1, E2M3, E3M2, E3M4, E4M3, E5M2, FloatFormat
-from fp8fl.gridtables import grid_tables
-from fp8fl.kernels import draw_key, round_to_grid, uniform_stream
-from fp8fl.quant import fake_quant, quantize
+from fp8fl.numerics.formats import E2M1, E2M3, E3M2, E3M4, E4M3, E5M2, FloatFormat
+from fp8fl.numerics.gridtables import grid_tables
+from fp8fl.numerics.kernels import draw_key, round_to_grid, uniform_stream
+from fp8fl.numerics.quant import fake_quant, quantize
 from tests.numerics_reference import brute_force_nearest, hard_inputs
 
 NAMED = [E4M3, E5M2, E3M4, E2M3, E3M2, E2M1]
@@ -65,7 +65,7 @@ def test_numba_and_torch_backends_are_bit_identical(fmt):
 
 
 def test_uniform_stream_torch_matches_kernel_and_is_uniform():
-    from fp8fl.kernels import _uniform24
+    from fp8fl.numerics.kernels import _uniform24
 
     key = draw_key(seeded(5))
     u = uniform_stream(key, 200_000)
@@ -251,7 +251,7 @@ def test_fake_quant_with_float_alpha_gives_only_an_input_gradient():
 
 
 def test_fake_quant_gradients_agree_between_backends():
-    from fp8fl.kernels import fake_quant_grads
+    from fp8fl.numerics.kernels import fake_quant_grads
 
     x = torch.randn(50_000, generator=seeded(0)) * 2
     q = quantize(x, 1.5)

@@ -1,4 +1,4 @@
-"""fp8fl-report (experiments.report) on synthetic results folders written by the tests."""
+"""fp8fl-report (experiments.reporting.report) on synthetic results folders written by the tests."""
 
 import csv
 import json
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from experiments.report import main, write_report
-from experiments.runs import find_runs, group_settings
+from experiments.reporting.report import main, write_report
+from experiments.reporting.runs import find_runs, group_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1_000_000
@@ -312,7 +312,14 @@ def test_fig4_is_written_with_legend_and_gain_labels(tmp_path):
 
 def test_module_entry_point(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "experiments.report", str(tmp_path), "--out", str(tmp_path / "out")],
+        [
+            sys.executable,
+            "-m",
+            "experiments.reporting.report",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "out"),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fp8fl.config import RunConfig
-from fp8fl.results import RunRecorder, public_argv
+from fp8fl.federated.config import RunConfig
+from fp8fl.federated.results import RunRecorder, public_argv
 
 
 def test_public_argv_redacts_token_in_both_spellings() -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fp8fl.checkpoint import Checkpoint, load_checkpoint, rng_states, save_checkpoint
-from fp8fl.config import ConfigError
-from fp8fl.results import RunRecorder
+from fp8fl.federated.checkpoint import Checkpoint, load_checkpoint, rng_states, save_checkpoint
+from fp8fl.federated.config import ConfigError
+from fp8fl.federated.results import RunRecorder
 from strategies.fp8_fedavg import FP8FedAvg
 from tests.simulation import simulate, tiny_config
 
@@ -32,7 +32,7 @@ def kill_after_round(config, run_dir: Path, last_round: int, timeout_s: float = 
     """Run ``config`` in a child process group and SIGKILL the whole group as soon as the
     checkpoint of ``last_round`` exists; returns the round the checkpoint holds."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "experiments.simulate", json.dumps(config.to_mapping())],
+        [sys.executable, "-m", "experiments.cli.simulate", json.dumps(config.to_mapping())],
         cwd=ROOT,
         start_new_session=True,
         stdout=subprocess.DEVNULL,

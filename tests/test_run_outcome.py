@@ -4,14 +4,14 @@ from the first traceback of the streamed log (Flower's exit code says neither)."
 import os
 import time
 
-from experiments.run_outcome import (
+from experiments.cli.run_outcome import (
     ExpectedRun,
     expected_run,
     failure_cause,
     reported_failure,
     run_config_args,
 )
-from fp8fl.results import resolve_results_dir
+from fp8fl.federated.results import resolve_results_dir
 
 SERVER_LOG = """\x1b[92mINFO \x1b[0m:      Starting Flower ServerApp
 Traceback (most recent call last):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flwr.common import ndarray_to_bytes
 
-from fp8fl.models import build_model
-from fp8fl.qat import QuantConfig, prepare_qat
-from fp8fl.wire import StateLayout
+from fp8fl.federated.wire import StateLayout
+from fp8fl.models.architectures import build_model
+from fp8fl.models.qat import QuantConfig, prepare_qat
 from tests.faults import CRASH, faulty_client_app
 from tests.simulation import simulate, tiny_config
 

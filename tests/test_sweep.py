@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.sweep import load_sweep
+from experiments.cli.sweep import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ method = ["fp32", "uq"]
 
 def run_sweep_cli(sweep_file: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "experiments.sweep", str(sweep_file), *extra],
+        [sys.executable, "-m", "experiments.cli.sweep", str(sweep_file), *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from fp8fl.codec import decode, pack_codes
-from fp8fl.formats import E2M1, E4M3
-from fp8fl.models import build_model
-from fp8fl.qat import QuantConfig, alpha_name, calibrate, prepare_qat
-from fp8fl.quant import quantize
-from fp8fl.wire import StateLayout, WireError
+from fp8fl.federated.wire import StateLayout, WireError
+from fp8fl.models.architectures import build_model
+from fp8fl.models.qat import QuantConfig, alpha_name, calibrate, prepare_qat
+from fp8fl.numerics.codec import decode, pack_codes
+from fp8fl.numerics.formats import E2M1, E4M3
+from fp8fl.numerics.quant import quantize
 from tests.malformed import ARRAY_PROBLEMS, MUTATIONS
 
 INPUTS = {"lenet": (3, 3, 32, 32), "kwt1": (3, 98, 40), "matchboxnet": (3, 64, 101)}

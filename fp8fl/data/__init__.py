@@ -15,7 +15,7 @@ from fp8fl.data.cache import (
 )
 from fp8fl.data.dataset import Dataset, load_dataset
 from fp8fl.data.features import MFCC_KINDS, features, mfcc, prepare_images, prepare_mfcc
-from fp8fl.data.partition import SCHEMES, partition
+from fp8fl.data.partitioners import SCHEMES, partition
 
 __all__ = [
     "CACHE_ENV",

@@ -1,0 +1,107 @@
+"""Fig. 4: a setting's test accuracy against cumulative bytes sent, one curve per method.
+
+Drawn on a bare ``matplotlib.figure.Figure`` (no pyplot, so no GUI backend and no global figure
+state): PNG goes through Agg, SVG keeps its text as text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+from matplotlib.figure import Figure
+
+from experiments.reporting.gain import Gain, accuracy_range
+from experiments.reporting.runs import BASELINE, Setting
+from experiments.reporting.tables import gain_text
+
+__all__ = ["plot_setting"]
+
+METHOD_COLORS = {
+    "fp32": "black",
+    "uq": "tab:blue",
+    "uq+": "tab:green",
+    "bq": "tab:red",
+    "qat-fp32wire": "tab:purple",
+    "randqat-fp32wire": "tab:brown",
+}
+OTHER_COLORS = ("tab:orange", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+
+
+def _colors(methods: Sequence[str]) -> dict[str, str]:
+    """The paper's methods keep one color in every figure; others take the spare colors."""
+    others = [m for m in methods if m not in METHOD_COLORS]
+    spare = {m: OTHER_COLORS[i % len(OTHER_COLORS)] for i, m in enumerate(others)}
+    return {m: METHOD_COLORS.get(m) or spare[m] for m in methods}
+
+
+def plot_setting(setting: Setting, out_dir: Path) -> list[Path]:
+    """Fig. 4 for one setting: seed-mean test accuracy against cumulative bytes (log x), a
+    min–max band over seeds, and an arrow at acc* from FP32's bytes to each method's with its
+    gain. Writes ``fig4-<slug>.png`` and ``.svg``; nothing when no method has a curve."""
+    fig = Figure(figsize=(7.5, 5), layout="constrained")
+    ax = fig.add_subplot()
+    colors = _colors(list(setting.methods))
+    plotted = 0
+    for method, result in setting.methods.items():
+        curve = result.curve
+        sent = curve.cum_bytes > 0  # round 0 sent nothing: off a log axis
+        if not sent.any():
+            continue
+        color = colors[method]
+        low, high = accuracy_range([r.curve for r in result.runs])
+        gain = (
+            "" if method == BASELINE or result.gain is None else f", gain {gain_text(result.gain)}"
+        )
+        ax.plot(
+            curve.cum_bytes[sent],
+            100 * curve.accuracy[sent],
+            color=color,
+            marker="o" if sent.sum() <= 30 else None,
+            markersize=3,
+            label=f"{result.label} (n={len(result.runs)}{gain})",
+        )
+        if len(result.runs) > 1:
+            ax.fill_between(
+                curve.cum_bytes[sent],
+                100 * low[sent],
+                100 * high[sent],
+                color=color,
+                alpha=0.15,
+                linewidth=0,
+            )
+        if method != BASELINE and result.gain is not None:
+            _gain_arrow(ax, result.gain, color)
+        plotted += 1
+    if not plotted:
+        return []
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative communication, up + down (bytes, log scale)")
+    ax.set_ylabel("server test accuracy (%)")
+    ax.set_title(
+        f"{setting.label}, {setting.get('num-server-rounds')} rounds\n"
+        "mean over seeds, shaded: min–max over seeds; "
+        "arrows: bytes to first reach acc*, FP32 → method",
+        fontsize=10,
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
+    paths = [out_dir / f"fig4-{setting.slug}.{ext}" for ext in ("png", "svg")]
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # SVG text stays text
+        for path in paths:
+            fig.savefig(path, dpi=150)
+    return paths
+
+
+def _gain_arrow(ax: Any, gain: Gain, color: str) -> None:
+    """An arrow at acc* from the bytes FP32 needed to the bytes the method needed (its value is
+    in the legend: labels on nearly level arrows would overlap)."""
+    y = 100 * gain.target
+    ax.annotate(
+        "",
+        xy=(gain.method_bytes, y),
+        xytext=(gain.baseline_bytes, y),
+        arrowprops={"arrowstyle": "->", "color": color, "linewidth": 1.2},
+    )

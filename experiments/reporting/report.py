@@ -1,0 +1,91 @@
+"""``fp8fl-report``: the paper's Tables 1–3 and Fig. 4 from finished runs' results folders.
+
+    fp8fl-report results/sweeps/lenet-cifar10 --out reports/lenet-cifar10
+    python -m experiments.reporting.report results /tmp/more-results --out /tmp/report
+
+Finds the finished runs below the given folders and groups them into settings
+(``experiments.reporting.runs``, which says what a setting is and which runs are left out), then writes to
+``--out``: ``table1.md/.csv``, ``table2`` and ``table3`` where their methods ran
+(``experiments.reporting.tables``), ``runs.csv`` (one row per finished run) and ``fig4-<setting>.png/.svg``
+(accuracy against cumulative bytes, ``experiments.reporting.plots``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.markdown import Markdown
+
+from experiments.reporting.plots import plot_setting
+from experiments.reporting.runs import Found, find_runs, group_settings
+from experiments.reporting.tables import TABLES, csv_table, markdown_table, run_rows, write_csv
+
+__all__ = ["main", "write_report"]
+
+
+def write_report(dirs: Sequence[Path], out_dir: Path, console: Console | None = None) -> list[Path]:
+    """Read the runs below ``dirs`` and write the tables, ``runs.csv`` and the figures to
+    ``out_dir``; print the tables. Raises SystemExit when no finished run is found."""
+    console = console or Console()
+    for d in dirs:
+        if not Path(d).is_dir():
+            raise SystemExit(f"not a folder: {d}")
+    found = find_runs(dirs)
+    _print_found(found, console)
+    if not found.runs:
+        raise SystemExit(
+            "no finished run (a run folder with summary.json) below "
+            + ", ".join(str(d) for d in dirs)
+        )
+    settings = group_settings(found.runs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for spec in TABLES:
+        text = markdown_table(spec, settings)
+        if text is None:
+            continue
+        (out_dir / f"{spec.name}.md").write_text(text)
+        write_csv(out_dir / f"{spec.name}.csv", csv_table(spec, settings))
+        written += [out_dir / f"{spec.name}.md", out_dir / f"{spec.name}.csv"]
+        console.print(Markdown(text))
+    write_csv(out_dir / "runs.csv", run_rows(found, settings))
+    written.append(out_dir / "runs.csv")
+    for setting in settings:
+        written += plot_setting(setting, out_dir)
+    console.print(
+        f"{len(found.runs)} runs in {len(settings)} setting(s); wrote "
+        f"{len(written)} files to {out_dir}"
+    )
+    return written
+
+
+def _print_found(found: Found, console: Console) -> None:
+    for folder in found.unfinished:
+        console.print(f"[yellow]left out, unfinished (no summary.json):[/] {folder}")
+    for folder, reason in found.unreadable:
+        console.print(f"[red]left out, unreadable:[/] {folder}: {reason}")
+    for run, kept in found.duplicates:
+        console.print(
+            f"[yellow]left out, same setting, method and seed as {kept.path}:[/] {run.path}"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="fp8fl-report", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "results_dirs",
+        nargs="+",
+        type=Path,
+        metavar="RESULTS_DIR",
+        help="a results folder, a sweep folder or a run folder",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="folder for tables and figures")
+    args = parser.parse_args(argv)
+    write_report(args.results_dirs, args.out)
+
+
+if __name__ == "__main__":
+    main()

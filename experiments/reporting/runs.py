@@ -1,0 +1,335 @@
+"""Finished runs in results folders, grouped into settings and aggregated over seeds.
+
+Every folder below the given ones that holds ``config.json`` is a run; it is finished when it also
+holds ``summary.json``, and unfinished runs are left out (and listed). ``*-incomplete-N`` folders,
+which ``fp8fl-sweep`` sets aside, are skipped.
+
+Runs are grouped by *setting* and method, and aggregated over seeds. A setting is every run-config
+key that changes what is trained or measured (task, model, split, the Dirichlet α of a Dirichlet
+split, num-clients, format, num-server-rounds, lr, …) — not the method's switches, the seed, or
+where and how the run was executed. A key that a method does not use is not part of its setting:
+FP32 FedAvg (``qat = none``) uses no ``format`` or ``calibration-samples`` and only UQ+
+(``server-opt = mse``) uses the ``server-opt-*`` keys, so one FP32 baseline serves every format.
+When two finished runs share setting, method and seed, the one started last counts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.reporting.gain import (
+    Curve,
+    Gain,
+    communication_gain,
+    curve_from_rounds,
+    mean_curve,
+)
+from fp8fl.federated.results import safe_name
+
+__all__ = [
+    "BASELINE",
+    "METHOD_LABELS",
+    "MODEL_NAMES",
+    "TASK_NAMES",
+    "Found",
+    "Key",
+    "MethodResult",
+    "Run",
+    "Setting",
+    "find_runs",
+    "group_settings",
+]
+
+Key = tuple[tuple[str, Any], ...]
+
+BASELINE = "fp32"
+METHOD_LABELS = {
+    "fp32": "FP32 FedAvg",
+    "uq": "FP8FedAvg-UQ",
+    "uq+": "FP8FedAvg-UQ+",
+    "bq": "BQ (det. comm.)",
+    "qat-fp32wire": "det. QAT, FP32 comm.",
+    "randqat-fp32wire": "rand. QAT, FP32 comm.",
+}
+TASK_NAMES = {
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+    "speechcommands": "SpeechCommands",
+    "fsdd": "FSDD",
+}
+MODEL_NAMES = {
+    "lenet": "LeNet",
+    "resnet18": "ResNet18",
+    "matchboxnet": "MatchboxNet",
+    "kwt1": "KWT-1",
+}
+SPLIT_ORDER = ("iid", "dirichlet", "speaker")
+# run-config keys that say how or where a run was executed, or which method it is: not a setting
+NOT_SETTING = frozenset(
+    {
+        "method",
+        "qat",
+        "wire",
+        "server-opt",
+        "seed",
+        "eval-every",
+        "eval-batch-size",
+        "results-dir",
+        "run-name",
+        "data-root",
+        "device",
+        "resume",
+    }
+)
+SERVER_OPT_KEYS = frozenset({"server-opt-steps", "server-opt-lrs", "server-opt-grid"})
+LABELLED_KEYS = frozenset({"task", "model", "split", "dirichlet-alpha"})
+INCOMPLETE = re.compile(r"-incomplete-\d+$")
+
+
+# ---------------------------------------------------------------------------- runs
+@dataclass(frozen=True)
+class Run:
+    """One finished run: its folder, run config, summary and accuracy-vs-bytes curve."""
+
+    path: Path
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    curve: Curve
+    started: str
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def seed(self) -> int:
+        return int(self.config["seed"])
+
+    @property
+    def method(self) -> str:
+        """The run-config method; a ``custom`` one is told apart by its three switches."""
+        method = self.config["method"]
+        if method != "custom":
+            return method
+        switches = "/".join(str(self.config.get(k)) for k in ("qat", "wire", "server-opt"))
+        return f"custom({switches})"
+
+    @property
+    def key(self) -> Key:
+        """The setting keys this run uses, with their values (see the module docstring)."""
+        unused = set(NOT_SETTING)
+        if self.config.get("split") != "dirichlet":
+            unused.add("dirichlet-alpha")
+        if self.config.get("qat") == "none":
+            unused |= {"format", "calibration-samples"}
+        if self.config.get("server-opt") != "mse":
+            unused |= SERVER_OPT_KEYS
+        return tuple(sorted((k, _hashable(v)) for k, v in self.config.items() if k not in unused))
+
+    @property
+    def final_accuracy(self) -> float | None:
+        return self.summary.get("final_accuracy")
+
+
+@dataclass(frozen=True)
+class Found:
+    """What ``find_runs`` saw: finished runs, unfinished folders, unreadable folders and the
+    runs left out as duplicates (with the run that counts instead)."""
+
+    runs: list[Run]
+    unfinished: list[Path]
+    unreadable: list[tuple[Path, str]]
+    duplicates: list[tuple[Run, Run]]
+
+
+def _hashable(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool, type(None))) else json.dumps(value)
+
+
+def _run_folders(root: Path) -> Iterator[Path]:
+    """Folders at or below ``root`` holding ``config.json``, except set-aside incomplete ones."""
+    for config_file in sorted(root.rglob("config.json")):
+        parts = config_file.parent.relative_to(root).parts
+        if not any(INCOMPLETE.search(part) for part in parts):
+            yield config_file.parent.resolve()
+
+
+def _read_run(folder: Path) -> Run:
+    """A finished run folder (raises ValueError or OSError when a file cannot be read)."""
+    document = json.loads((folder / "config.json").read_text())
+    if not isinstance(document.get("config"), dict) or "method" not in document["config"]:
+        raise ValueError("config.json has no run config")
+    summary = json.loads((folder / "summary.json").read_text())
+    lines = (folder / "rounds.jsonl").read_text().splitlines()
+    curve = curve_from_rounds(json.loads(line) for line in lines if line.strip())
+    return Run(folder, document["config"], summary, curve, str(document.get("started", "")))
+
+
+def find_runs(dirs: Sequence[Path]) -> Found:
+    """Read every run folder at or below ``dirs``; keep the latest run of each setting, method
+    and seed."""
+    folders = sorted({f for d in dirs for f in _run_folders(Path(d))})
+    runs: list[Run] = []
+    unfinished: list[Path] = []
+    unreadable: list[tuple[Path, str]] = []
+    for folder in folders:
+        if not (folder / "summary.json").is_file():
+            unfinished.append(folder)
+            continue
+        try:
+            runs.append(_read_run(folder))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            unreadable.append((folder, f"{type(err).__name__}: {err}"))
+    latest: dict[tuple[Key, str, int], Run] = {}
+    duplicates: list[tuple[Run, Run]] = []
+    for run in sorted(runs, key=lambda r: (r.started, r.run_id), reverse=True):
+        kept = latest.setdefault((run.key, run.method, run.seed), run)
+        if kept is not run:
+            duplicates.append((run, kept))
+    return Found(
+        sorted(latest.values(), key=lambda r: (r.method, r.seed, r.run_id)),
+        unfinished,
+        unreadable,
+        duplicates,
+    )
+
+
+# ---------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class MethodResult:
+    """A method's runs in one setting, its seed-mean curve and its gain over FP32."""
+
+    method: str
+    runs: tuple[Run, ...]
+    curve: Curve
+    gain: Gain | None
+
+    @property
+    def accuracies(self) -> np.ndarray:
+        """Final test accuracies in %, one per seed that evaluated at least one round."""
+        return 100 * np.asarray(
+            [r.final_accuracy for r in self.runs if r.final_accuracy is not None], dtype=float
+        )
+
+    @property
+    def n(self) -> int:
+        return len(self.accuracies)
+
+    @property
+    def mean(self) -> float | None:
+        return float(self.accuracies.mean()) if self.n else None
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation (ddof = 1) over seeds; None for fewer than two."""
+        return float(self.accuracies.std(ddof=1)) if self.n >= 2 else None
+
+    @property
+    def label(self) -> str:
+        return METHOD_LABELS.get(self.method, self.method)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its keys, the keys that tell it apart from the others, and its methods."""
+
+    key: Key
+    extras: Key
+    methods: dict[str, MethodResult]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return dict(self.key).get(name, default)
+
+    @property
+    def split_label(self) -> str:
+        split = self.get("split")
+        if split == "dirichlet":
+            return f"Dir({self.get('dirichlet-alpha'):g})"
+        return {"iid": "i.i.d.", "speaker": "speaker-id"}.get(split, str(split))
+
+    @property
+    def extras_label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.extras)
+
+    @property
+    def label(self) -> str:
+        parts = [
+            TASK_NAMES.get(self.get("task"), self.get("task")),
+            MODEL_NAMES.get(self.get("model"), self.get("model")),
+            self.split_label,
+        ]
+        return " · ".join(str(p) for p in parts if p) + (
+            f" ({self.extras_label})" if self.extras else ""
+        )
+
+    @property
+    def slug(self) -> str:
+        split = self.get("split") + (
+            f"{self.get('dirichlet-alpha'):g}" if self.get("split") == "dirichlet" else ""
+        )
+        parts = [self.get("task"), self.get("model"), split, *(f"{k}{v}" for k, v in self.extras)]
+        return safe_name("-".join(str(p) for p in parts))
+
+
+def _method_order(method: str) -> tuple[int, str]:
+    names = list(METHOD_LABELS)
+    return (names.index(method) if method in names else len(names), method)
+
+
+def _results(runs: Sequence[Run]) -> dict[str, MethodResult]:
+    """Per method (FP32 first): its runs by seed, seed-mean curve and gain over FP32."""
+    by_method: dict[str, list[Run]] = {}
+    for run in sorted(runs, key=lambda r: r.seed):
+        by_method.setdefault(run.method, []).append(run)
+    curves = {m: mean_curve([r.curve for r in rs]) for m, rs in by_method.items()}
+    baseline = curves.get(BASELINE)
+    return {
+        m: MethodResult(m, tuple(by_method[m]), curves[m], communication_gain(baseline, curves[m]))
+        for m in sorted(by_method, key=_method_order)
+    }
+
+
+def _sort_key(key: Key) -> tuple[Any, ...]:
+    values = dict(key)
+    split = values.get("split")
+    return (
+        str(values.get("task")),
+        str(values.get("model")),
+        SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER),
+        repr(key),
+    )
+
+
+def group_settings(runs: Sequence[Run]) -> list[Setting]:
+    """Group runs into settings. A setting is a maximal key; a run belongs to every setting whose
+    keys include all of its own (so an FP32 run, without ``format``, is in every format's)."""
+    keys = {run.key for run in runs}
+    maximal = sorted(
+        (k for k in keys if not any(set(k) < set(other) for other in keys)), key=_sort_key
+    )
+    return [
+        Setting(key, _extras(key, maximal), _results([r for r in runs if set(r.key) <= set(key)]))
+        for key in maximal
+    ]
+
+
+def _extras(key: Key, keys: Sequence[Key]) -> Key:
+    """The keys of ``key`` that tell it apart from the settings sharing its task, model and split
+    (different tasks differ in their label already, not in a list of run-config values)."""
+
+    def labelled(k: Key) -> Key:
+        return tuple(item for item in k if item[0] in LABELLED_KEYS)
+
+    siblings = [dict(k) for k in keys if labelled(k) == labelled(key)]
+    return tuple(
+        (name, value)
+        for name, value in key
+        if name not in LABELLED_KEYS and len({repr(s.get(name)) for s in siblings}) > 1
+    )

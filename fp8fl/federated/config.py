@@ -1,0 +1,292 @@
+"""Run configuration: one frozen, validated dataclass built from Flower's flat run config.
+
+Methods are three orthogonal switches — ``qat`` (rounding of the local QAT forward), ``wire``
+(rounding of the weights on the wire, both directions) and ``server_opt`` (how the server
+aggregates) — and ``method`` names a preset of them (Wang et al. 2024, arXiv:2407.02610: Table 1,
+Table 2, Table 3, Fig. 4):
+
+| method             | qat        | wire       | server_opt | in the paper                     |
+|--------------------|------------|------------|------------|----------------------------------|
+| fp32               | none       | fp32       | average    | FP32 FedAvg                      |
+| uq                 | nearest    | stochastic | average    | FP8FedAvg-UQ                     |
+| uq+                | nearest    | stochastic | mse        | FP8FedAvg-UQ+ (ServerOptimize)   |
+| bq                 | nearest    | nearest    | average    | det. CQ (Table 3), BQ (Fig. 4)   |
+| qat-fp32wire       | nearest    | fp32       | average    | det. QAT (Table 2)               |
+| randqat-fp32wire   | stochastic | fp32       | average    | rand. QAT (Table 2)              |
+
+A switch given explicitly overrides the preset; ``method`` is then resolved to the preset the final
+switches match, or ``custom``. Every problem in a configuration is reported at once, before any
+client starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from fp8fl.data.tasks import TASKS, task_spec
+from fp8fl.numerics.formats import FloatFormat
+
+__all__ = ["METHODS", "QAT_MODES", "SERVER_OPTS", "WIRE_MODES", "ConfigError", "RunConfig"]
+
+QAT_MODES = ("none", "nearest", "stochastic")
+WIRE_MODES = ("fp32", "nearest", "stochastic")
+SERVER_OPTS = ("average", "mse")
+OPTIMIZERS = ("auto", "sgd", "adamw")
+METHODS: dict[str, tuple[str, str, str]] = {
+    "fp32": ("none", "fp32", "average"),
+    "uq": ("nearest", "stochastic", "average"),
+    "uq+": ("nearest", "stochastic", "mse"),
+    "bq": ("nearest", "nearest", "average"),
+    "qat-fp32wire": ("nearest", "fp32", "average"),
+    "randqat-fp32wire": ("stochastic", "fp32", "average"),
+}
+
+
+class ConfigError(ValueError):
+    """An invalid run configuration; the message lists every problem found."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs, with the small real default of ``flwr run .``.
+
+    Keys in Flower's run config are the field names with ``-`` for ``_`` (``num-server-rounds``).
+    """
+
+    task: str = "cifar10"
+    model: str = "lenet"
+    split: str = "iid"
+    dirichlet_alpha: float = 0.3
+    num_clients: int = 10
+    num_server_rounds: int = 5
+    clients_per_round: float | int = 0.2  # a float in (0, 1] is a fraction, an int a count
+    min_fit_clients: int = 1
+    accept_failures: bool = True
+    local_epochs: int = 1
+    local_steps: int = 0  # > 0 overrides local_epochs
+    batch_size: int = 50
+    optimizer: str = "auto"  # sgd, or adamw with cosine decay over rounds; auto: adamw for kwt1
+    lr: float = 0.1
+    weight_decay: float = 1e-3
+    method: str = "uq"
+    qat: str = ""  # "" takes the method's preset
+    wire: str = ""
+    server_opt: str = ""
+    format: str = "e4m3"
+    server_opt_steps: int = 5
+    server_opt_lrs: str = "0.01,0.1,1"
+    server_opt_grid: int = 50
+    seed: int = 0
+    eval_every: int = 1
+    eval_batch_size: int = 500
+    eval_samples: int = 0  # > 0 evaluates on a fixed seeded subset of the test split
+    calibration_samples: int = 256
+    results_dir: str = "results"
+    run_name: str = ""  # "" names the run from its settings and start time
+    data_root: str = ""
+    device: str = "auto"
+    resume: str = ""  # a run id in results-dir: continue it from its last completed round
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> RunConfig:
+        """Build from a Flower run config (kebab-case keys); raise ``ConfigError`` listing every
+        unknown key, wrongly typed value, out-of-range value and invalid combination."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        problems: list[str] = []
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in fields:
+                problems.append(f"unknown key {key!r}")
+                continue
+            coerced = _coerce(name, value, fields[name].default, problems)
+            if coerced is not None:
+                kwargs[name] = coerced
+        if problems:
+            raise ConfigError(_report(problems))
+        return cls(**kwargs).resolved()
+
+    def resolved(self) -> RunConfig:
+        """Apply the method preset, resolve ``optimizer``, and validate."""
+        problems: list[str] = []
+        preset = METHODS.get(self.method)
+        if preset is None and self.method != "custom":
+            problems.append(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+            preset = ("", "", "")
+        elif preset is None:
+            preset = ("", "", "")
+        qat = self.qat or preset[0]
+        wire = self.wire or preset[1]
+        server_opt = self.server_opt or preset[2]
+        method = next(
+            (name for name, switches in METHODS.items() if switches == (qat, wire, server_opt)),
+            "custom",
+        )
+        optimizer = self.optimizer
+        if optimizer == "auto":
+            optimizer = "adamw" if self.model == "kwt1" else "sgd"
+        config = dataclasses.replace(
+            self, qat=qat, wire=wire, server_opt=server_opt, method=method, optimizer=optimizer
+        )
+        problems += config._problems()
+        if problems:
+            raise ConfigError(_report(problems))
+        return config
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def fmt(self) -> FloatFormat:
+        return FloatFormat.from_name(self.format)
+
+    @property
+    def quantized_wire(self) -> bool:
+        return self.wire != "fp32"
+
+    @property
+    def clients_per_round_count(self) -> int:
+        """Clients sampled per round: a fraction of ``num_clients`` (at least one) or a count."""
+        if isinstance(self.clients_per_round, float):
+            return max(1, round(self.clients_per_round * self.num_clients))
+        return self.clients_per_round
+
+    @property
+    def server_opt_lr_candidates(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in self.server_opt_lrs.split(","))
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Kebab-case keys, as in Flower's run config (what ``config.json`` records)."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    # ------------------------------------------------------------------ validation
+    def _problems(self) -> list[str]:
+        p: list[str] = []
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                p.append(message)
+
+        need(self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.task in TASKS:
+            spec = task_spec(self.task)
+            need(
+                self.model in spec.models,
+                f"model {self.model!r} does not fit task "
+                f"{self.task!r}: choose {' or '.join(spec.models)}",
+            )
+            need(
+                self.split in spec.splits,
+                f"split {self.split!r} is not available for "
+                f"{self.task!r}: choose {', '.join(spec.splits)}",
+            )
+        need(self.qat in QAT_MODES, f"qat must be one of {', '.join(QAT_MODES)}, got {self.qat!r}")
+        need(
+            self.wire in WIRE_MODES,
+            f"wire must be one of {', '.join(WIRE_MODES)}, got {self.wire!r}",
+        )
+        need(
+            self.server_opt in SERVER_OPTS,
+            f"server-opt must be one of {', '.join(SERVER_OPTS)}, got {self.server_opt!r}",
+        )
+        need(
+            not (self.qat == "none" and self.wire in ("nearest", "stochastic")),
+            "wire quantization uses the α learned by QAT: with qat = 'none' use wire = 'fp32'",
+        )
+        need(
+            not (self.server_opt == "mse" and self.wire == "fp32"),
+            "server-opt = 'mse' minimises the error of quantized communication; with "
+            "wire = 'fp32' its solution is the plain average: use server-opt = 'average'",
+        )
+        try:
+            FloatFormat.from_name(self.format)
+        except ValueError as err:
+            p.append(str(err))
+        need(
+            self.optimizer in OPTIMIZERS,
+            f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
+        )
+        need(self.dirichlet_alpha > 0, f"dirichlet-alpha must be > 0, got {self.dirichlet_alpha}")
+        need(self.num_clients >= 1, f"num-clients must be >= 1, got {self.num_clients}")
+        need(self.num_server_rounds >= 1, "num-server-rounds must be >= 1")
+        if isinstance(self.clients_per_round, float):
+            need(
+                0 < self.clients_per_round <= 1,
+                f"clients-per-round as a fraction must be in (0, 1], got {self.clients_per_round}",
+            )
+        else:
+            need(
+                1 <= self.clients_per_round <= self.num_clients,
+                "clients-per-round as a count "
+                f"must be in 1..num-clients ({self.num_clients}), got {self.clients_per_round}",
+            )
+        if self.num_clients >= 1 and not p:
+            need(
+                1 <= self.min_fit_clients <= self.clients_per_round_count,
+                f"min-fit-clients must be in 1..{self.clients_per_round_count} (the clients "
+                f"sampled per round), got {self.min_fit_clients}",
+            )
+        need(
+            self.local_epochs >= 0 and self.local_steps >= 0,
+            "local-epochs and local-steps must be >= 0",
+        )
+        need(
+            self.local_epochs > 0 or self.local_steps > 0,
+            "set local-epochs or local-steps to a positive number",
+        )
+        need(self.batch_size >= 1, f"batch-size must be >= 1, got {self.batch_size}")
+        need(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
+        need(self.weight_decay >= 0, f"weight-decay must be >= 0, got {self.weight_decay}")
+        need(self.server_opt_steps >= 0, "server-opt-steps must be >= 0")
+        need(self.server_opt_grid >= 1, "server-opt-grid must be >= 1")
+        try:
+            lrs = self.server_opt_lr_candidates
+            need(
+                bool(lrs) and all(v > 0 and math.isfinite(v) for v in lrs),
+                f"server-opt-lrs must be positive numbers, got {self.server_opt_lrs!r}",
+            )
+        except ValueError:
+            p.append(f"server-opt-lrs must be comma-separated numbers, got {self.server_opt_lrs!r}")
+        need(self.eval_every >= 1, f"eval-every must be >= 1, got {self.eval_every}")
+        need(self.eval_batch_size >= 1, "eval-batch-size must be >= 1")
+        need(self.eval_samples >= 0, "eval-samples must be >= 0 (0 = the whole test split)")
+        need(self.calibration_samples >= 1, "calibration-samples must be >= 1")
+        need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        need(bool(self.results_dir), "results-dir must not be empty")
+        need(
+            self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"),
+            f"device must be auto, cpu or cuda[:n], got {self.device!r}",
+        )
+        return p
+
+
+def _coerce(name: str, value: Any, default: Any, problems: list[str]) -> Any:
+    """Check a value against the type of the field's default (ints are accepted for floats)."""
+    if name == "clients_per_round":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"clients-per-round must be a number, got {value!r}")
+            return None
+        return value
+    expected = type(default)
+    if expected is bool:
+        ok = isinstance(value, bool)
+    elif expected is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        key = name.replace("_", "-")
+        problems.append(
+            f"{key} must be {expected.__name__}, got {value!r} ({type(value).__name__})"
+        )
+        return None
+    return value
+
+
+def _report(problems: list[str]) -> str:
+    return "invalid run config:\n" + "\n".join(f"  - {p}" for p in problems)

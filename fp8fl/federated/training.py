@@ -1,0 +1,144 @@
+"""Local training (Wang et al. 2024, arXiv:2407.02610, Alg. 1 LOCALUPDATE) and evaluation of a
+model on task data.
+
+The optimizer is created afresh for every call, so its state (momentum, Adam moments) is reset
+every round (§5.2). α and β are learned with the weights but exempt from weight decay: decay would
+pull every clipping range towards zero for no reason. After the last step every α/β is kept
+positive (``qat.clamp_ranges_``), since they travel on the wire as clipping values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fp8fl.data.tasks import TaskData
+from fp8fl.models.qat import QATModule, clamp_ranges_, range_parameter_names
+
+__all__ = ["LocalUpdate", "cosine_lr", "deterministic_rounding", "evaluate", "resolve_device"]
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    """One client's training for a round: E epochs over its data, or U steps if ``steps > 0``."""
+
+    optimizer: str  # "sgd" or "adamw"
+    lr: float
+    weight_decay: float
+    batch_size: int
+    epochs: int
+    steps: int = 0
+
+    def num_steps(self, num_examples: int) -> int:
+        if self.steps > 0:
+            return self.steps
+        return self.epochs * math.ceil(num_examples / self.batch_size)
+
+    def run(
+        self,
+        model: nn.Module,
+        data: TaskData,
+        indices: np.ndarray,
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> dict[str, float]:
+        """Train ``model`` in place on rows ``indices`` of ``data``; returns loss statistics."""
+        if len(indices) == 0:
+            raise ValueError("cannot train on an empty partition")
+        model.train()
+        optimizer = self._optimizer(model)
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        total_steps = self.num_steps(len(rows))
+        losses: list[float] = []
+        order = torch.empty(0, dtype=torch.long)
+        while len(losses) < total_steps:
+            if len(order) == 0:  # a new epoch: a fresh permutation
+                order = rows[torch.randperm(len(rows), generator=generator)]
+            batch, order = order[: self.batch_size], order[self.batch_size :]
+            x, y = data.batch(batch, True, generator, device)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            if not math.isfinite(losses[-1]):
+                raise FloatingPointError(
+                    f"training loss became {losses[-1]} at local step {len(losses)}"
+                )
+        clamp_ranges_(model)
+        return {
+            "train-loss": float(np.mean(losses)),
+            "train-loss-last": losses[-1],
+            "local-steps": float(total_steps),
+        }
+
+    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        ranges = set(range_parameter_names(model))
+        named = list(model.named_parameters())
+        groups = [
+            {"params": [p for n, p in named if n not in ranges], "weight_decay": self.weight_decay},
+            {"params": [p for n, p in named if n in ranges], "weight_decay": 0.0},
+        ]
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=self.lr)
+        if self.optimizer == "adamw":
+            return torch.optim.AdamW(groups, lr=self.lr)
+        raise ValueError(f"unknown optimizer {self.optimizer!r}")
+
+
+def cosine_lr(base_lr: float, server_round: int, num_rounds: int) -> float:
+    """Cosine decay over the rounds: base_lr at round 1, approaching 0 at the last round."""
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * (server_round - 1) / max(num_rounds, 1)))
+
+
+@contextmanager
+def deterministic_rounding(model: nn.Module) -> Iterator[None]:
+    """Evaluate a stochastic-QAT model with nearest rounding (a deterministic forward)."""
+    modules = [
+        m
+        for m in model.modules()
+        if isinstance(m, QATModule) and m.qat_config.rounding == "stochastic"
+    ]
+    saved = [m.qat_config for m in modules]
+    for m in modules:
+        m.qat_config = replace(m.qat_config, rounding="nearest")
+    try:
+        yield
+    finally:
+        for m, config in zip(modules, saved):
+            m.qat_config = config
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: TaskData,
+    batch_size: int,
+    device: torch.device,
+    indices: np.ndarray | None = None,
+) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` on ``data`` (rows ``indices`` or all)."""
+    model.eval()
+    rows = torch.arange(len(data)) if indices is None else torch.as_tensor(indices)
+    loss_sum = correct = 0.0
+    with deterministic_rounding(model):
+        for start in range(0, len(rows), batch_size):
+            x, y = data.batch(rows[start : start + batch_size], False, None, device)
+            logits = model(x)
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += float((logits.argmax(1) == y).sum())
+    return loss_sum / len(rows), correct / len(rows)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
