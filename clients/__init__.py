@@ -1,1 +1,1 @@
-"""Flower clients of fp8fl: ``FP8Client`` (a NumPyClient) and the ClientApp."""
+"""Flower clients of fp8fl: ``QuantizedClient`` (a NumPyClient) and the ClientApp."""

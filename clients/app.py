@@ -1,4 +1,4 @@
-"""The ClientApp: one ``FP8Client`` per SuperNode, given its partition through node config
+"""The ClientApp: one ``QuantizedClient`` per SuperNode, given its partition through node config
 (``partition-id``, ``num-partitions``: set by the simulation engine, or by ``--node-config``)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from flwr.client import Client, ClientApp
 from flwr.common import Context
 
-from clients.fp8_client import FP8Client
+from clients.quantized_client import QuantizedClient
 from fp8fl.federated.config import RunConfig
 
 __all__ = ["app", "make_client_app"]
@@ -17,7 +17,7 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
 
     def client_fn(context: Context) -> Client:
         run = config or RunConfig.from_mapping(dict(context.run_config))
-        return FP8Client(
+        return QuantizedClient(
             run,
             int(context.node_config["partition-id"]),
             int(context.node_config["num-partitions"]),

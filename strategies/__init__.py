@@ -1,1 +1,2 @@
-"""Flower server side of fp8fl: the ``FP8FedAvg`` strategy, its byte ledger, and the ServerApp."""
+"""Flower server side of fp8fl: the ServerApp, its server loops, the ``QuantizedFedAvg`` strategy
+(clients, rounds, journal) and the byte ledger."""

@@ -9,15 +9,15 @@ from flwr.common import Config, Context, NDArrays, Scalar
 from ray import cloudpickle
 
 import tests.malformed
-from clients.fp8_client import FP8Client
+from clients.quantized_client import QuantizedClient
 from fp8fl.federated.config import RunConfig
 from tests.malformed import MUTATIONS
 
 CRASH = "crash"
 
 
-class FaultyClient(FP8Client):
-    """An ``FP8Client`` that, for the partitions in ``faults``, raises (``"crash"``) or applies a
+class FaultyClient(QuantizedClient):
+    """A ``QuantizedClient`` that, for the partitions in ``faults``, raises (``"crash"``) or applies a
     mutation of ``tests.malformed.MUTATIONS`` to its otherwise valid update."""
 
     def __init__(

@@ -10,7 +10,7 @@ from fp8fl.federated.aggregation import average_objective, server_optimize, weig
 from fp8fl.numerics.formats import E2M3, E3M2, E4M3
 from fp8fl.numerics.gridtables import grid_tables
 from fp8fl.numerics.kernels import expected_squared_error
-from fp8fl.numerics.quant import quantize
+from fp8fl.numerics.quant import Rounding, quantize
 
 
 def test_weighted_average_matches_float64_numpy():
@@ -74,14 +74,13 @@ def _clients(seed: int, count: int = 5, size: int = 4000):
 def test_server_optimize_is_never_worse_than_the_average_and_reports_truthfully(fmt, stochastic):
     states, n = _clients(1)
     avg = weighted_average(states, n)
-    before = average_objective(avg, states, n, ("fc.weight",), fmt, stochastic)
+    before = average_objective(avg, states, n, ("fc.weight",), Rounding(fmt, stochastic))
     result = server_optimize(
         avg,
         states,
         n,
         ("fc.weight",),
-        fmt,
-        stochastic,
+        Rounding(fmt, stochastic),
         steps=5,
         lrs=(0.01, 0.1, 1.0),
         grid=50,
@@ -129,8 +128,7 @@ def test_server_optimize_improves_when_a_smaller_alpha_fits_better():
         states,
         n,
         ("fc.weight",),
-        E2M3,
-        True,
+        Rounding(E2M3, True),
         5,
         (0.01, 0.1, 1.0),
         50,
@@ -147,6 +145,14 @@ def test_server_optimize_leaves_other_entries_alone():
         s["bias"] = torch.randn(7)
     avg = weighted_average(states, n)
     result = server_optimize(
-        avg, states, n, ("fc.weight",), E4M3, True, 2, (0.1,), 5, torch.Generator().manual_seed(0)
+        avg,
+        states,
+        n,
+        ("fc.weight",),
+        Rounding(E4M3, True),
+        2,
+        (0.1,),
+        5,
+        torch.Generator().manual_seed(0),
     )
     assert torch.equal(result.state["bias"], avg["bias"])

@@ -5,12 +5,18 @@ from pathlib import Path
 
 import pytest
 
-from fp8fl.federated.config import METHODS, ConfigError, RunConfig
+from fp8fl.federated.config import ConfigError, RunConfig
+from fp8fl.methods.registry import METHODS
+from tests.presets import PAPER_PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize(("method", "switches"), sorted(METHODS.items()))
+def test_every_paper_preset_is_registered():
+    assert set(PAPER_PRESETS) <= set(METHODS)
+
+
+@pytest.mark.parametrize(("method", "switches"), sorted(PAPER_PRESETS.items()))
 def test_method_presets(method, switches):
     config = RunConfig.from_mapping({"method": method})
     assert (config.qat, config.wire, config.server_opt) == switches

@@ -11,17 +11,10 @@ from rich.console import Console
 
 from experiments.reporting.report import main, write_report
 from experiments.reporting.runs import find_runs, group_settings
+from tests.presets import PAPER_PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1_000_000
-SWITCHES = {  # (qat, wire, server-opt) of each method preset, as config.json records them
-    "fp32": ("none", "fp32", "average"),
-    "uq": ("nearest", "stochastic", "average"),
-    "uq+": ("nearest", "stochastic", "mse"),
-    "bq": ("nearest", "nearest", "average"),
-    "qat-fp32wire": ("nearest", "fp32", "average"),
-    "randqat-fp32wire": ("stochastic", "fp32", "average"),
-}
 BASE = {
     "task": "cifar10",
     "model": "lenet",
@@ -57,7 +50,7 @@ def write_run(
         **BASE,
         "method": method,
         "seed": seed,
-        **dict(zip(("qat", "wire", "server-opt"), SWITCHES[method], strict=True)),
+        **dict(zip(("qat", "wire", "server-opt"), PAPER_PRESETS[method], strict=True)),
         **{k.replace("_", "-"): v for k, v in overrides.items()},
     }
     folder = root / (name or f"{method}-s{seed}")

@@ -16,7 +16,7 @@ import torch
 from fp8fl.federated.checkpoint import Checkpoint, load_checkpoint, rng_states, save_checkpoint
 from fp8fl.federated.config import ConfigError
 from fp8fl.federated.results import RunRecorder
-from strategies.fp8_fedavg import FP8FedAvg
+from strategies.quantized_fedavg import QuantizedFedAvg
 from tests.simulation import simulate, tiny_config
 
 pytestmark = pytest.mark.integration  # starts Ray, Flower or TLS processes
@@ -88,7 +88,7 @@ def checkpointed_run(tmp_path):
 def test_resume_refuses_a_different_run_config(checkpointed_run, tmp_path):
     changed = dataclasses.replace(checkpointed_run, resume="half", lr=0.5)
     with pytest.raises(ConfigError, match=r"lr was 0\.1, now 0\.5"):
-        FP8FedAvg(changed)
+        QuantizedFedAvg(changed)
     # a refused resumption leaves the run's folder as it was
     assert "resumed" not in json.loads((tmp_path / "half" / "config.json").read_text())
 
@@ -96,16 +96,19 @@ def test_resume_refuses_a_different_run_config(checkpointed_run, tmp_path):
 def test_resume_refuses_a_finished_run(checkpointed_run):
     finished = dataclasses.replace(checkpointed_run, resume="half", num_server_rounds=2)
     with pytest.raises(ConfigError, match="nothing to resume"):
-        FP8FedAvg(finished)
+        QuantizedFedAvg(finished)
 
 
 def test_resume_drops_records_of_the_lost_round_and_may_add_rounds(checkpointed_run):
-    strategy = FP8FedAvg(dataclasses.replace(checkpointed_run, resume="half", num_server_rounds=6))
-    assert strategy.start_round == 2 and strategy.rounds_to_run == 4
-    assert [r["round"] for r in strategy.history] == [0, 1, 2]
-    assert (strategy.ledger.up, strategy.ledger.down) == (10, 20)
+    strategy = QuantizedFedAvg(
+        dataclasses.replace(checkpointed_run, resume="half", num_server_rounds=6)
+    )
+    journal = strategy.journal
+    assert journal.start_round == 2 and strategy.rounds_to_run == 4
+    assert [r["round"] for r in journal.history] == [0, 1, 2]
+    assert (journal.ledger.up, journal.ledger.down) == (10, 20)
 
 
 def test_resume_of_an_unknown_run_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        FP8FedAvg(tiny_config(tmp_path, resume="nope"))
+        QuantizedFedAvg(tiny_config(tmp_path, resume="nope"))

@@ -18,7 +18,7 @@ Traceback (most recent call last):
   File "/venv/flwr/serverapp/server_app.py", line 161, in __call__
     components = self._server_fn(context)
   File "/flwr/apps/fp8fl/strategies/app.py", line 19, in server_fn
-    strategy = FP8FedAvg(run)
+    strategy = QuantizedFedAvg(run)
 fp8fl.data.cache.DatasetNotFoundError: cifar100: data set not found; searched /x/cifar-100-python
 \x1b[91mERROR \x1b[0m:     Exit Code: 700
 """

@@ -19,10 +19,10 @@ from rich.table import Table
 
 from fp8fl.federated.config import RunConfig
 from fp8fl.federated.protocol import fit_instructions, update_metrics
-from fp8fl.federated.runtime import build_run_model
+from fp8fl.federated.training import build_run_model
 from fp8fl.federated.wire import StateLayout
+from fp8fl.methods.registry import build
 from fp8fl.models.architectures import MODELS
-from fp8fl.models.qat import calibrate
 from strategies.ledger import fitins_bytes, fitres_bytes
 
 TASK_OF = {
@@ -48,10 +48,11 @@ def message_bytes(model_name: str, method: str, fmt: str) -> tuple[int, int]:
     )
     torch.manual_seed(0)
     model = build_run_model(config, NUM_CLASSES[task])
-    if config.qat != "none":
-        calibrate(model, torch.randn(INPUT_SHAPE[model_name]))
     layout = StateLayout.from_model(model)
-    arrays = layout.pack(model.state_dict(), config.wire, config.fmt, torch.Generator())
+    built = build(config, layout.quantized)
+    if built.quantizer.calibrates:
+        built.quantizer.calibrate(model, torch.randn(INPUT_SHAPE[model_name]))
+    arrays = layout.pack(model.state_dict(), built.codec, torch.Generator())
     down = FitIns(ndarrays_to_parameters(arrays), fit_instructions(config, 1))
     stats = {"train-loss": 1.0, "train-loss-last": 1.0, "local-steps": 1.0, "train-seconds": 1.0}
     up = FitRes(

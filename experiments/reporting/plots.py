@@ -16,22 +16,16 @@ from matplotlib.figure import Figure
 from experiments.reporting.gain import Gain, accuracy_range
 from experiments.reporting.runs import BASELINE, Setting
 from experiments.reporting.tables import gain_text
+from fp8fl.methods.registry import METHODS
 
 __all__ = ["plot_setting"]
 
-METHOD_COLORS = {
-    "fp32": "black",
-    "uq": "tab:blue",
-    "uq+": "tab:green",
-    "bq": "tab:red",
-    "qat-fp32wire": "tab:purple",
-    "randqat-fp32wire": "tab:brown",
-}
+METHOD_COLORS = {name: spec.color for name, spec in METHODS.items()}
 OTHER_COLORS = ("tab:orange", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
 
 
 def _colors(methods: Sequence[str]) -> dict[str, str]:
-    """The paper's methods keep one color in every figure; others take the spare colors."""
+    """A registered method keeps its color in every figure; others take the spare colors."""
     others = [m for m in methods if m not in METHOD_COLORS]
     spare = {m: OTHER_COLORS[i % len(OTHER_COLORS)] for i, m in enumerate(others)}
     return {m: METHOD_COLORS.get(m) or spare[m] for m in methods}

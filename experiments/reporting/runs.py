@@ -32,6 +32,7 @@ from experiments.reporting.gain import (
     mean_curve,
 )
 from fp8fl.federated.results import safe_name
+from fp8fl.methods.registry import METHODS
 
 __all__ = [
     "BASELINE",
@@ -50,14 +51,8 @@ __all__ = [
 Key = tuple[tuple[str, Any], ...]
 
 BASELINE = "fp32"
-METHOD_LABELS = {
-    "fp32": "FP32 FedAvg",
-    "uq": "FP8FedAvg-UQ",
-    "uq+": "FP8FedAvg-UQ+",
-    "bq": "BQ (det. comm.)",
-    "qat-fp32wire": "det. QAT, FP32 comm.",
-    "randqat-fp32wire": "rand. QAT, FP32 comm.",
-}
+METHOD_LABELS = {name: spec.label for name, spec in METHODS.items()}
+"""Every registered method's label, in registry order (the order of table columns and legends)."""
 TASK_NAMES = {
     "cifar10": "CIFAR10",
     "cifar100": "CIFAR100",

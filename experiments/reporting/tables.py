@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 
 from experiments.reporting.gain import Gain
-from experiments.reporting.runs import MODEL_NAMES, TASK_NAMES, Found, MethodResult, Setting
+from experiments.reporting.runs import (
+    METHOD_LABELS,
+    MODEL_NAMES,
+    TASK_NAMES,
+    Found,
+    MethodResult,
+    Setting,
+)
 
 __all__ = [
     "TABLES",
@@ -46,12 +53,7 @@ TABLES = (
         "table1",
         "Table 1: final test accuracy (%, mean ± std over seeds) / communication "
         "gain vs FP32 FedAvg",
-        (
-            ("fp32", "FP32 FedAvg"),
-            ("uq", "FP8FedAvg-UQ"),
-            ("uq+", "FP8FedAvg-UQ+"),
-            ("bq", "BQ (det. comm.)"),
-        ),
+        tuple((m, METHOD_LABELS[m]) for m in ("fp32", "uq", "uq+", "bq")),
         ("fp32", "uq", "uq+", "bq"),
         True,
     ),
@@ -59,7 +61,11 @@ TABLES = (
         "table2",
         "Table 2: final test accuracy (%, mean ± std over seeds) for "
         "deterministic/stochastic QAT without quantized communication",
-        (("fp32", "FP32 FedAvg"), ("qat-fp32wire", "det. QAT"), ("randqat-fp32wire", "rand. QAT")),
+        (
+            ("fp32", METHOD_LABELS["fp32"]),
+            ("qat-fp32wire", "det. QAT"),
+            ("randqat-fp32wire", "rand. QAT"),
+        ),
         ("qat-fp32wire", "randqat-fp32wire"),
         False,
     ),
@@ -67,7 +73,7 @@ TABLES = (
         "table3",
         "Table 3: final test accuracy (%, mean ± std over seeds) / communication "
         "gain for deterministic (BQ) and stochastic (UQ) quantized communication (CQ)",
-        (("fp32", "FP32 FedAvg"), ("bq", "det. CQ"), ("uq", "rand. CQ")),
+        (("fp32", METHOD_LABELS["fp32"]), ("bq", "det. CQ"), ("uq", "rand. CQ")),
         ("bq",),
         True,
     ),

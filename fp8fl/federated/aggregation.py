@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from fp8fl.models.qat import alpha_name
-from fp8fl.numerics.formats import FloatFormat, as_alpha
+from fp8fl.numerics.formats import as_alpha
 from fp8fl.numerics.gridtables import grid_tables
 from fp8fl.numerics.kernels import expected_squared_error
-from fp8fl.numerics.quant import quantize
+from fp8fl.numerics.quant import Rounding
 
 __all__ = ["ServerOptResult", "average_objective", "server_optimize", "weighted_average"]
 
@@ -58,8 +58,7 @@ def server_optimize(
     client_states: list[dict[str, torch.Tensor]],
     weights: list[int],
     quantized: tuple[str, ...],
-    fmt: FloatFormat,
-    stochastic: bool,
+    rounding: Rounding,
     steps: int,
     lrs: tuple[float, ...],
     grid: int,
@@ -75,19 +74,19 @@ def server_optimize(
         spread = _spread(name, average, client_states, weights)
         alphas = [float(s[a_name]) for s in client_states]
         alpha_bar = float(average[a_name])
-        base = spread + _objective(w_bar, w_bar, alpha_bar, fmt, stochastic)
+        base = spread + _objective(w_bar, w_bar, alpha_bar, rounding)
         best = (base, w_bar, alpha_bar)
         for lr in lrs:
-            w = _descend(w_bar, alpha_bar, fmt, stochastic, steps, lr, generator)
+            w = _descend(w_bar, alpha_bar, rounding, steps, lr, generator)
             for alpha in np.linspace(min(alphas), max(alphas), grid):
-                value = spread + _objective(w, w_bar, float(alpha), fmt, stochastic)
+                value = spread + _objective(w, w_bar, float(alpha), rounding)
                 if value < best[0]:
                     best = (value, w, float(alpha))
         before += base
         after += best[0]
         improved += best[0] < base
         state[name] = best[1]
-        state[a_name] = torch.tensor(as_alpha(best[2], fmt), dtype=torch.float32)
+        state[a_name] = torch.tensor(as_alpha(best[2], rounding.fmt), dtype=torch.float32)
     return ServerOptResult(state, before, after, improved)
 
 
@@ -96,15 +95,12 @@ def average_objective(
     client_states: list[dict[str, torch.Tensor]],
     weights: list[int],
     quantized: tuple[str, ...],
-    fmt: FloatFormat,
-    stochastic: bool,
+    rounding: Rounding,
 ) -> float:
     """Σ over quantized tensors of F(w̄, ᾱ): the objective of ServerOptimize at the plain average."""
     return sum(
         _spread(name, average, client_states, weights)
-        + _objective(
-            average[name], average[name], float(average[alpha_name(name)]), fmt, stochastic
-        )
+        + _objective(average[name], average[name], float(average[alpha_name(name)]), rounding)
         for name in quantized
     )
 
@@ -124,18 +120,15 @@ def _spread(
     )
 
 
-def _objective(
-    w: torch.Tensor, target: torch.Tensor, alpha: float, fmt: FloatFormat, stochastic: bool
-) -> float:
-    tables = grid_tables(fmt, as_alpha(alpha, fmt))
-    return expected_squared_error(w, target, tables, stochastic)
+def _objective(w: torch.Tensor, target: torch.Tensor, alpha: float, rounding: Rounding) -> float:
+    tables = grid_tables(rounding.fmt, as_alpha(alpha, rounding.fmt))
+    return expected_squared_error(w, target, tables, rounding.stochastic)
 
 
 def _descend(
     w_bar: torch.Tensor,
     alpha: float,
-    fmt: FloatFormat,
-    stochastic: bool,
+    rounding: Rounding,
     steps: int,
     lr: float,
     generator: torch.Generator,
@@ -144,7 +137,7 @@ def _descend(
     w = w_bar.clone()
     inside = w_bar.abs() <= alpha
     for _ in range(steps):
-        q = quantize(w, alpha, fmt, stochastic=stochastic, generator=generator)
+        q = rounding.quantize(w, alpha, generator)
         w = w - lr * 2.0 * (q - w_bar) * inside
         inside = w.abs() <= alpha
     return w

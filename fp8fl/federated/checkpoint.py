@@ -1,8 +1,9 @@
 """The server's per-round checkpoint, written atomically into the run's results folder.
 
 It holds what a crashed server needs to continue exactly where it stopped: the FP32 global model
-(weights, α, β, dense tensors), the last completed round, the byte ledger, the resolved run config
-and the states of the global RNGs. (The server draws all of its own randomness — client sampling,
+(weights, α, β, dense tensors), the last completed round, the byte ledger, the resolved run config,
+the aggregator's own state (a moving average, a buffer: ``Aggregator.state_dict``) and the states
+of the global RNGs. (The server draws all of its own randomness — client sampling,
 downlink rounding, ServerOptimize — from generators seeded by (seed, round), so a resumed round
 repeats exactly what the lost one would have done; the global RNG states are saved as well.)
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ __all__ = [
 ]
 
 CHECKPOINT_FILE = "checkpoint.pt"
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)  # version 1 had no aggregator state: it resumes with an empty one
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Checkpoint:
     ledger: dict[str, int]
     config: dict[str, Any]
     rng: dict[str, Any]
+    aggregator: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def rng_states() -> dict[str, Any]:
@@ -69,6 +72,7 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> None:
         "ledger": dict(checkpoint.ledger),
         "config": dict(checkpoint.config),
         "rng": checkpoint.rng,
+        "aggregator": {k: v.detach().cpu() for k, v in checkpoint.aggregator.items()},
     }
     handle, tmp = tempfile.mkstemp(dir=run_dir, prefix=".checkpoint.", suffix=".tmp")
     try:
@@ -91,11 +95,16 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
             "(or this is not a run folder)"
         )
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("version") != VERSION:
+    if payload.get("version") not in READABLE:
         raise ValueError(
             f"{path} has checkpoint version {payload.get('version')}, this fp8fl "
-            f"reads version {VERSION}"
+            f"reads versions {', '.join(map(str, READABLE))}"
         )
     return Checkpoint(
-        payload["round"], payload["state"], payload["ledger"], payload["config"], payload["rng"]
+        payload["round"],
+        payload["state"],
+        payload["ledger"],
+        payload["config"],
+        payload["rng"],
+        payload.get("aggregator", {}),
     )

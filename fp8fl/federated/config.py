@@ -1,11 +1,12 @@
 """Run configuration: one frozen, validated dataclass built from Flower's flat run config.
 
-Methods are three orthogonal switches — ``qat`` (rounding of the local QAT forward), ``wire``
-(rounding of the weights on the wire, both directions) and ``server_opt`` (how the server
-aggregates) — and ``method`` names a preset of them (Wang et al. 2024, arXiv:2407.02610: Table 1,
-Table 2, Table 3, Fig. 4):
+``method`` names a ``MethodSpec`` of ``fp8fl.methods.registry``, which says which quantizer, codec,
+aggregator and server loop the run uses. The FP8 methods of Wang et al. 2024 (arXiv:2407.02610,
+Table 1, Table 2, Table 3, Fig. 4) are presets of three switches — ``qat`` (rounding of the local
+QAT forward), ``wire`` (rounding on the wire, both directions) and ``server-opt`` (how the server
+aggregates):
 
-| method             | qat        | wire       | server_opt | in the paper                     |
+| method             | qat        | wire       | server-opt | in the paper                     |
 |--------------------|------------|------------|------------|----------------------------------|
 | fp32               | none       | fp32       | average    | FP32 FedAvg                      |
 | uq                 | nearest    | stochastic | average    | FP8FedAvg-UQ                     |
@@ -15,34 +16,29 @@ Table 2, Table 3, Fig. 4):
 | randqat-fp32wire   | stochastic | fp32       | average    | rand. QAT (Table 2)              |
 
 A switch given explicitly overrides the preset; ``method`` is then resolved to the preset the final
-switches match, or ``custom``. Every problem in a configuration is reported at once, before any
-client starts.
+switches match, or ``custom``. A component's own keys (``server-opt-steps``, ...) are declared
+by the component as ``Option``s and kept in ``options``; the component's checks validate them.
+Every problem in a configuration is reported at once, before any client starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fp8fl.data.tasks import TASKS, task_spec
+from fp8fl.methods.registry import METHODS, OPTIONS, MethodSpec, method_spec
+from fp8fl.methods.seams import Components
 from fp8fl.numerics.formats import FloatFormat
 
-__all__ = ["METHODS", "QAT_MODES", "SERVER_OPTS", "WIRE_MODES", "ConfigError", "RunConfig"]
+__all__ = ["QAT_MODES", "SERVER_OPTS", "WIRE_MODES", "ConfigError", "RunConfig"]
 
 QAT_MODES = ("none", "nearest", "stochastic")
 WIRE_MODES = ("fp32", "nearest", "stochastic")
 SERVER_OPTS = ("average", "mse")
 OPTIMIZERS = ("auto", "sgd", "adamw")
-METHODS: dict[str, tuple[str, str, str]] = {
-    "fp32": ("none", "fp32", "average"),
-    "uq": ("nearest", "stochastic", "average"),
-    "uq+": ("nearest", "stochastic", "mse"),
-    "bq": ("nearest", "nearest", "average"),
-    "qat-fp32wire": ("nearest", "fp32", "average"),
-    "randqat-fp32wire": ("stochastic", "fp32", "average"),
-}
 
 
 class ConfigError(ValueError):
@@ -76,9 +72,6 @@ class RunConfig:
     wire: str = ""
     server_opt: str = ""
     format: str = "e4m3"
-    server_opt_steps: int = 5
-    server_opt_lrs: str = "0.01,0.1,1"
-    server_opt_grid: int = 50
     seed: int = 0
     eval_every: int = 1
     eval_batch_size: int = 500
@@ -89,48 +82,60 @@ class RunConfig:
     data_root: str = ""
     device: str = "auto"
     resume: str = ""  # a run id in results-dir: continue it from its last completed round
+    options: dict[str, Any] = field(default_factory=lambda: _default_options())
+    """The components' own keys (``OPTIONS``) and their values."""
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> RunConfig:
         """Build from a Flower run config (kebab-case keys); raise ``ConfigError`` listing every
         unknown key, wrongly typed value, out-of-range value and invalid combination."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "options"}
         problems: list[str] = []
         kwargs: dict[str, Any] = {}
+        options = _default_options()
         for key, value in values.items():
             name = key.replace("-", "_")
-            if name not in fields:
+            if name in fields:
+                coerced = _coerce(name, value, fields[name].default, problems)
+                if coerced is not None:
+                    kwargs[name] = coerced
+            elif key in OPTIONS:
+                coerced = _coerce(name, value, OPTIONS[key].default, problems)
+                if coerced is not None:
+                    options[key] = coerced
+            else:
                 problems.append(f"unknown key {key!r}")
-                continue
-            coerced = _coerce(name, value, fields[name].default, problems)
-            if coerced is not None:
-                kwargs[name] = coerced
         if problems:
             raise ConfigError(_report(problems))
-        return cls(**kwargs).resolved()
+        return cls(**kwargs, options=options).resolved()
 
     def resolved(self) -> RunConfig:
         """Apply the method preset, resolve ``optimizer``, and validate."""
         problems: list[str] = []
-        preset = METHODS.get(self.method)
-        if preset is None and self.method != "custom":
+        spec = METHODS.get(self.method)
+        if spec is None and self.method != "custom":
             problems.append(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-            preset = ("", "", "")
-        elif preset is None:
-            preset = ("", "", "")
-        qat = self.qat or preset[0]
-        wire = self.wire or preset[1]
-        server_opt = self.server_opt or preset[2]
+        preset = spec.settings if spec is not None else {}
+        qat = self.qat or preset.get("qat", "")
+        wire = self.wire or preset.get("wire", "")
+        server_opt = self.server_opt or preset.get("server-opt", "")
+        switches = {"qat": qat, "wire": wire, "server-opt": server_opt}
         method = next(
-            (name for name, switches in METHODS.items() if switches == (qat, wire, server_opt)),
-            "custom",
+            (name for name, other in METHODS.items() if dict(other.settings) == switches), "custom"
         )
         optimizer = self.optimizer
         if optimizer == "auto":
             optimizer = "adamw" if self.model == "kwt1" else "sgd"
+        options = _default_options() | self.options
         config = dataclasses.replace(
-            self, qat=qat, wire=wire, server_opt=server_opt, method=method, optimizer=optimizer
+            self,
+            qat=qat,
+            wire=wire,
+            server_opt=server_opt,
+            method=method,
+            optimizer=optimizer,
+            options=options,
         )
         problems += config._problems()
         if problems:
@@ -143,8 +148,17 @@ class RunConfig:
         return FloatFormat.from_name(self.format)
 
     @property
-    def quantized_wire(self) -> bool:
-        return self.wire != "fp32"
+    def spec(self) -> MethodSpec:
+        return method_spec(self.method)
+
+    @property
+    def components(self) -> Components:
+        """The registered names of this run's quantizer, codec, aggregator and server loop."""
+        return self.spec.components_for(self)
+
+    def option(self, key: str) -> Any:
+        """The value of a component's own run-config key."""
+        return self.options[key]
 
     @property
     def clients_per_round_count(self) -> int:
@@ -153,13 +167,14 @@ class RunConfig:
             return max(1, round(self.clients_per_round * self.num_clients))
         return self.clients_per_round
 
-    @property
-    def server_opt_lr_candidates(self) -> tuple[float, ...]:
-        return tuple(float(v) for v in self.server_opt_lrs.split(","))
-
     def to_mapping(self) -> dict[str, Any]:
         """Kebab-case keys, as in Flower's run config (what ``config.json`` records)."""
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields = {
+            f.name.replace("_", "-"): getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "options"
+        }
+        return fields | dict(self.options)
 
     # ------------------------------------------------------------------ validation
     def _problems(self) -> list[str]:
@@ -239,16 +254,10 @@ class RunConfig:
         need(self.batch_size >= 1, f"batch-size must be >= 1, got {self.batch_size}")
         need(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
         need(self.weight_decay >= 0, f"weight-decay must be >= 0, got {self.weight_decay}")
-        need(self.server_opt_steps >= 0, "server-opt-steps must be >= 0")
-        need(self.server_opt_grid >= 1, "server-opt-grid must be >= 1")
-        try:
-            lrs = self.server_opt_lr_candidates
-            need(
-                bool(lrs) and all(v > 0 and math.isfinite(v) for v in lrs),
-                f"server-opt-lrs must be positive numbers, got {self.server_opt_lrs!r}",
-            )
-        except ValueError:
-            p.append(f"server-opt-lrs must be comma-separated numbers, got {self.server_opt_lrs!r}")
+        for key, option in OPTIONS.items():
+            problem = option.problem(self.options.get(key, option.default))
+            if problem:
+                p.append(problem)
         need(self.eval_every >= 1, f"eval-every must be >= 1, got {self.eval_every}")
         need(self.eval_batch_size >= 1, "eval-batch-size must be >= 1")
         need(self.eval_samples >= 0, "eval-samples must be >= 0 (0 = the whole test split)")
@@ -260,6 +269,10 @@ class RunConfig:
             f"device must be auto, cpu or cuda[:n], got {self.device!r}",
         )
         return p
+
+
+def _default_options() -> dict[str, Any]:
+    return {key: option.default for key, option in OPTIONS.items()}
 
 
 def _coerce(name: str, value: Any, default: Any, problems: list[str]) -> Any:

@@ -20,9 +20,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from fp8fl.data.tasks import TaskData
+from fp8fl.federated.config import RunConfig
+from fp8fl.methods.registry import build_quantizer
+from fp8fl.models.architectures import build_model
 from fp8fl.models.qat import QATModule, clamp_ranges_, range_parameter_names
 
-__all__ = ["LocalUpdate", "cosine_lr", "deterministic_rounding", "evaluate", "resolve_device"]
+__all__ = [
+    "LocalUpdate",
+    "build_run_model",
+    "cosine_lr",
+    "deterministic_rounding",
+    "evaluate",
+    "resolve_device",
+    "round_local_update",
+]
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,26 @@ class LocalUpdate:
         if self.optimizer == "adamw":
             return torch.optim.AdamW(groups, lr=self.lr)
         raise ValueError(f"unknown optimizer {self.optimizer!r}")
+
+
+def build_run_model(config: RunConfig, num_classes: int) -> nn.Module:
+    """The run's model in the training form of its quantizer (e.g. QAT layers in its format)."""
+    return build_quantizer(config).prepare(build_model(config.model, num_classes))
+
+
+def round_local_update(config: RunConfig, server_round: int) -> LocalUpdate:
+    """Local training of ``server_round``: SGD at a constant lr, or AdamW with cosine decay."""
+    lr = config.lr
+    if config.optimizer == "adamw":
+        lr = cosine_lr(config.lr, server_round, config.num_server_rounds)
+    return LocalUpdate(
+        config.optimizer,
+        lr,
+        config.weight_decay,
+        config.batch_size,
+        config.local_epochs,
+        config.local_steps,
+    )
 
 
 def cosine_lr(base_lr: float, server_round: int, num_rounds: int) -> float:

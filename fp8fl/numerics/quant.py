@@ -14,13 +14,15 @@ Both results are exact for every float32 input: see ``gridtables`` for how.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from fp8fl.numerics.formats import E4M3, FloatFormat, as_alpha
 from fp8fl.numerics.gridtables import grid_tables
 from fp8fl.numerics.kernels import RoundResult, draw_key, fake_quant_grads, round_to_grid
 
-__all__ = ["fake_quant", "quantize", "round_tensor"]
+__all__ = ["Rounding", "fake_quant", "quantize", "round_tensor"]
 
 
 def check_float32(x: object, what: str = "x") -> torch.Tensor:
@@ -115,3 +117,28 @@ def fake_quant(
     alpha_value = as_alpha(alpha, fmt)
     alpha_tensor = alpha if isinstance(alpha, torch.Tensor) else torch.tensor(alpha_value)
     return _FakeQuant.apply(x, alpha_tensor, alpha_value, fmt, bool(stochastic), generator)
+
+
+@dataclass(frozen=True)
+class Rounding:
+    """A grid and how to round onto it — the format and nearest or stochastic rounding — as one
+    value, so that the federated layer passes one object instead of ``(fmt, stochastic)``."""
+
+    fmt: FloatFormat = E4M3
+    stochastic: bool = False
+
+    @classmethod
+    def named(cls, fmt: FloatFormat, mode: str) -> Rounding:
+        """``mode`` is ``"nearest"`` or ``"stochastic"``."""
+        if mode not in ("nearest", "stochastic"):
+            raise ValueError(f"rounding must be nearest or stochastic, got {mode!r}")
+        return cls(fmt, mode == "stochastic")
+
+    @property
+    def mode(self) -> str:
+        return "stochastic" if self.stochastic else "nearest"
+
+    def quantize(
+        self, x: torch.Tensor, alpha: float | torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        return quantize(x, alpha, self.fmt, self.stochastic, generator)

@@ -1,4 +1,5 @@
-"""``FP8Client``: decode the global model, train locally with FP8 QAT, encode the update."""
+"""``QuantizedClient``: decode the global model, train locally with the method's quantizer
+(e.g. FP8 QAT), encode the update with its codec."""
 
 from __future__ import annotations
 
@@ -12,19 +13,15 @@ from fp8fl.data.tasks import load_task_data
 from fp8fl.federated.client_data import client_partition
 from fp8fl.federated.config import RunConfig
 from fp8fl.federated.protocol import check_instructions, update_metrics
-from fp8fl.federated.runtime import (
-    build_run_model,
-    derive_seed,
-    round_local_update,
-    seeded_generator,
-)
-from fp8fl.federated.training import resolve_device
+from fp8fl.federated.seeds import derive_seed, seeded_generator
+from fp8fl.federated.training import build_run_model, resolve_device, round_local_update
 from fp8fl.federated.wire import StateLayout
+from fp8fl.methods.registry import build_codec
 
-__all__ = ["FP8Client"]
+__all__ = ["QuantizedClient"]
 
 
-class FP8Client(NumPyClient):
+class QuantizedClient(NumPyClient):
     """One virtual or real client: its data partition, and LocalUpdate (Alg. 1) per round."""
 
     def __init__(self, config: RunConfig, partition_id: int, num_partitions: int) -> None:
@@ -37,12 +34,13 @@ class FP8Client(NumPyClient):
         self.partition_id = partition_id
         self.indices = client_partition(config, partition_id)
         self.data = load_task_data(config.task, config.model, "train", config.data_root)
+        self.codec = build_codec(config)
 
     def get_properties(self, config: Config) -> dict[str, Scalar]:
         return {"partition-id": self.partition_id, "num-examples": len(self.indices)}
 
     def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, dict[str, Scalar]]:
-        """Reset to the received global model, train, and send the FP8 (or FP32) update."""
+        """Reset to the received global model, train, and send the encoded update."""
         started = time.perf_counter()
         run = self.config
         server_round = check_instructions(config, run)
@@ -50,13 +48,13 @@ class FP8Client(NumPyClient):
         generator = seeded_generator(run.seed, "client", server_round, self.partition_id)
         model = build_run_model(run, self.data.num_classes)
         layout = StateLayout.from_model(model)
-        model.load_state_dict(layout.unpack(parameters, run.wire, run.fmt))
+        model.load_state_dict(layout.unpack(parameters, self.codec))
         device = resolve_device(run.device)
         training = time.perf_counter()
         stats = round_local_update(run, server_round).run(
             model.to(device), self.data, self.indices, generator, device
         )
         stats["train-seconds"] = time.perf_counter() - training
-        update = layout.pack(model.cpu().state_dict(), run.wire, run.fmt, generator)
+        update = layout.pack(model.cpu().state_dict(), self.codec, generator)
         metrics = update_metrics(run, self.partition_id, stats, time.perf_counter() - started)
         return update, len(self.indices), metrics

@@ -1,0 +1,304 @@
+"""FP8FedAvg-UQ / UQ+ and their ablations (Wang et al. 2024, arXiv:2407.02610) as components.
+
+* quantizers: ``fp32`` (no simulation) and ``minifloat-qat`` (per-tensor flexible-bias minifloat
+  QAT with learnable α/β, §3.3, nearest or stochastic rounding in the forward);
+* codecs: ``fp32`` (float32 weights) and ``minifloat`` (each weight tensor's codes in its own α,
+  nearest or stochastic rounding, both directions, §4);
+* aggregators: ``average`` (n_k-weighted, Alg. 3) and ``server-optimize`` (UQ+, Alg. 2, eq. 7-8).
+
+The three run-config switches ``qat``, ``wire`` and ``server-opt`` pick one of each
+(``fp8_components``); the presets fp32, uq, uq+, bq and the Table 2 ablations are named sets of
+switches (``fp8fl.methods.registry``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from fp8fl.federated.aggregation import average_objective, server_optimize, weighted_average
+from fp8fl.federated.seeds import seeded_generator
+from fp8fl.methods.seams import Aggregate, ArraySpec, ClientUpdate, Components, Option, State
+from fp8fl.models.qat import QuantConfig, alpha_name, calibrate, prepare_qat
+from fp8fl.numerics.codec import decode, encode, packed_length, unpack_codes
+from fp8fl.numerics.quant import Rounding
+
+if TYPE_CHECKING:
+    from fp8fl.federated.config import RunConfig
+
+__all__ = [
+    "SERVER_OPT_OPTIONS",
+    "Average",
+    "Float32Codec",
+    "FullPrecision",
+    "MinifloatCodec",
+    "MinifloatQAT",
+    "ServerOptimize",
+    "fp8_components",
+]
+
+
+# ---------------------------------------------------------------------------- quantizers
+class FullPrecision:
+    """No simulation: the client trains the FP32 model."""
+
+    name: ClassVar[str] = "fp32"
+    calibrates: ClassVar[bool] = False
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def calibrate(self, model: nn.Module, batch: torch.Tensor) -> None:
+        raise TypeError("an FP32 model has no ranges to calibrate")
+
+
+@dataclass(frozen=True)
+class MinifloatQAT:
+    """QAT with per-tensor learnable α (weights) and β (layer inputs) on the format's grid."""
+
+    rounding: Rounding
+    name: ClassVar[str] = "minifloat-qat"
+    calibrates: ClassVar[bool] = True
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return prepare_qat(model, QuantConfig(self.rounding.fmt, self.rounding.mode))
+
+    def calibrate(self, model: nn.Module, batch: torch.Tensor) -> None:
+        calibrate(model, batch)
+
+
+# ---------------------------------------------------------------------------- codecs
+class Float32Codec:
+    """The weights as float32 values, concatenated in layout order."""
+
+    name: ClassVar[str] = "fp32"
+
+    def array_specs(self, shapes: Mapping[str, tuple[int, ...]]) -> list[ArraySpec]:
+        return [ArraySpec("weights", np.dtype(np.float32), _numel(shapes))]
+
+    def encode(
+        self, weights: Mapping[str, torch.Tensor], state: State, generator: torch.Generator | None
+    ) -> list[np.ndarray]:
+        return [concat_float32(list(weights.values()))]
+
+    def decode(
+        self, arrays: Sequence[np.ndarray], shapes: Mapping[str, tuple[int, ...]], state: State
+    ) -> State:
+        (flat,) = arrays
+        bad = int(np.count_nonzero(~np.isfinite(flat)))
+        if bad:
+            raise ValueError(f"weights: {bad} non-finite value(s) (NaN or inf)")
+        return split_float32(flat, shapes)
+
+
+@dataclass(frozen=True)
+class MinifloatCodec:
+    """Each weight tensor as packed codes of the format, encoded with the tensor's own α (sent as
+    a scale beside it): one byte per weight in E4M3, denser below 8 bits."""
+
+    rounding: Rounding
+    name: ClassVar[str] = "minifloat"
+
+    def array_specs(self, shapes: Mapping[str, tuple[int, ...]]) -> list[ArraySpec]:
+        return [ArraySpec("weights", np.dtype(np.uint8), sum(self.tensor_bytes(shapes)))]
+
+    def tensor_bytes(self, shapes: Mapping[str, tuple[int, ...]]) -> list[int]:
+        return [packed_length(math.prod(s), self.rounding.fmt.bits) for s in shapes.values()]
+
+    def encode(
+        self, weights: Mapping[str, torch.Tensor], state: State, generator: torch.Generator | None
+    ) -> list[np.ndarray]:
+        streams = [
+            encode(
+                w.detach().float().cpu().contiguous(),
+                state[alpha_name(name)].detach(),
+                self.rounding.fmt,
+                stochastic=self.rounding.stochastic,
+                generator=generator,
+            )
+            for name, w in weights.items()
+        ]
+        return [np.concatenate([np.empty(0, np.uint8), *streams])]
+
+    def decode(
+        self, arrays: Sequence[np.ndarray], shapes: Mapping[str, tuple[int, ...]], state: State
+    ) -> State:
+        (stream,) = arrays
+        out, offset = {}, 0
+        for (name, shape), size in zip(shapes.items(), self.tensor_bytes(shapes)):
+            try:
+                out[name] = decode(
+                    stream[offset : offset + size],
+                    state[alpha_name(name)],
+                    self.rounding.fmt,
+                    shape=shape,
+                )
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
+            offset += size
+        return out
+
+    def codes(self, stream: np.ndarray, shapes: Mapping[str, tuple[int, ...]]) -> np.ndarray:
+        """One code per weight (uint8), unpacked from an encoded ``weights`` array."""
+        parts, offset = [np.empty(0, np.uint8)], 0
+        for shape, size in zip(shapes.values(), self.tensor_bytes(shapes)):
+            parts.append(
+                unpack_codes(
+                    stream[offset : offset + size], math.prod(shape), self.rounding.fmt.bits
+                )
+            )
+            offset += size
+        return np.concatenate(parts)
+
+
+def concat_float32(tensors: list[torch.Tensor]) -> np.ndarray:
+    if not tensors:
+        return np.empty(0, np.float32)
+    return torch.cat([t.detach().float().cpu().reshape(-1) for t in tensors]).numpy()
+
+
+def split_float32(flat: np.ndarray, shapes: Mapping[str, tuple[int, ...]]) -> State:
+    out, offset = {}, 0
+    for name, shape in shapes.items():
+        size = math.prod(shape)
+        out[name] = torch.from_numpy(flat[offset : offset + size].copy()).view(shape)
+        offset += size
+    return out
+
+
+def _numel(shapes: Mapping[str, tuple[int, ...]]) -> int:
+    return sum(math.prod(s) for s in shapes.values())
+
+
+# ---------------------------------------------------------------------------- aggregators
+@dataclass
+class Average:
+    """The n_k-weighted average of the decoded client states (Alg. 3, lines 8-11). With a minifloat
+    wire it also reports ServerOptimize's objective at the average, for the round record."""
+
+    quantized: tuple[str, ...]
+    objective: Rounding | None = None
+    name: ClassVar[str] = "average"
+
+    def aggregate(
+        self, global_state: State, updates: Sequence[ClientUpdate], server_round: int
+    ) -> Aggregate:
+        states, weights = [u.state for u in updates], [u.num_examples for u in updates]
+        average = weighted_average(states, weights)
+        if self.objective is None:
+            return Aggregate(average)
+        value = average_objective(average, states, weights, self.quantized, self.objective)
+        return Aggregate(average, {"server_opt_before": value, "server_opt_after": value})
+
+    def state_dict(self) -> State:
+        return {}
+
+    def load_state_dict(self, state: State) -> None:
+        _stateless(self.name, state)
+
+
+@dataclass
+class ServerOptimize:
+    """UQ+'s ServerOptimize (Alg. 2): from the average, STE steps on w and a grid search on α per
+    quantized tensor, never worse than the average. Its randomness is seeded by (seed, round)."""
+
+    quantized: tuple[str, ...]
+    rounding: Rounding
+    steps: int
+    lrs: tuple[float, ...]
+    grid: int
+    seed: int
+    name: ClassVar[str] = "server-optimize"
+
+    def aggregate(
+        self, global_state: State, updates: Sequence[ClientUpdate], server_round: int
+    ) -> Aggregate:
+        states, weights = [u.state for u in updates], [u.num_examples for u in updates]
+        result = server_optimize(
+            weighted_average(states, weights),
+            states,
+            weights,
+            self.quantized,
+            self.rounding,
+            self.steps,
+            self.lrs,
+            self.grid,
+            seeded_generator(self.seed, "serveropt", server_round),
+        )
+        return Aggregate(
+            result.state,
+            {
+                "server_opt_before": result.objective_before,
+                "server_opt_after": result.objective_after,
+            },
+        )
+
+    def state_dict(self) -> State:
+        return {}
+
+    def load_state_dict(self, state: State) -> None:
+        _stateless(self.name, state)
+
+
+def _stateless(name: str, state: State) -> None:
+    if state:
+        raise ValueError(f"aggregator {name!r} keeps no state, got {sorted(state)}")
+
+
+def _lrs(value: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in value.split(","))
+
+
+def _check_lrs(value: str) -> str | None:
+    try:
+        lrs = _lrs(value)
+    except ValueError:
+        return f"server-opt-lrs must be comma-separated numbers, got {value!r}"
+    if not lrs or not all(v > 0 and math.isfinite(v) for v in lrs):
+        return f"server-opt-lrs must be positive numbers, got {value!r}"
+    return None
+
+
+SERVER_OPT_OPTIONS = (
+    Option(
+        "server-opt-steps",
+        5,
+        "ServerOptimize: STE gradient steps on w per step size",
+        lambda v: None if v >= 0 else "server-opt-steps must be >= 0",
+    ),
+    Option("server-opt-lrs", "0.01,0.1,1", "ServerOptimize: step sizes tried", _check_lrs),
+    Option(
+        "server-opt-grid",
+        50,
+        "ServerOptimize: α grid points in [min_k α_k, max_k α_k]",
+        lambda v: None if v >= 1 else "server-opt-grid must be >= 1",
+    ),
+)
+
+
+def server_optimize_from(
+    config: RunConfig, quantized: tuple[str, ...], rounding: Rounding
+) -> ServerOptimize:
+    return ServerOptimize(
+        quantized,
+        rounding,
+        config.option("server-opt-steps"),
+        _lrs(config.option("server-opt-lrs")),
+        config.option("server-opt-grid"),
+        config.seed,
+    )
+
+
+def fp8_components(config: RunConfig) -> Components:
+    """The components the FP8 switches ``qat``, ``wire`` and ``server-opt`` name."""
+    return Components(
+        quantizer="fp32" if config.qat == "none" else "minifloat-qat",
+        codec="fp32" if config.wire == "fp32" else "minifloat",
+        aggregator="server-optimize" if config.server_opt == "mse" else "average",
+    )

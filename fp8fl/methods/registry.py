@@ -1,0 +1,225 @@
+"""Every method and component by name: the one place a method is registered.
+
+A ``MethodSpec`` names a method's components (or derives them from its run-config settings), its
+label and colour for tables and plots, where it comes from, and the run-config values its preset
+sets. Config validation, the sweep, the report and the README's method table are generated from
+or checked against ``METHODS`` and the component tables below.
+
+Adding a method: write its components in one module of ``fp8fl/methods/`` (see
+``docs/architecture.md``), then add them to ``QUANTIZERS`` / ``CODECS`` / ``AGGREGATORS`` and its
+presets to ``METHODS`` here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fp8fl.methods.fp8 import (
+    SERVER_OPT_OPTIONS,
+    Average,
+    Float32Codec,
+    FullPrecision,
+    MinifloatCodec,
+    MinifloatQAT,
+    fp8_components,
+    server_optimize_from,
+)
+from fp8fl.methods.seams import Aggregator, Codec, Components, Option, Quantizer
+from fp8fl.numerics.quant import Rounding
+
+if TYPE_CHECKING:
+    from fp8fl.federated.config import RunConfig
+
+__all__ = [
+    "AGGREGATORS",
+    "CODECS",
+    "METHODS",
+    "OPTIONS",
+    "QUANTIZERS",
+    "Built",
+    "ComponentEntry",
+    "MethodSpec",
+    "build",
+    "method_spec",
+]
+
+
+@dataclass(frozen=True)
+class ComponentEntry:
+    """How to build a component from the run config, and which run-config keys it reads: core
+    keys (``reads``) and keys of its own (``options``, validated by their checks)."""
+
+    factory: Callable[..., Any]
+    summary: str
+    reads: tuple[str, ...] = ()
+    options: tuple[Option, ...] = ()
+
+
+QUANTIZERS: dict[str, ComponentEntry] = {
+    "fp32": ComponentEntry(lambda config: FullPrecision(), "FP32 local training"),
+    "minifloat-qat": ComponentEntry(
+        lambda config: MinifloatQAT(Rounding.named(config.fmt, config.qat)),
+        "minifloat QAT, per-tensor learnable α/β (Wang et al. 2024, §3.3)",
+        reads=("qat", "format"),
+    ),
+}
+CODECS: dict[str, ComponentEntry] = {
+    "fp32": ComponentEntry(lambda config: Float32Codec(), "float32 weights"),
+    "minifloat": ComponentEntry(
+        lambda config: MinifloatCodec(Rounding.named(config.fmt, config.wire)),
+        "minifloat codes in each tensor's α, nearest or stochastic (Wang et al. 2024, §4)",
+        reads=("wire", "format"),
+    ),
+}
+AGGREGATORS: dict[str, ComponentEntry] = {
+    "average": ComponentEntry(
+        lambda config, quantized, codec: Average(
+            quantized, codec.rounding if isinstance(codec, MinifloatCodec) else None
+        ),
+        "n_k-weighted average (Wang et al. 2024, Alg. 3)",
+    ),
+    "server-optimize": ComponentEntry(
+        lambda config, quantized, codec: server_optimize_from(config, quantized, codec.rounding),
+        "ServerOptimize, UQ+ (Wang et al. 2024, Alg. 2, eq. 7-8)",
+        reads=("server-opt",),
+        options=SERVER_OPT_OPTIONS,
+    ),
+}
+SERVER_LOOPS = ("sync",)
+"""Server loops by name; their Flower code lives in ``strategies.loops``."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method: its components, how tables and plots show it, and what its preset sets."""
+
+    name: str
+    label: str
+    color: str
+    reference: str
+    components: Components | Callable[[RunConfig], Components]
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def components_for(self, config: RunConfig) -> Components:
+        return self.components(config) if callable(self.components) else self.components
+
+    def reads(self, config: RunConfig) -> tuple[str, ...]:
+        """The run-config keys its components read (beyond the keys every run reads)."""
+        parts = self.components_for(config)
+        entries = (
+            QUANTIZERS[parts.quantizer],
+            CODECS[parts.codec],
+            AGGREGATORS[parts.aggregator],
+        )
+        keys = [
+            *self.settings,
+            *(k for e in entries for k in (*e.reads, *(o.key for o in e.options))),
+        ]
+        return tuple(dict.fromkeys(keys))
+
+
+def _fp8(
+    name: str, label: str, color: str, reference: str, qat: str, wire: str, opt: str
+) -> MethodSpec:
+    switches = {"qat": qat, "wire": wire, "server-opt": opt}
+    return MethodSpec(name, label, color, reference, fp8_components, switches)
+
+
+_WANG = "Wang et al. 2024, arXiv:2407.02610"
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        _fp8(
+            "fp32",
+            "FP32 FedAvg",
+            "black",
+            f"FP32 FedAvg ({_WANG}, Table 1)",
+            "none",
+            "fp32",
+            "average",
+        ),
+        _fp8(
+            "uq",
+            "FP8FedAvg-UQ",
+            "tab:blue",
+            f"{_WANG}, Table 1",
+            "nearest",
+            "stochastic",
+            "average",
+        ),
+        _fp8(
+            "uq+", "FP8FedAvg-UQ+", "tab:green", f"{_WANG}, Table 1", "nearest", "stochastic", "mse"
+        ),
+        _fp8(
+            "bq",
+            "BQ (det. comm.)",
+            "tab:red",
+            f"det. CQ ({_WANG}, Table 3), BQ (Fig. 4)",
+            "nearest",
+            "nearest",
+            "average",
+        ),
+        _fp8(
+            "qat-fp32wire",
+            "det. QAT, FP32 comm.",
+            "tab:purple",
+            f"det. QAT ({_WANG}, Table 2)",
+            "nearest",
+            "fp32",
+            "average",
+        ),
+        _fp8(
+            "randqat-fp32wire",
+            "rand. QAT, FP32 comm.",
+            "tab:brown",
+            f"rand. QAT ({_WANG}, Table 2)",
+            "stochastic",
+            "fp32",
+            "average",
+        ),
+    )
+}
+CUSTOM = MethodSpec("custom", "custom", "tab:gray", "a combination of FP8 switches", fp8_components)
+"""The FP8 switches in a combination no preset names."""
+
+OPTIONS: dict[str, Option] = {
+    o.key: o
+    for table in (QUANTIZERS, CODECS, AGGREGATORS)
+    for entry in table.values()
+    for o in entry.options
+}
+"""Every component's own run-config keys."""
+
+
+def method_spec(name: str) -> MethodSpec:
+    if name == CUSTOM.name:
+        return CUSTOM
+    return METHODS[name]
+
+
+@dataclass(frozen=True)
+class Built:
+    """A run's components, built from its config and the model's layout."""
+
+    quantizer: Quantizer
+    codec: Codec
+    aggregator: Aggregator
+    server_loop: str
+
+
+def build_quantizer(config: RunConfig) -> Quantizer:
+    return QUANTIZERS[config.components.quantizer].factory(config)
+
+
+def build_codec(config: RunConfig) -> Codec:
+    return CODECS[config.components.codec].factory(config)
+
+
+def build(config: RunConfig, quantized: tuple[str, ...]) -> Built:
+    """Every component of ``config``'s method; ``quantized`` names the weights the codec carries."""
+    parts = config.components
+    codec = build_codec(config)
+    aggregator = AGGREGATORS[parts.aggregator].factory(config, quantized, codec)
+    return Built(build_quantizer(config), codec, aggregator, parts.server_loop)

@@ -1,0 +1,146 @@
+"""The seams of a federated method: what a quantizer, a codec and an aggregator must provide.
+
+A method is one component of each kind, named in its ``MethodSpec`` (``fp8fl.methods.registry``),
+plus the server loop that drives them (``strategies.loops``: the loop needs Flower, the core does
+not). Components are built from the run config by their registered factory and declare the
+run-config keys they read as ``Option``s, which ``RunConfig`` accepts, types and hands back.
+
+* ``Quantizer`` — what local training simulates on the client (and the server's model of it).
+* ``Codec`` — one wire format for both directions: it turns the quantized weights of a state into
+  the arrays that travel, owns its side information, and states their exact size.
+* ``Aggregator`` — the server update from the decoded client states; its own state (a moving
+  average, a buffer) goes into the checkpoint through ``state_dict`` / ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "Aggregate",
+    "Aggregator",
+    "ArraySpec",
+    "ClientUpdate",
+    "Codec",
+    "Components",
+    "Option",
+    "Quantizer",
+]
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Option:
+    """A run-config key a component reads: its default (whose type the value must have) and a
+    check returning a problem, or None when the value is fine."""
+
+    key: str
+    default: Any
+    help: str
+    check: Callable[[Any], str | None] | None = None
+
+    def problem(self, value: Any) -> str | None:
+        return None if self.check is None else self.check(value)
+
+
+@dataclass(frozen=True)
+class Components:
+    """The registered names of a method's quantizer, codec, aggregator and server loop."""
+
+    quantizer: str
+    codec: str
+    aggregator: str
+    server_loop: str = "sync"
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array a codec puts into a message: its name, dtype and number of elements."""
+
+    name: str
+    dtype: np.dtype
+    size: int
+
+
+class Quantizer(Protocol):
+    """What local training simulates: the model a client trains, and the server's copy of it."""
+
+    name: str
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The training form of an FP32 model (e.g. QAT layers), ready to load a global state."""
+        ...
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether the server sets the model's ranges from a batch of training data once."""
+        ...
+
+    def calibrate(self, model: nn.Module, batch: torch.Tensor) -> None: ...
+
+
+class Codec(Protocol):
+    """One wire format, both directions, for the quantized weights of a state (the ``StateLayout``
+    of ``fp8fl.federated.wire`` adds the scales and dense tensors that travel as float32)."""
+
+    name: str
+
+    def array_specs(self, shapes: Mapping[str, tuple[int, ...]]) -> list[ArraySpec]:
+        """The arrays it adds to a message for weights of these shapes, in order; their data is
+        exactly what it sends (``sum(size * dtype.itemsize)`` bytes)."""
+        ...
+
+    def encode(
+        self, weights: Mapping[str, torch.Tensor], state: State, generator: torch.Generator | None
+    ) -> list[np.ndarray]:
+        """The arrays of ``weights`` (name -> float32 tensor, in layout order)."""
+        ...
+
+    def decode(
+        self, arrays: Sequence[np.ndarray], shapes: Mapping[str, tuple[int, ...]], state: State
+    ) -> State:
+        """Decode ``arrays`` (already checked against ``array_specs``) into one float32 tensor per
+        name of ``shapes``; ``state`` holds the message's decoded scales. Raises ``ValueError``
+        naming the problem."""
+        ...
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """One accepted, decoded update."""
+
+    partition: int
+    num_examples: int
+    state: State
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """The new global state and what the round record should say about how it was found."""
+
+    state: State
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class Aggregator(Protocol):
+    """The server update. Updates arrive sorted by partition, so the result is reproducible."""
+
+    name: str
+
+    def aggregate(
+        self, global_state: State, updates: Sequence[ClientUpdate], server_round: int
+    ) -> Aggregate: ...
+
+    def state_dict(self) -> State:
+        """What must survive a restart (tensors only: the checkpoint loads with weights_only)."""
+        ...
+
+    def load_state_dict(self, state: State) -> None: ...

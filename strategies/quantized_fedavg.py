@@ -1,0 +1,195 @@
+"""``QuantizedFedAvg``: any synchronous method of the registry as a Flower (legacy) Strategy.
+
+The global model stays FP32 on the server (weights, α, β, dense tensors); it is what Flower holds
+as the run's parameters and what is evaluated. Each round (for FP8FedAvg: Wang et al. 2024,
+arXiv:2407.02610, Alg. 3):
+
+1. sample clients by partition id with the run's seed (``ClientDirectory``);
+2. downlink: encode the global state with the method's codec, once per round for every sampled
+   client (``SyncRound.downlink``);
+3. check and decode every update — a bad one is rejected with a logged reason and never touches
+   the global model — then aggregate with the method's aggregator (``SyncRound.aggregate``);
+4. evaluate centrally every ``eval-every`` rounds; the journal writes the round's record, counts
+   every byte and checkpoints the server's state, so that ``resume=<run-id>`` continues after a
+   crash (``RunJournal``).
+
+Flower numbers the rounds of each process from 1; a resumed run maps Flower's round k to round
+``start_round + k`` of the run, and asks Flower for the remaining rounds only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import numpy as np
+import torch
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import Strategy
+
+from fp8fl.data.tasks import load_task_data
+from fp8fl.federated.config import RunConfig
+from fp8fl.federated.results import RunRecorder
+from fp8fl.federated.seeds import derive_seed
+from fp8fl.federated.training import build_run_model, evaluate, resolve_device
+from fp8fl.federated.wire import StateLayout
+from fp8fl.methods.fp8 import Float32Codec
+from fp8fl.methods.registry import build
+from strategies.clients import ClientDirectory
+from strategies.journal import RunJournal
+from strategies.progress import RunProgress
+from strategies.rounds import Downlink, RoundRecord, SyncRound
+
+__all__ = ["QuantizedFedAvg"]
+
+SERVER_STATE = Float32Codec()
+"""How Flower holds the global state between our calls: every entry as float32."""
+
+
+class QuantizedFedAvg(Strategy):
+    def __init__(
+        self,
+        config: RunConfig,
+        recorder: RunRecorder | None = None,
+        progress: RunProgress | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.test = load_task_data(config.task, config.model, "test", config.data_root)
+        torch.manual_seed(derive_seed(config.seed, "init"))
+        self.model = build_run_model(config, self.test.num_classes).to(self.device)
+        self.layout = StateLayout.from_model(self.model)
+        self.built = build(config, self.layout.quantized)
+        self.journal = RunJournal(config, recorder, progress)
+        self.built.aggregator.load_state_dict(self.journal.aggregator_state)
+        self.clients = ClientDirectory(config.num_clients)
+        self.round = SyncRound(config, self.built, self.layout, self.clients, self.journal.ledger)
+        self.eval_rows = self._eval_rows()
+        self.record: RoundRecord | None = None  # this round's facts, written once it is evaluated
+        self.sent: Downlink | None = None  # this round's broadcast
+        self.round_start_state: dict[str, torch.Tensor] = {}  # the global state it started from
+
+    @property
+    def rounds_to_run(self) -> int:
+        """The rounds Flower must run in this process (all of them, unless resumed)."""
+        return self.config.num_server_rounds - self.journal.start_round
+
+    # ------------------------------------------------------------------ set-up
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        """Wait for every client, learn its partition, and build the calibrated global model."""
+        self.clients.discover(client_manager)
+        if self.journal.resume_state is not None:
+            return self._parameters(self.journal.resume_state)
+        if self.built.quantizer.calibrates:
+            config = self.config
+            train = load_task_data(config.task, config.model, "train", config.data_root)
+            rows = np.random.default_rng(derive_seed(config.seed, "calibration")).choice(
+                len(train), size=min(config.calibration_samples, len(train)), replace=False
+            )
+            x, _ = train.batch(torch.as_tensor(np.sort(rows)), False, None, self.device)
+            self.built.quantizer.calibrate(self.model, x)
+        return self._parameters(self.model.state_dict())
+
+    # ------------------------------------------------------------------ fit
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        server_round += self.journal.start_round
+        self.journal.start_round_clock()
+        sampled = self.clients.sample(
+            client_manager, self.config.clients_per_round_count, self.config.seed, server_round
+        )
+        self.round_start_state = self._state(parameters)
+        self.sent = self.round.downlink(self.round_start_state, server_round)
+        self.journal.ledger.sent(self.sent.ins, copies=len(sampled))
+        self.record = RoundRecord(server_round, sorted(sampled))
+        return [(proxy, self.sent.ins) for proxy in sampled.values()]
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        assert self.record is not None and self.sent is not None
+        state = self.round.aggregate(
+            self.record, self.sent, results, failures, self.round_start_state
+        )
+        if state is None:
+            return None, {}
+        return self._parameters(state), {"clients_ok": self.record.clients_ok}
+
+    # ------------------------------------------------------------------ evaluation & records
+    def evaluate(
+        self, server_round: int, parameters: Parameters
+    ) -> tuple[float, dict[str, Scalar]] | None:
+        """Central evaluation on the test split; the journal writes the round and checkpoint."""
+        if server_round == 0 and self.journal.start_round > 0:
+            return None  # the resumed round is evaluated and recorded already
+        server_round += self.journal.start_round
+        last = server_round == self.config.num_server_rounds
+        evaluation = None
+        eval_started = time.perf_counter()
+        state = self._state(parameters)
+        if server_round == 0 or last or server_round % self.config.eval_every == 0:
+            self.model.load_state_dict(state)
+            evaluation = evaluate(
+                self.model, self.test, self.config.eval_batch_size, self.device, self.eval_rows
+            )
+        facts = self.record.to_json() if server_round > 0 and self.record else None
+        record = self.journal.record(
+            server_round, evaluation, _digest(parameters), facts, time.perf_counter() - eval_started
+        )
+        if server_round > 0:
+            self.journal.checkpoint(server_round, state, self.built.aggregator.state_dict())
+            self.journal.progress.round_done(record)
+        if last:
+            self.journal.finish()
+        return None if evaluation is None else (evaluation[0], {"accuracy": evaluation[1]})
+
+    # ------------------------------------------------------------------ federated evaluation: off
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        return []
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        return None, {}
+
+    # ------------------------------------------------------------------ helpers
+    def _parameters(self, state: dict[str, torch.Tensor]) -> Parameters:
+        return ndarrays_to_parameters(self.layout.pack(state, SERVER_STATE))
+
+    def _state(self, parameters: Parameters) -> dict[str, torch.Tensor]:
+        return self.layout.unpack(parameters_to_ndarrays(parameters), SERVER_STATE)
+
+    def _eval_rows(self) -> np.ndarray | None:
+        if self.config.eval_samples <= 0 or self.config.eval_samples >= len(self.test):
+            return None
+        rng = np.random.default_rng(derive_seed(self.config.seed, "eval-rows"))
+        return np.sort(rng.choice(len(self.test), self.config.eval_samples, replace=False))
+
+
+def _digest(parameters: Parameters) -> str:
+    """SHA-256 of the global model's serialized arrays: equal digests, bit-identical models."""
+    h = hashlib.sha256()
+    for tensor in parameters.tensors:
+        h.update(tensor)
+    return h.hexdigest()

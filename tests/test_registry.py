@@ -1,0 +1,105 @@
+"""The method registry is the one source of methods: the README's table, the report's labels and
+colours, the server loops and the checkpoint all agree with it, and every codec states the exact
+size of what it sends."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from experiments.reporting.plots import METHOD_COLORS
+from experiments.reporting.runs import METHOD_LABELS
+from fp8fl.federated.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fp8fl.federated.config import RunConfig
+from fp8fl.federated.training import build_run_model
+from fp8fl.federated.wire import StateLayout
+from fp8fl.methods import registry
+from fp8fl.methods.registry import AGGREGATORS, CODECS, METHODS, QUANTIZERS, build
+from strategies.loops import SERVER_LOOPS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_method_rows() -> dict[str, list[str]]:
+    text = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| `([^`]+)` \| (.+) \|$", text, re.MULTILINE)
+    return {name: [c.strip() for c in rest.split("|")] for name, rest in rows if name in METHODS}
+
+
+def test_the_readme_method_table_is_the_registry():
+    rows = readme_method_rows()
+    assert list(rows) == list(METHODS)
+    for name, spec in METHODS.items():
+        label, qat, wire, server_opt, _ = rows[name]
+        assert label == spec.label
+        assert {"qat": qat, "wire": wire, "server-opt": server_opt} == dict(spec.settings)
+
+
+def test_the_report_takes_labels_and_colours_from_the_registry():
+    assert {m: s.label for m, s in METHODS.items()} == METHOD_LABELS
+    assert {m: s.color for m, s in METHODS.items()} == METHOD_COLORS
+    assert len({s.color for s in METHODS.values()}) == len(METHODS)  # one colour per method
+
+
+def test_every_server_loop_has_flower_code_and_every_method_a_registered_component():
+    assert set(SERVER_LOOPS) == set(registry.SERVER_LOOPS)
+    for name in METHODS:
+        parts = RunConfig.from_mapping({"method": name}).components
+        assert parts.quantizer in QUANTIZERS and parts.codec in CODECS
+        assert parts.aggregator in AGGREGATORS and parts.server_loop in SERVER_LOOPS
+
+
+def test_a_method_reads_its_switches_and_its_components_options():
+    uq_plus = RunConfig.from_mapping({"method": "uq+"})
+    keys = METHODS["uq+"].reads(uq_plus)
+    assert {"qat", "wire", "server-opt", "format", "server-opt-steps", "server-opt-grid"} <= set(
+        keys
+    )
+    assert "server-opt-steps" not in METHODS["uq"].reads(RunConfig.from_mapping({"method": "uq"}))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("fmt", ["e4m3", "e2m1"])
+def test_each_codec_states_the_exact_size_of_what_it_sends(method, fmt):
+    config = RunConfig.from_mapping({"method": method, "format": fmt})
+    torch.manual_seed(0)
+    model = build_run_model(config, 10)
+    layout = StateLayout.from_model(model)
+    codec = build(config, layout.quantized).codec
+    arrays = layout.pack(model.state_dict(), codec, torch.Generator().manual_seed(1))
+    assert sum(a.nbytes for a in arrays) == layout.nbytes(codec)
+    assert [(a.dtype, a.size) for a in arrays] == [
+        (s.dtype, s.size) for s in layout.array_specs(codec)
+    ]
+
+
+def test_checkpoints_carry_the_aggregator_state_and_old_ones_still_load(tmp_path):
+    state = {"w": torch.arange(3.0)}
+    memory = {"moving_average.w": torch.ones(3)}
+    save_checkpoint(tmp_path, Checkpoint(2, state, {"up": 1, "down": 2}, {"seed": 0}, {}, memory))
+    loaded = load_checkpoint(tmp_path)
+    assert torch.equal(loaded.aggregator["moving_average.w"], memory["moving_average.w"])
+    payload = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    payload["version"] = 1
+    del payload["aggregator"]
+    torch.save(payload, tmp_path / "checkpoint.pt")
+    assert load_checkpoint(tmp_path).aggregator == {}
+
+
+def test_stateless_aggregators_refuse_a_state_they_never_wrote():
+    config = RunConfig.from_mapping({"method": "uq"})
+    aggregator = build(config, ("fc.weight",)).aggregator
+    assert aggregator.state_dict() == {}
+    with pytest.raises(ValueError, match="keeps no state"):
+        aggregator.load_state_dict({"x": torch.zeros(1)})
+
+
+def test_component_options_are_validated_by_the_component_all_at_once():
+    with pytest.raises(ValueError) as err:
+        RunConfig.from_mapping({"server-opt-steps": -1, "server-opt-grid": 0, "lr": -1.0})
+    message = str(err.value)
+    assert "server-opt-steps must be >= 0" in message and "server-opt-grid must be >= 1" in message
+    assert "lr must be > 0" in message
+    assert np.isfinite(RunConfig.from_mapping({}).option("server-opt-steps"))
