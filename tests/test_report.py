@@ -30,6 +30,7 @@ BASE = {
     "results-dir": "results",
     "device": "auto",
 }
+ABSENT = object()
 ROUND_BYTES = {"fp32": 4 * MB, "qat-fp32wire": 4 * MB, "randqat-fp32wire": 4 * MB}  # others: 1 MB
 
 
@@ -42,10 +43,12 @@ def write_run(
     finished: bool = True,
     name: str | None = None,
     started: str = "2026-01-01T00:00:00+00:00",
+    unchanged: list | None = None,
     **overrides,
 ) -> Path:
     """A run folder as the ServerApp writes it: round 0 to R with ``accuracy`` (None = not
-    evaluated), each round sending ``ROUND_BYTES[method]`` (default 1 MB)."""
+    evaluated), each round sending ``ROUND_BYTES[method]`` (default 1 MB), and per round the
+    ``unchanged_codes`` in ``unchanged`` (None = null, ``ABSENT`` = no such key)."""
     config = {
         **BASE,
         "method": method,
@@ -63,6 +66,9 @@ def write_run(
         {"round": r, "accuracy": a, "loss": 1.0, "cum_bytes": r * step}
         for r, a in enumerate(accuracy)
     ]
+    for record, value in zip(records, unchanged or [], strict=False):
+        if value is not ABSENT:
+            record["unchanged_codes"] = value
     (folder / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if finished:
         evaluated = [r for r in records[1:] if r["accuracy"] is not None]

@@ -42,11 +42,14 @@ __all__ = [
     "TOLERANCE",
     "Curve",
     "Gain",
+    "Series",
     "accuracy_range",
+    "align",
     "communication_gain",
     "curve_from_rounds",
     "first_reach",
     "mean_curve",
+    "series_from_rounds",
 ]
 
 
@@ -78,33 +81,64 @@ class Gain:
         return self.baseline_bytes / self.method_bytes
 
 
-def curve_from_rounds(records: Iterable[Mapping[str, Any]]) -> Curve:
-    """The evaluated rounds of ``rounds.jsonl`` records (null or non-finite accuracy skipped; a
-    round recorded twice, as a resumed run may, counts once with its last record)."""
+@dataclass(frozen=True)
+class Series:
+    """One per-round value of a run (e.g. ``unchanged_codes``) at the rounds that recorded it."""
+
+    rounds: np.ndarray
+    values: np.ndarray
+
+
+EMPTY_SERIES = Series(EMPTY.rounds, EMPTY.accuracy)
+
+
+def _recorded(records: Iterable[Mapping[str, Any]], key: str) -> list[Mapping[str, Any]]:
+    """The records with a finite ``key``, by round (a round recorded twice, as a resumed run may,
+    counts once with its last record)."""
     by_round = {int(r["round"]): r for r in records}
-    points = sorted(
-        (n, float(r["cum_bytes"]), float(r["accuracy"]))
-        for n, r in by_round.items()
-        if r.get("accuracy") is not None and math.isfinite(r["accuracy"])
-    )
-    if not points:
-        return EMPTY
-    rounds, cum_bytes, accuracy = zip(*points)
+    return [
+        by_round[n]
+        for n in sorted(by_round)
+        if by_round[n].get(key) is not None and math.isfinite(by_round[n][key])
+    ]
+
+
+def curve_from_rounds(records: Iterable[Mapping[str, Any]]) -> Curve:
+    """The evaluated rounds of ``rounds.jsonl`` records (null or non-finite accuracy skipped)."""
+    rows = _recorded(records, "accuracy")
     return Curve(
-        np.asarray(rounds, dtype=int),
-        np.asarray(cum_bytes, dtype=float),
-        np.asarray(accuracy, dtype=float),
+        np.asarray([int(r["round"]) for r in rows], dtype=int),
+        np.asarray([float(r["cum_bytes"]) for r in rows], dtype=float),
+        np.asarray([float(r["accuracy"]) for r in rows], dtype=float),
     )
 
 
-def _aligned(curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def series_from_rounds(records: Iterable[Mapping[str, Any]], key: str) -> Series:
+    """``key`` of ``rounds.jsonl`` records at the rounds where it is a finite number (absent or
+    null skipped)."""
+    rows = _recorded(records, key)
+    return Series(
+        np.asarray([int(r["round"]) for r in rows], dtype=int),
+        np.asarray([float(r[key]) for r in rows], dtype=float),
+    )
+
+
+def align(rounds: Sequence[np.ndarray], *values: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """The rounds present in every one of ``rounds`` (at least one), and for each sequence of
+    ``values`` (one array per entry of ``rounds``) the (entries × common rounds) matrix there."""
+    common = sorted(set.intersection(*(set(r.tolist()) for r in rounds)))
+    picks = [np.searchsorted(r, common) for r in rounds]
+    return np.asarray(common, dtype=int), *(
+        np.stack([v[p] for v, p in zip(vs, picks, strict=True)]) for vs in values
+    )
+
+
+def _aligned(curves: Sequence[Curve]) -> tuple[np.ndarray, ...]:
     """The rounds evaluated in every curve (at least one), and the (seeds × rounds) bytes and
     accuracies there."""
-    common = sorted(set.intersection(*(set(c.rounds.tolist()) for c in curves)))
-    picks = [np.searchsorted(c.rounds, common) for c in curves]
-    cum_bytes = np.stack([c.cum_bytes[p] for c, p in zip(curves, picks)])
-    accuracy = np.stack([c.accuracy[p] for c, p in zip(curves, picks)])
-    return np.asarray(common, dtype=int), cum_bytes, accuracy
+    return align(
+        [c.rounds for c in curves], [c.cum_bytes for c in curves], [c.accuracy for c in curves]
+    )
 
 
 def mean_curve(curves: Sequence[Curve]) -> Curve:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 from matplotlib.figure import Figure
 
 from experiments.reporting.gain import Gain, accuracy_range
@@ -18,7 +19,7 @@ from experiments.reporting.runs import BASELINE, Setting
 from experiments.reporting.tables import gain_text
 from fp8fl.methods.registry import METHODS
 
-__all__ = ["plot_setting"]
+__all__ = ["METHOD_COLORS", "draw_band", "plot_setting", "save_figure"]
 
 METHOD_COLORS = {name: spec.color for name, spec in METHODS.items()}
 OTHER_COLORS = ("tab:orange", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
@@ -49,23 +50,14 @@ def plot_setting(setting: Setting, out_dir: Path) -> list[Path]:
         gain = (
             "" if method == BASELINE or result.gain is None else f", gain {gain_text(result.gain)}"
         )
-        ax.plot(
+        draw_band(
+            ax,
             curve.cum_bytes[sent],
-            100 * curve.accuracy[sent],
-            color=color,
-            marker="o" if sent.sum() <= 30 else None,
-            markersize=3,
-            label=f"{result.label} (n={len(result.runs)}{gain})",
+            (100 * curve.accuracy[sent], 100 * low[sent], 100 * high[sent]),
+            color,
+            f"{result.label} (n={len(result.runs)}{gain})",
+            band=len(result.runs) > 1,
         )
-        if len(result.runs) > 1:
-            ax.fill_between(
-                curve.cum_bytes[sent],
-                100 * low[sent],
-                100 * high[sent],
-                color=color,
-                alpha=0.15,
-                linewidth=0,
-            )
         if method != BASELINE and result.gain is not None:
             _gain_arrow(ax, result.gain, color)
         plotted += 1
@@ -82,8 +74,30 @@ def plot_setting(setting: Setting, out_dir: Path) -> list[Path]:
     )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=9)
-    paths = [out_dir / f"fig4-{setting.slug}.{ext}" for ext in ("png", "svg")]
-    with matplotlib.rc_context({"svg.fonttype": "none"}):  # SVG text stays text
+    return save_figure(fig, out_dir / f"fig4-{setting.slug}")
+
+
+def draw_band(
+    ax: Any,
+    x: np.ndarray,
+    lines: tuple[np.ndarray, np.ndarray, np.ndarray],
+    color: str,
+    label: str,
+    *,
+    band: bool = True,
+) -> None:
+    """A mean line (markers where there are few points) and, with ``band``, its shaded min–max;
+    ``lines`` is (mean, min, max)."""
+    mean, low, high = lines
+    ax.plot(x, mean, color=color, marker="o" if len(x) <= 30 else None, markersize=3, label=label)
+    if band:
+        ax.fill_between(x, low, high, color=color, alpha=0.15, linewidth=0)
+
+
+def save_figure(fig: Figure, stem: Path) -> list[Path]:
+    """``fig`` as ``<stem>.png`` (150 dpi) and ``<stem>.svg`` (text kept as text)."""
+    paths = [stem.with_name(f"{stem.name}.{ext}") for ext in ("png", "svg")]
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
         for path in paths:
             fig.savefig(path, dpi=150)
     return paths

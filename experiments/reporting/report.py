@@ -7,7 +7,8 @@ Finds the finished runs below the given folders and groups them into settings
 (``experiments.reporting.runs``, which says what a setting is and which runs are left out), then writes to
 ``--out``: ``table1.md/.csv``, ``table2`` and ``table3`` where their methods ran
 (``experiments.reporting.tables``), ``runs.csv`` (one row per finished run) and ``fig4-<setting>.png/.svg``
-(accuracy against cumulative bytes, ``experiments.reporting.plots``).
+(accuracy against cumulative bytes, ``experiments.reporting.plots``) and, where BQ and UQ both
+ran, ``rounding-gap-<setting>.png/.svg/.csv`` (``experiments.reporting.rounding``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 
 from experiments.reporting.plots import plot_setting
+from experiments.reporting.rounding import write_rounding_gaps
 from experiments.reporting.runs import Found, find_runs, group_settings
 from experiments.reporting.tables import TABLES, csv_table, markdown_table, run_rows, write_csv
 
@@ -55,6 +57,12 @@ def write_report(dirs: Sequence[Path], out_dir: Path, console: Console | None = 
     written.append(out_dir / "runs.csv")
     for setting in settings:
         written += plot_setting(setting, out_dir)
+    gap_files, gap_lines = write_rounding_gaps(settings, out_dir)
+    written += gap_files
+    if gap_lines:
+        console.print(
+            Markdown("**Rounding gap (BQ − UQ)**\n\n" + "\n".join(f"- {x}" for x in gap_lines))
+        )
     console.print(
         f"{len(found.runs)} runs in {len(settings)} setting(s); wrote "
         f"{len(written)} files to {out_dir}"

@@ -25,11 +25,14 @@ from typing import Any
 import numpy as np
 
 from experiments.reporting.gain import (
+    EMPTY_SERIES,
     Curve,
     Gain,
+    Series,
     communication_gain,
     curve_from_rounds,
     mean_curve,
+    series_from_rounds,
 )
 from fp8fl.federated.results import safe_name
 from fp8fl.methods.registry import METHODS
@@ -91,13 +94,15 @@ INCOMPLETE = re.compile(r"-incomplete-\d+$")
 # ---------------------------------------------------------------------------- runs
 @dataclass(frozen=True)
 class Run:
-    """One finished run: its folder, run config, summary and accuracy-vs-bytes curve."""
+    """One finished run: its folder, run config, summary, accuracy-vs-bytes curve and the
+    per-round fraction of weight codes its clients left unchanged (``unchanged_codes``)."""
 
     path: Path
     config: dict[str, Any]
     summary: dict[str, Any]
     curve: Curve
     started: str
+    unchanged: Series = EMPTY_SERIES
 
     @property
     def run_id(self) -> str:
@@ -163,8 +168,15 @@ def _read_run(folder: Path) -> Run:
         raise ValueError("config.json has no run config")
     summary = json.loads((folder / "summary.json").read_text())
     lines = (folder / "rounds.jsonl").read_text().splitlines()
-    curve = curve_from_rounds(json.loads(line) for line in lines if line.strip())
-    return Run(folder, document["config"], summary, curve, str(document.get("started", "")))
+    records = [json.loads(line) for line in lines if line.strip()]
+    return Run(
+        folder,
+        document["config"],
+        summary,
+        curve_from_rounds(records),
+        str(document.get("started", "")),
+        series_from_rounds(records, "unchanged_codes"),
+    )
 
 
 def find_runs(dirs: Sequence[Path]) -> Found:

@@ -3,6 +3,10 @@
 Table 1 has FP32, UQ, UQ+ and BQ: final accuracy mean ± std over seeds / communication gain vs
 FP32 (see ``experiments.reporting.gain``); Table 2 QAT without quantized communication; Table 3
 deterministic vs stochastic communication. A table is written only where its methods ran.
+
+Beside the measured rows of CIFAR10 · LeNet (i.i.d., or Dirichlet with the paper's α = 0.3) a
+``paper`` row gives the numbers Wang et al. 2024 report for that setting (``PAPER``), which ran
+1000 rounds × 5 local epochs.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from experiments.reporting.runs import (
 )
 
 __all__ = [
+    "PAPER",
     "TABLES",
+    "PaperCell",
     "TableSpec",
     "csv_table",
     "gain_text",
@@ -78,6 +84,47 @@ TABLES = (
         True,
     ),
 )
+
+
+@dataclass(frozen=True)
+class PaperCell:
+    """A number the paper prints: final accuracy (%, mean ± std over 3 seeds) and its gain."""
+
+    mean: float
+    std: float
+    gain: float | None = None
+
+
+# Wang et al. 2024 (arXiv:2407.02610), CIFAR10 with LeNet, E4M3, K = 100 clients, C = 0.1,
+# R = 1000 rounds × 5 local epochs (§5.1). Table 1: "Final test accuracy and communication gain
+# compared to FP32 FedAvg" (no BQ column). Table 3: deterministic (det. CQ = BQ) vs stochastic
+# (rand. CQ = UQ) quantized communication, i.i.d. only, accuracy only: it prints no gains.
+PAPER: dict[tuple[str, str, str, str], dict[str, PaperCell]] = {
+    ("table1", "cifar10", "lenet", "iid"): {
+        "fp32": PaperCell(82.1, 0.1, 1.0),
+        "uq": PaperCell(82.0, 0.1, 4.1),
+        "uq+": PaperCell(82.2, 0.3, 4.7),
+    },
+    ("table1", "cifar10", "lenet", "dirichlet"): {  # Dir(0.3)
+        "fp32": PaperCell(77.1, 0.4, 1.0),
+        "uq": PaperCell(77.3, 0.9, 3.9),
+        "uq+": PaperCell(77.7, 0.5, 3.9),
+    },
+    ("table3", "cifar10", "lenet", "iid"): {
+        "fp32": PaperCell(82.1, 0.1),
+        "bq": PaperCell(80.1, 0.1),
+        "uq": PaperCell(82.0, 0.1),
+    },
+}
+PAPER_ALPHA = 0.3
+PAPER_FORMAT = "e4m3"
+PAPER_RUN = "1000 rounds × 5 local epochs"
+PAPER_NOTE = (
+    "paper: Wang et al. 2024 (arXiv:2407.02610), {table}, with E4M3, 100 clients at 10 % "
+    f"participation and {PAPER_RUN} per client: not the rounds and local epochs of the "
+    "measured rows; — where the paper's table has no such number."
+)
+
 GAIN_NOTE = (
     "Gain: bytes FP32 FedAvg sent until it first reached acc* ÷ bytes the method sent "
     "until it first reached acc*, where acc* is the lower of the two best accuracies, "
@@ -128,18 +175,32 @@ def markdown_table(spec: TableSpec, settings: Sequence[Setting]) -> str | None:
         "Seeds",
         *(h for _, h in columns),
     ]
-    lines = [
-        [
-            TASK_NAMES.get(s.get("task"), s.get("task")),
-            MODEL_NAMES.get(s.get("model"), s.get("model")),
-            s.split_label,
-            *([s.extras_label] if with_extras else []),
-            str(s.get("num-server-rounds", "")),
-            _seeds_cell(s, columns),
-            *(_cell(spec, s.methods.get(m)) for m, _ in columns),
-        ]
-        for s in rows
-    ]
+    lines = []
+    for s in rows:
+        lines.append(
+            [
+                TASK_NAMES.get(s.get("task"), s.get("task")),
+                MODEL_NAMES.get(s.get("model"), s.get("model")),
+                s.split_label,
+                *([s.extras_label] if with_extras else []),
+                str(s.get("num-server-rounds", "")),
+                _seeds_cell(s, columns),
+                *(_cell(spec, s.methods.get(m)) for m, _ in columns),
+            ]
+        )
+        paper = paper_cells(spec, s)
+        if paper is not None:
+            lines.append(
+                [
+                    "paper",
+                    "",
+                    s.split_label,
+                    *([""] if with_extras else []),
+                    "1000 (× 5 local epochs)",
+                    "3",
+                    *(_paper_cell(spec, paper.get(m)) for m, _ in columns),
+                ]
+            )
     if spec.gains:
         lines.append(
             [
@@ -159,7 +220,34 @@ def markdown_table(spec: TableSpec, settings: Sequence[Setting]) -> str | None:
         _markdown_row(["---"] * len(header)),
         *(_markdown_row(line) for line in lines),
     ]
-    return "\n".join(text + (["", GAIN_NOTE] if spec.gains else [])) + "\n"
+    notes = [GAIN_NOTE] if spec.gains else []
+    if any(paper_cells(spec, s) is not None for s in rows):
+        notes.append(PAPER_NOTE.format(table=_paper_table(spec)))
+    return "\n".join(text + [x for note in notes for x in ("", note)]) + "\n"
+
+
+def _paper_table(spec: TableSpec) -> str:
+    return spec.name.replace("table", "Table ")
+
+
+def paper_cells(spec: TableSpec, setting: Setting) -> dict[str, PaperCell] | None:
+    """The paper's numbers for ``setting``'s row of ``spec``: only where its task, model, split
+    (Dirichlet α) and format are the paper's and the paper's table has that row."""
+    key = (spec.name, setting.get("task"), setting.get("model"), setting.get("split"))
+    if setting.get("split") == "dirichlet" and setting.get("dirichlet-alpha") != PAPER_ALPHA:
+        return None
+    if setting.get("format", PAPER_FORMAT) != PAPER_FORMAT:
+        return None
+    return PAPER.get(key)
+
+
+def _paper_cell(spec: TableSpec, cell: PaperCell | None) -> str:
+    if cell is None:
+        return "—"
+    accuracy = f"{cell.mean:.1f} ± {cell.std:.1f}"
+    if not spec.gains:
+        return accuracy
+    return f"{accuracy} / {'—' if cell.gain is None else f'{cell.gain:.1f}×'}"
 
 
 def _cell(spec: TableSpec, result: MethodResult | None) -> str:
@@ -200,8 +288,26 @@ def csv_table(spec: TableSpec, settings: Sequence[Setting]) -> list[dict[str, An
         }
         for method, _ in columns:
             row.update(_csv_cells(method, s.methods.get(method), spec.gains))
+        if any(key[0] == spec.name for key in PAPER):
+            row.update(_paper_csv_cells(spec, s, columns))
         out.append(row)
     return out
+
+
+def _paper_csv_cells(
+    spec: TableSpec, setting: Setting, columns: Sequence[tuple[str, str]]
+) -> dict[str, Any]:
+    """The paper's numbers for the row (empty where it has none) and where they come from."""
+    paper = paper_cells(spec, setting)
+    source = f"Wang et al. 2024 {_paper_table(spec)}, {PAPER_RUN}" if paper else ""
+    cells: dict[str, Any] = {"paper_source": source}
+    for method, _ in columns:
+        cell = (paper or {}).get(method)
+        cells[f"paper_{method}_acc_mean_pct"] = _number(cell.mean if cell else None)
+        cells[f"paper_{method}_acc_std_pct"] = _number(cell.std if cell else None)
+        if spec.gains:
+            cells[f"paper_{method}_gain"] = _number(cell.gain if cell else None)
+    return cells
 
 
 def _csv_cells(method: str, result: MethodResult | None, gains: bool) -> dict[str, Any]:
