@@ -1,0 +1,252 @@
+"""The two quantizers of QAFeL (Ortega & Jafarkhani, arXiv:2410.00242): QSGD and min–max scalar.
+
+**QSGD** (Alistarh et al. 2017, "QSGD: Communication-Efficient SGD via Gradient Quantization and
+Encoding", arXiv:1610.02132), per tensor, with ``s`` levels:
+
+    Q(v)_i = ‖v‖₂ · sign(v_i) · ℓ_i / s,   ℓ_i = ⌊r_i⌋ + Bernoulli(r_i − ⌊r_i⌋),   r_i = s|v_i|/‖v‖₂
+
+so E[Q(v)] = v and E‖Q(v) − v‖² ≤ min(d/s², √d/s)·‖v‖² (Lemma 3.1). The norm is rounded to float32
+once (it is what travels) and r uses that same float32 norm, so the reconstruction is unbiased up to
+the final float32 rounding of each element. A tensor with ‖v‖₂ < ``QSGD_NORM_THRESHOLD`` = 1e−10 is
+sent as zero (the threshold of the authors' ``qsgd`` in TomasOrtega/FLSim); the generator advances
+by ``numel`` uniforms on every call whatever the data, so a replay stays in step.
+
+Wire form: one code of ``1 + bit_length(s)`` bits per element, sign in the MSB (set only when
+ℓ > 0, so zero is canonical) and ℓ below it, packed densely by ``codec.pack_codes``, plus the
+float32 norm. Bits ↔ levels: a "b-bit QSGD" here has s = 2^(b−1) − 1 levels, one sign bit and
+b − 1 bits of ℓ ∈ [0, s], so b is exactly the bits per element on the wire (2 bits: ternary,
+4 bits: s = 7, 8 bits: s = 127). The authors' logistic-regression plots instead label s levels as
+"log₂ s bits" (s = 8 → "3-bit"), which needs 2 + log₂ s bits per element once sign and ℓ = s are
+counted; use ``qsgd_levels`` for the honest mapping and pass ``levels`` directly for theirs.
+
+**Min–max scalar** (FLSim's ``ScalarQuantizationChannel`` as QAFeL's neural-net experiments use it):
+deterministic, per tensor, n bits,
+
+    q = round((v − min) / (max − min) · (2ⁿ − 1)),   v̂ = min + q · (max − min) / (2ⁿ − 1),
+
+round half to even, sent with min and max as float32 (8 bytes). |v̂ − v| ≤ (max − min)/(2(2ⁿ − 1))
+plus one float32 rounding. Tensors with ndim ≤ 1 (biases, norm scales) stay FP32 and travel as raw
+little-endian float32, as in FLSim. Two deliberate differences from FLSim: its ``MinMaxObserver``
+widens the range to include 0 and sends a float64 scale + int32 zero point (12 bytes per tensor);
+here the range is the tensor's own [min, max] and the side information is two float32 (8 bytes).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from fp8fl.numerics.codec import pack_codes, packed_length, unpack_codes
+
+__all__ = [
+    "QSGD_NORM_THRESHOLD",
+    "minmax_decode",
+    "minmax_encode",
+    "minmax_nbytes",
+    "minmax_quantize",
+    "qsgd_code_bits",
+    "qsgd_decode",
+    "qsgd_encode",
+    "qsgd_levels",
+    "qsgd_nbytes",
+    "qsgd_quantize",
+]
+
+QSGD_NORM_THRESHOLD = 1e-10
+"""A tensor whose float32 L2 norm is below this is quantized to zero (and sent with norm 0)."""
+
+
+# ----------------------------------------------------------------------------------------- QSGD
+
+
+def qsgd_levels(bits: int) -> int:
+    """Levels s = 2^(bits−1) − 1 of a ``bits``-bit QSGD code (1 sign bit + bits−1 bits of ℓ)."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"QSGD bits must be an int in [2, 8], got {bits!r}")
+    return 2 ** (bits - 1) - 1
+
+
+def qsgd_code_bits(levels: int) -> int:
+    """Bits per element on the wire for ``levels``: one sign bit plus enough bits for ℓ ≤ s."""
+    _check_levels(levels)
+    return 1 + int(levels).bit_length()
+
+
+def qsgd_nbytes(count: int, levels: int) -> int:
+    """Bytes ``qsgd_encode`` sends for ``count`` elements: the packed codes and the float32 norm."""
+    return packed_length(count, _wire_bits(levels)) + 4
+
+
+def qsgd_quantize(
+    v: torch.Tensor, levels: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Unbiased QSGD with ``levels`` levels over the whole tensor; float32, same shape as ``v``."""
+    negative, ell, norm = _qsgd_levels_of(v, levels, generator)
+    return _qsgd_values(negative, ell, norm, levels).view(v.shape)
+
+
+def qsgd_encode(
+    v: torch.Tensor, levels: int, generator: torch.Generator | None = None
+) -> tuple[np.ndarray, np.float32]:
+    """Packed sign|ℓ codes (C order) and the float32 norm; decodes to ``qsgd_quantize``'s result."""
+    bits = _wire_bits(levels)
+    negative, ell, norm = _qsgd_levels_of(v, levels, generator)
+    codes = (negative.to(torch.int64) << (bits - 1)) | ell
+    return pack_codes(codes.to(torch.uint8).cpu().numpy(), bits), np.float32(norm)
+
+
+def qsgd_decode(
+    codes: np.ndarray, norm: np.float32 | float, count: int, levels: int
+) -> torch.Tensor:
+    """Inverse of ``qsgd_encode``: a 1-D float32 tensor of ``count`` elements (reshape as needed)."""
+    bits = _wire_bits(levels)
+    stream = _check_stream(codes, packed_length(count, bits))
+    norm32 = np.float32(norm)
+    if not np.isfinite(norm32) or norm32 < 0:
+        raise ValueError(f"QSGD norm must be finite and non-negative, got {norm!r}")
+    raw = torch.from_numpy(unpack_codes(stream, count, bits).astype(np.int64))
+    ell = raw & ((1 << (bits - 1)) - 1)
+    negative = (raw >> (bits - 1)).bool()
+    if (ell > levels).any():
+        raise ValueError(f"QSGD code holds a level above s = {levels}: the stream is corrupt")
+    if (negative & (ell == 0)).any():
+        raise ValueError("QSGD code holds a negative zero: the stream is corrupt")
+    return _qsgd_values(negative, ell, float(norm32), levels)
+
+
+def _check_levels(levels: int) -> None:
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
+        raise ValueError(f"QSGD levels must be a positive int, got {levels!r}")
+
+
+def _wire_bits(levels: int) -> int:
+    bits = qsgd_code_bits(levels)
+    if bits > 8:
+        raise ValueError(f"QSGD wire codes hold at most 127 levels (8 bits), got s = {levels}")
+    return bits
+
+
+def _float_input(v: torch.Tensor) -> torch.Tensor:
+    if not isinstance(v, torch.Tensor) or not v.is_floating_point():
+        raise TypeError(f"expected a floating-point tensor, got {type(v).__name__}")
+    flat = v.detach().reshape(-1).to(torch.float64)
+    if not torch.isfinite(flat).all():
+        raise ValueError("cannot quantize a tensor holding inf or NaN")
+    return flat
+
+
+def _qsgd_levels_of(
+    v: torch.Tensor, levels: int, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(negative mask, ℓ as int64, float32 norm as a Python float) for the flattened tensor."""
+    _check_levels(levels)
+    flat = _float_input(v)
+    u = torch.rand(flat.shape, generator=generator, dtype=torch.float64, device=flat.device)
+    norm = float(np.float32(torch.linalg.vector_norm(flat).item()))
+    if not math.isfinite(norm):
+        raise ValueError("the tensor's L2 norm overflows float32")
+    if norm < QSGD_NORM_THRESHOLD:
+        zeros = torch.zeros(flat.shape, dtype=torch.int64, device=flat.device)
+        return zeros.bool(), zeros, 0.0
+    # Rounding the norm to float32 is monotone, so norm ≥ max|v_i| still and r ≤ s; clamp anyway.
+    r = (flat.abs() * (levels / norm)).clamp_(0.0, float(levels))
+    low = r.floor()
+    ell = (low + (u < r - low).to(torch.float64)).to(torch.int64)
+    return (flat < 0) & (ell > 0), ell, norm
+
+
+def _qsgd_values(
+    negative: torch.Tensor, ell: torch.Tensor, norm: float, levels: int
+) -> torch.Tensor:
+    magnitude = (ell.to(torch.float64) * (norm / levels)).to(torch.float32)
+    return torch.where(negative, -magnitude, magnitude)
+
+
+# -------------------------------------------------------------------------------------- min–max
+
+
+def minmax_nbytes(shape: tuple[int, ...] | torch.Size, bits: int) -> int:
+    """Bytes ``minmax_encode`` sends for a tensor of ``shape``: packed codes + min + max (float32),
+    or 4 bytes per element for a tensor with ndim ≤ 1 (kept FP32, no min/max sent)."""
+    _check_bits(bits)
+    count = math.prod(shape)
+    if len(shape) <= 1:
+        return 4 * count
+    return packed_length(count, bits) + 8
+
+
+def minmax_quantize(v: torch.Tensor, bits: int) -> torch.Tensor:
+    """Deterministic per-tensor min–max quantization to ``bits`` bits; ndim ≤ 1 returned as FP32."""
+    _check_bits(bits)
+    if v.dim() <= 1:
+        return _float_input(v).to(torch.float32).view(v.shape)
+    codes, lo, hi = _minmax_codes(v, bits)
+    return _minmax_values(codes, lo, hi, bits).view(v.shape)
+
+
+def minmax_encode(v: torch.Tensor, bits: int) -> tuple[np.ndarray, np.float32, np.float32]:
+    """(packed codes, min, max). For ndim ≤ 1 the bytes are the raw little-endian float32 values
+    and min = max = 0 are placeholders that are not sent (see ``minmax_nbytes``)."""
+    _check_bits(bits)
+    if v.dim() <= 1:
+        raw = _float_input(v).to(torch.float32).cpu().numpy().astype("<f4")
+        return raw.view(np.uint8).copy(), np.float32(0), np.float32(0)
+    codes, lo, hi = _minmax_codes(v, bits)
+    return pack_codes(codes.to(torch.uint8).cpu().numpy(), bits), np.float32(lo), np.float32(hi)
+
+
+def minmax_decode(
+    codes: np.ndarray,
+    lo: np.float32 | float,
+    hi: np.float32 | float,
+    shape: tuple[int, ...] | torch.Size,
+    bits: int,
+) -> torch.Tensor:
+    """Inverse of ``minmax_encode``: a float32 tensor of ``shape``."""
+    _check_bits(bits)
+    shape = tuple(int(d) for d in shape)
+    count = math.prod(shape)
+    if len(shape) <= 1:
+        stream = _check_stream(codes, 4 * count)
+        return torch.from_numpy(stream.view("<f4").astype(np.float32)).view(shape)
+    stream = _check_stream(codes, packed_length(count, bits))
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    if not (np.isfinite(lo32) and np.isfinite(hi32) and lo32 <= hi32):
+        raise ValueError(f"min–max range must be finite with min <= max, got [{lo}, {hi}]")
+    q = torch.from_numpy(unpack_codes(stream, count, bits).astype(np.int64))
+    return _minmax_values(q, float(lo32), float(hi32), bits).view(shape)
+
+
+def _check_bits(bits: int) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise ValueError(f"min–max bits must be an int in [1, 8], got {bits!r}")
+
+
+def _minmax_codes(v: torch.Tensor, bits: int) -> tuple[torch.Tensor, float, float]:
+    flat = _float_input(v)
+    if flat.numel() == 0:
+        return torch.zeros(0, dtype=torch.int64), 0.0, 0.0
+    # v is float32 on the wire, so its min and max are exact float32 values.
+    flat = flat.to(torch.float32).to(torch.float64)
+    lo, hi = float(flat.min()), float(flat.max())
+    top = 2**bits - 1
+    if hi == lo:
+        return torch.zeros(flat.shape, dtype=torch.int64), lo, hi
+    q = torch.round((flat - lo) * (top / (hi - lo))).clamp_(0, top)
+    return q.to(torch.int64), lo, hi
+
+
+def _minmax_values(q: torch.Tensor, lo: float, hi: float, bits: int) -> torch.Tensor:
+    step = (hi - lo) / (2**bits - 1)
+    return (lo + q.to(torch.float64) * step).to(torch.float32)
+
+
+def _check_stream(codes: np.ndarray, expected: int) -> np.ndarray:
+    if not isinstance(codes, np.ndarray) or codes.dtype != np.uint8:
+        raise TypeError("codes must be a uint8 numpy array")
+    stream = np.ascontiguousarray(codes.reshape(-1))
+    if stream.size != expected:
+        raise ValueError(f"expected {expected} bytes of codes, got {stream.size}")
+    return stream

@@ -1,0 +1,163 @@
+"""QSGD (Alistarh et al. 2017, arXiv:1610.02132) and the min–max scalar quantizer of QAFeL's FLSim
+experiments (Ortega & Jafarkhani, arXiv:2410.00242): moments, wire round trips, byte counts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fp8fl.numerics.codec import packed_length
+from fp8fl.numerics.qsgd import (
+    QSGD_NORM_THRESHOLD,
+    minmax_decode,
+    minmax_encode,
+    minmax_nbytes,
+    minmax_quantize,
+    qsgd_code_bits,
+    qsgd_decode,
+    qsgd_encode,
+    qsgd_levels,
+    qsgd_nbytes,
+    qsgd_quantize,
+)
+
+K_SIGMA = 5.0  # two-sided 5σ: a false failure has probability ~6e-7 per checked statistic
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _exact_moments(v: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """Per-element std of Q(v), and mean / variance of ‖Q(v) − v‖², from the Bernoulli law of ℓ."""
+    flat = v.double().reshape(-1)
+    norm = float(np.float32(flat.norm().item()))
+    c = norm / levels  # one level step
+    frac = flat.abs() * (levels / norm) - (flat.abs() * (levels / norm)).floor()
+    var = c**2 * frac * (1 - frac)  # per element: error is −f·c w.p. 1−f and (1−f)·c w.p. f
+    sq_lo, sq_hi = (frac * c) ** 2, ((1 - frac) * c) ** 2
+    var_sq = (1 - frac) * sq_lo**2 + frac * sq_hi**2 - var**2  # Var of each squared error
+    return var.sqrt(), flat, float(var.sum()), float(var_sq.sum())
+
+
+@pytest.mark.parametrize("levels", [1, 7, 127])
+def test_qsgd_unbiased_and_variance_within_lemma_3_1(levels: int) -> None:
+    torch.manual_seed(0)
+    v = torch.randn(8, 16) * torch.rand(8, 16)  # d = 128, mixed magnitudes
+    n = 2500
+    gen = _gen(1)
+    samples = torch.stack([qsgd_quantize(v, levels, gen).double().reshape(-1) for _ in range(n)])
+    std, flat, mse, var_sq = _exact_moments(v, levels)
+    # unbiased: each coordinate's sample mean within 5σ/√n of v_i (σ_i from the Bernoulli law);
+    # 1e-6·|v| covers the float32 rounding of each reconstructed value
+    err = (samples.mean(0) - flat).abs()
+    assert (err <= K_SIGMA * std / math.sqrt(n) + 1e-6 * flat.abs() + 1e-12).all()
+    # E‖Q(v) − v‖² = Σ c² f(1−f) exactly; the sample mean of ‖Q − v‖² is within 5σ of it
+    emp = float(((samples - flat) ** 2).sum(1).mean())
+    assert abs(emp - mse) <= K_SIGMA * math.sqrt(var_sq / n) + 1e-6 * mse
+    # and the exact value obeys Lemma 3.1: E‖Q(v) − v‖² ≤ min(d/s², √d/s)·‖v‖²
+    d, norm_sq = flat.numel(), float(flat.norm() ** 2)
+    assert mse <= min(d / levels**2, math.sqrt(d) / levels) * norm_sq
+    assert emp <= min(d / levels**2, math.sqrt(d) / levels) * norm_sq * 1.05
+
+
+def test_qsgd_values_on_the_grid_and_shape_kept() -> None:
+    v = torch.randn(3, 4, 5)
+    q = qsgd_quantize(v, 7, _gen(0))
+    assert q.shape == v.shape and q.dtype == torch.float32
+    norm = float(np.float32(v.double().norm().item()))
+    ell = q.double().abs() * 7 / norm
+    assert torch.allclose(ell, ell.round(), atol=1e-5)
+    assert (ell.round() <= 7).all()
+    assert ((q == 0) | (q.sign() == v.sign())).all()
+
+
+def test_qsgd_tiny_norm_is_zero_and_generator_advances_the_same() -> None:
+    tiny = torch.full((10,), QSGD_NORM_THRESHOLD / 10)
+    g1, g2 = _gen(3), _gen(3)
+    assert torch.equal(qsgd_quantize(tiny, 7, g1), torch.zeros(10))
+    qsgd_quantize(torch.randn(10), 7, g2)
+    assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
+    codes, norm = qsgd_encode(tiny, 7, _gen(0))
+    assert norm == 0 and not codes.any()
+    assert torch.equal(qsgd_decode(codes, norm, 10, 7), torch.zeros(10))
+
+
+def test_qsgd_bits_to_levels_mapping() -> None:
+    assert [qsgd_levels(b) for b in (2, 4, 8)] == [1, 7, 127]
+    assert [qsgd_code_bits(s) for s in (1, 7, 127, 8)] == [2, 4, 8, 5]
+    with pytest.raises(ValueError):
+        qsgd_levels(9)
+    with pytest.raises(ValueError):
+        qsgd_encode(torch.randn(4), 128, _gen(0))  # 9-bit codes do not fit pack_codes
+
+
+@pytest.mark.parametrize("levels", [1, 3, 5, 7, 15, 127])
+@pytest.mark.parametrize("shape", [(0,), (1,), (7,), (3, 5), (4, 3, 3, 2)])
+def test_qsgd_encode_decode_exact_and_nbytes(levels: int, shape: tuple[int, ...]) -> None:
+    v = torch.randn(shape) * 3
+    codes, norm = qsgd_encode(v, levels, _gen(7))
+    count = math.prod(shape)
+    assert isinstance(norm, np.float32) and codes.dtype == np.uint8
+    assert codes.nbytes + 4 == qsgd_nbytes(count, levels)
+    assert codes.nbytes == packed_length(count, qsgd_code_bits(levels))
+    decoded = qsgd_decode(codes, norm, count, levels).view(shape)
+    expected = qsgd_quantize(v, levels, _gen(7))
+    assert torch.equal(decoded.view(torch.int32), expected.view(torch.int32))  # bit for bit
+
+
+def test_qsgd_decode_rejects_corrupt_streams() -> None:
+    codes, norm = qsgd_encode(torch.randn(6), 5, _gen(0))  # 4-bit codes, ℓ ≤ 5
+    bad = codes.copy()
+    bad[0] = 0x77  # ℓ = 7 > 5
+    with pytest.raises(ValueError, match="level above"):
+        qsgd_decode(bad, norm, 6, 5)
+    bad[0] = 0x80  # sign bit with ℓ = 0
+    with pytest.raises(ValueError, match="negative zero"):
+        qsgd_decode(bad, norm, 6, 5)
+    with pytest.raises(ValueError):
+        qsgd_decode(codes[:-1], norm, 6, 5)
+    with pytest.raises(ValueError):
+        qsgd_quantize(torch.tensor([1.0, float("nan")]), 7, _gen(0))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("shape", [(4, 6), (3, 3, 5), (2, 1), (16, 33)])
+def test_minmax_round_trip_and_error_bound(bits: int, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(bits)
+    v = torch.randn(shape) * 2 + 0.5
+    q = minmax_quantize(v, bits)
+    codes, lo, hi = minmax_encode(v, bits)
+    assert codes.nbytes == minmax_nbytes(v.shape, bits) - 8
+    assert minmax_nbytes(v.shape, bits) == packed_length(v.numel(), bits) + 8
+    assert lo == v.min().item() and hi == v.max().item()
+    decoded = minmax_decode(codes, lo, hi, v.shape, bits)
+    assert torch.equal(decoded.view(torch.int32), q.view(torch.int32))
+    # round to nearest: |q − v| ≤ (max − min)/(2(2ⁿ − 1)) exactly, plus one float32 rounding
+    # of the reconstruction (half an ulp of |q| ≤ max|v|, bounded by 2⁻²⁴·max|v|)
+    bound = (hi - lo) / (2 * (2**bits - 1)) + 2.0**-24 * float(v.abs().max())
+    assert float((q.double() - v.double()).abs().max()) <= bound
+    assert q.min() >= lo and q.max() <= hi
+
+
+def test_minmax_keeps_low_rank_tensors_fp32_and_handles_constants() -> None:
+    for v in (torch.randn(17), torch.tensor(3.25), torch.zeros(0)):
+        assert torch.equal(minmax_quantize(v, 4), v)
+        codes, lo, hi = minmax_encode(v, 4)
+        assert codes.nbytes == minmax_nbytes(v.shape, 4) == 4 * v.numel()
+        assert torch.equal(minmax_decode(codes, lo, hi, v.shape, 4), v)
+    const = torch.full((3, 4), -1.5)
+    assert torch.equal(minmax_quantize(const, 2), const)
+    codes, lo, hi = minmax_encode(const, 2)
+    assert torch.equal(minmax_decode(codes, lo, hi, const.shape, 2), const)
+
+
+def test_minmax_is_deterministic_and_hits_the_endpoints() -> None:
+    v = torch.randn(8, 8)
+    q1, q2 = minmax_quantize(v, 3), minmax_quantize(v, 3)
+    assert torch.equal(q1, q2)
+    assert q1.min() == v.min() and q1.max() == v.max()
+    assert q1.unique().numel() <= 8
