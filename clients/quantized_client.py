@@ -14,9 +14,13 @@ from fp8fl.federated.client_data import client_partition
 from fp8fl.federated.config import RunConfig
 from fp8fl.federated.protocol import check_instructions, update_metrics
 from fp8fl.federated.seeds import derive_seed, seeded_generator
-from fp8fl.federated.training import build_run_model, resolve_device, round_local_update
-from fp8fl.federated.wire import StateLayout
-from fp8fl.methods.registry import build_codec
+from fp8fl.federated.training import (
+    build_run_model,
+    resolve_device,
+    round_local_update,
+    run_layout,
+)
+from fp8fl.methods.registry import build_codec, build_downlink_codec
 
 __all__ = ["QuantizedClient"]
 
@@ -34,7 +38,8 @@ class QuantizedClient(NumPyClient):
         self.partition_id = partition_id
         self.indices = client_partition(config, partition_id)
         self.data = load_task_data(config.task, config.model, "train", config.data_root)
-        self.codec = build_codec(config)
+        self.codec = build_codec(config)  # the uplink's
+        self.downlink_codec = build_downlink_codec(config)
 
     def get_properties(self, config: Config) -> dict[str, Scalar]:
         return {"partition-id": self.partition_id, "num-examples": len(self.indices)}
@@ -47,8 +52,8 @@ class QuantizedClient(NumPyClient):
         torch.manual_seed(derive_seed(run.seed, "client-torch", server_round, self.partition_id))
         generator = seeded_generator(run.seed, "client", server_round, self.partition_id)
         model = build_run_model(run, self.data.num_classes)
-        layout = StateLayout.from_model(model)
-        model.load_state_dict(layout.unpack(parameters, self.codec))
+        layout = run_layout(run, model)
+        model.load_state_dict(layout.unpack(parameters, self.downlink_codec))
         device = resolve_device(run.device)
         training = time.perf_counter()
         stats = round_local_update(run, server_round).run(

@@ -42,8 +42,7 @@ from fp8fl.data.tasks import load_task_data
 from fp8fl.federated.config import RunConfig
 from fp8fl.federated.results import RunRecorder
 from fp8fl.federated.seeds import derive_seed
-from fp8fl.federated.training import build_run_model, evaluate, resolve_device
-from fp8fl.federated.wire import StateLayout
+from fp8fl.federated.training import build_run_model, evaluate, resolve_device, run_layout
 from fp8fl.methods.fp8 import Float32Codec
 from fp8fl.methods.registry import build
 from strategies.clients import ClientDirectory
@@ -70,7 +69,7 @@ class QuantizedFedAvg(Strategy):
         self.test = load_task_data(config.task, config.model, "test", config.data_root)
         torch.manual_seed(derive_seed(config.seed, "init"))
         self.model = build_run_model(config, self.test.num_classes).to(self.device)
-        self.layout = StateLayout.from_model(self.model)
+        self.layout = run_layout(config, self.model)
         self.built = build(config, self.layout.quantized)
         self.journal = RunJournal(config, recorder, progress)
         self.built.aggregator.load_state_dict(self.journal.aggregator_state)

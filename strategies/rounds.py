@@ -81,10 +81,11 @@ class SyncRound:
     def downlink(self, state: dict[str, torch.Tensor], rnd: int) -> Downlink:
         """Encode the global ``state`` for round ``rnd`` (one draw of the wire's randomness)."""
         generator = seeded_generator(self.config.seed, "downlink", rnd)
-        arrays = self.layout.pack(state, self.built.codec, generator)
+        codec = self.built.downlink_codec
+        arrays = self.layout.pack(state, codec, generator)
         codes = None
-        if isinstance(self.built.codec, MinifloatCodec):
-            codes = self.built.codec.codes(arrays[0], self.layout.quantized_shapes)
+        if isinstance(codec, MinifloatCodec) and codec == self.built.codec:
+            codes = codec.codes(arrays[0], self.layout.quantized_shapes)
         ins = FitIns(ndarrays_to_parameters(arrays), fit_instructions(self.config, rnd))
         return Downlink(ins, codes)
 
@@ -101,8 +102,9 @@ class SyncRound:
         n, size = res.num_examples, self.clients.partition_size[pid]
         if isinstance(n, bool) or not isinstance(n, int) or n != size:
             raise ProtocolError(f"num_examples = {n!r}, but partition {pid} holds {size} examples")
-        state = self.layout.unpack(parameters_to_ndarrays(res.parameters), self.built.codec)
-        return ClientUpdate(pid, n, state, res.metrics)
+        arrays = parameters_to_ndarrays(res.parameters)
+        state, side = self.layout.unpack_with_side(arrays, self.built.codec)
+        return ClientUpdate(pid, n, state, res.metrics, side)
 
     def unchanged_codes(self, sent: np.ndarray, res: FitRes) -> float:
         """Fraction of weights whose uplink code equals the downlink code the client was sent

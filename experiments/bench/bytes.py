@@ -19,8 +19,7 @@ from rich.table import Table
 
 from fp8fl.federated.config import RunConfig
 from fp8fl.federated.protocol import fit_instructions, update_metrics
-from fp8fl.federated.training import build_run_model
-from fp8fl.federated.wire import StateLayout
+from fp8fl.federated.training import build_run_model, run_layout
 from fp8fl.methods.registry import build
 from fp8fl.models.architectures import MODELS
 from strategies.ledger import fitins_bytes, fitres_bytes
@@ -48,7 +47,7 @@ def message_bytes(model_name: str, method: str, fmt: str) -> tuple[int, int]:
     )
     torch.manual_seed(0)
     model = build_run_model(config, NUM_CLASSES[task])
-    layout = StateLayout.from_model(model)
+    layout = run_layout(config, model)
     built = build(config, layout.quantized)
     if built.quantizer.calibrates:
         built.quantizer.calibrate(model, torch.randn(INPUT_SHAPE[model_name]))

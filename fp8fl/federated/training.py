@@ -21,6 +21,7 @@ from torch import nn
 
 from fp8fl.data.tasks import TaskData
 from fp8fl.federated.config import RunConfig
+from fp8fl.federated.wire import StateLayout
 from fp8fl.methods.registry import build_quantizer
 from fp8fl.models.architectures import build_model
 from fp8fl.models.qat import QATModule, clamp_ranges_, range_parameter_names
@@ -33,6 +34,7 @@ __all__ = [
     "evaluate",
     "resolve_device",
     "round_local_update",
+    "run_layout",
 ]
 
 
@@ -107,6 +109,11 @@ class LocalUpdate:
 def build_run_model(config: RunConfig, num_classes: int) -> nn.Module:
     """The run's model in the training form of its quantizer (e.g. QAT layers in its format)."""
     return build_quantizer(config).prepare(build_model(config.model, num_classes))
+
+
+def run_layout(config: RunConfig, model: nn.Module) -> StateLayout:
+    """The message layout of the run's model: what its quantizer has the codec carry."""
+    return StateLayout.from_model(model, build_quantizer(config).quantized_names(model))
 
 
 def round_local_update(config: RunConfig, server_round: int) -> LocalUpdate:

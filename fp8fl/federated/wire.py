@@ -47,9 +47,11 @@ class StateLayout:
     dense: tuple[str, ...]
 
     @classmethod
-    def from_model(cls, model: nn.Module) -> StateLayout:
+    def from_model(cls, model: nn.Module, quantized: list[str] | None = None) -> StateLayout:
+        """The layout of ``model``; ``quantized`` names what the codec carries (default: the
+        weights of its QAT layers)."""
         state = model.state_dict()
-        quantized = tuple(quantized_weight_names(model))
+        quantized = tuple(quantized_weight_names(model) if quantized is None else quantized)
         scales = tuple(range_parameter_names(model))
         taken = set(quantized) | set(scales)
         dense = tuple(name for name in state if name not in taken)
@@ -89,6 +91,12 @@ class StateLayout:
 
     def unpack(self, arrays: list[np.ndarray], codec: Codec) -> dict[str, torch.Tensor]:
         """Validate a message and return the state it carries (float32 CPU tensors)."""
+        return self.unpack_with_side(arrays, codec)[0]
+
+    def unpack_with_side(
+        self, arrays: list[np.ndarray], codec: Codec
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``unpack``, and the codec's side information (e.g. quantization errors) apart."""
         specs = self.array_specs(codec)
         if not isinstance(arrays, (list, tuple)) or len(arrays) != len(specs):
             count = len(arrays) if isinstance(arrays, (list, tuple)) else type(arrays).__name__
@@ -106,10 +114,12 @@ class StateLayout:
         _require_finite(dense, "dense")
         state.update(split_float32(dense, {n: self.shapes[n] for n in self.dense}))
         try:
-            state.update(codec.decode(coded, self.quantized_shapes, state))
+            decoded = codec.decode(coded, self.quantized_shapes, state)
         except ValueError as err:
             raise WireError(str(err)) from None
-        return {name: state[name] for name in self.shapes}
+        state.update(decoded)
+        side = {k: v for k, v in decoded.items() if k not in self.shapes}
+        return {name: state[name] for name in self.shapes}, side
 
 
 def _checked(array: object, spec: ArraySpec) -> np.ndarray:

@@ -25,7 +25,13 @@ from torch import nn
 from fp8fl.federated.aggregation import average_objective, server_optimize, weighted_average
 from fp8fl.federated.seeds import seeded_generator
 from fp8fl.methods.seams import Aggregate, ArraySpec, ClientUpdate, Components, Option, State
-from fp8fl.models.qat import QuantConfig, alpha_name, calibrate, prepare_qat
+from fp8fl.models.qat import (
+    QuantConfig,
+    alpha_name,
+    calibrate,
+    prepare_qat,
+    quantized_weight_names,
+)
 from fp8fl.numerics.codec import decode, encode, packed_length, unpack_codes
 from fp8fl.numerics.quant import Rounding
 
@@ -54,6 +60,9 @@ class FullPrecision:
     def prepare(self, model: nn.Module) -> nn.Module:
         return model
 
+    def quantized_names(self, model: nn.Module) -> list[str]:
+        return []  # everything travels as dense float32
+
     def calibrate(self, model: nn.Module, batch: torch.Tensor) -> None:
         raise TypeError("an FP32 model has no ranges to calibrate")
 
@@ -68,6 +77,9 @@ class MinifloatQAT:
 
     def prepare(self, model: nn.Module) -> nn.Module:
         return prepare_qat(model, QuantConfig(self.rounding.fmt, self.rounding.mode))
+
+    def quantized_names(self, model: nn.Module) -> list[str]:
+        return quantized_weight_names(model)
 
     def calibrate(self, model: nn.Module, batch: torch.Tensor) -> None:
         calibrate(model, batch)

@@ -204,7 +204,8 @@ class Built:
     """A run's components, built from its config and the model's layout."""
 
     quantizer: Quantizer
-    codec: Codec
+    codec: Codec  # the uplink's
+    downlink_codec: Codec
     aggregator: Aggregator
     server_loop: str
 
@@ -214,7 +215,12 @@ def build_quantizer(config: RunConfig) -> Quantizer:
 
 
 def build_codec(config: RunConfig) -> Codec:
+    """The uplink's codec."""
     return CODECS[config.components.codec].factory(config)
+
+
+def build_downlink_codec(config: RunConfig) -> Codec:
+    return CODECS[config.components.downlink_codec].factory(config)
 
 
 def build(config: RunConfig, quantized: tuple[str, ...]) -> Built:
@@ -222,4 +228,5 @@ def build(config: RunConfig, quantized: tuple[str, ...]) -> Built:
     parts = config.components
     codec = build_codec(config)
     aggregator = AGGREGATORS[parts.aggregator].factory(config, quantized, codec)
-    return Built(build_quantizer(config), codec, aggregator, parts.server_loop)
+    downlink = build_downlink_codec(config)
+    return Built(build_quantizer(config), codec, downlink, aggregator, parts.server_loop)

@@ -58,6 +58,11 @@ class Components:
     codec: str
     aggregator: str
     server_loop: str = "sync"
+    downlink: str | None = None  # the downlink's codec, when it differs from the uplink's
+
+    @property
+    def downlink_codec(self) -> str:
+        return self.downlink or self.codec
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,10 @@ class Quantizer(Protocol):
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """The training form of an FP32 model (e.g. QAT layers), ready to load a global state."""
+        ...
+
+    def quantized_names(self, model: nn.Module) -> list[str]:
+        """The state entries of a prepared model that the codec carries, in state order."""
         ...
 
     @property
@@ -107,8 +116,9 @@ class Codec(Protocol):
         self, arrays: Sequence[np.ndarray], shapes: Mapping[str, tuple[int, ...]], state: State
     ) -> State:
         """Decode ``arrays`` (already checked against ``array_specs``) into one float32 tensor per
-        name of ``shapes``; ``state`` holds the message's decoded scales. Raises ``ValueError``
-        naming the problem."""
+        name of ``shapes``, plus any side information under other names (e.g. a layer's
+        quantization error, for the aggregator); ``state`` holds the message's decoded scales.
+        Raises ``ValueError`` naming the problem."""
         ...
 
 
@@ -120,6 +130,7 @@ class ClientUpdate:
     num_examples: int
     state: State
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    side: State = field(default_factory=dict)  # the codec's side information
 
 
 @dataclass(frozen=True)
