@@ -29,7 +29,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fp8fl.data.tasks import TASKS, task_spec
-from fp8fl.methods.registry import METHODS, OPTIONS, MethodSpec, method_spec
+from fp8fl.methods.registry import (
+    CUSTOMS,
+    FAMILIES,
+    METHODS,
+    OPTIONS,
+    MethodSpec,
+    component_problems,
+    family_keys,
+    method_spec,
+)
 from fp8fl.methods.seams import Components
 from fp8fl.numerics.formats import FloatFormat
 
@@ -113,34 +122,42 @@ class RunConfig:
     def resolved(self) -> RunConfig:
         """Apply the method preset, resolve ``optimizer``, and validate."""
         problems: list[str] = []
-        spec = METHODS.get(self.method)
-        if spec is None and self.method != "custom":
+        try:
+            spec = method_spec(self.method)
+        except KeyError:
             problems.append(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        preset = spec.settings if spec is not None else {}
-        qat = self.qat or preset.get("qat", "")
-        wire = self.wire or preset.get("wire", "")
-        server_opt = self.server_opt or preset.get("server-opt", "")
-        switches = {"qat": qat, "wire": wire, "server-opt": server_opt}
+            spec = CUSTOMS["fp8"]
+        values = self.to_mapping()
+        # a preset fills the settings left unset (""); explicit values override it
+        filled = {k: v for k, v in spec.settings.items() if values.get(k) == ""}
+        final = {k: filled.get(k, values[k]) for k in family_keys(spec.family)}
         method = next(
-            (name for name, other in METHODS.items() if dict(other.settings) == switches), "custom"
+            (
+                other.name
+                for other in METHODS.values()
+                if other.family == spec.family
+                and all(final[k] == v for k, v in other.settings.items())
+            ),
+            CUSTOMS[spec.family].name,
         )
         optimizer = self.optimizer
         if optimizer == "auto":
             optimizer = "adamw" if self.model == "kwt1" else "sgd"
-        options = _default_options() | self.options
         config = dataclasses.replace(
-            self,
-            qat=qat,
-            wire=wire,
-            server_opt=server_opt,
-            method=method,
-            optimizer=optimizer,
-            options=options,
-        )
+            self, method=method, optimizer=optimizer, options=_default_options() | self.options
+        )._with(filled)
         problems += config._problems()
+        if not problems:
+            problems += component_problems(config)
         if problems:
             raise ConfigError(_report(problems))
         return config
+
+    def _with(self, values: dict[str, Any]) -> RunConfig:
+        """A copy with run-config ``values`` (kebab-case keys of fields or options) set."""
+        fields = {k.replace("-", "_"): v for k, v in values.items() if k not in OPTIONS}
+        options = {k: v for k, v in values.items() if k in OPTIONS}
+        return dataclasses.replace(self, **fields, options=self.options | options)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -197,24 +214,15 @@ class RunConfig:
                 f"split {self.split!r} is not available for "
                 f"{self.task!r}: choose {', '.join(spec.splits)}",
             )
-        need(self.qat in QAT_MODES, f"qat must be one of {', '.join(QAT_MODES)}, got {self.qat!r}")
-        need(
-            self.wire in WIRE_MODES,
-            f"wire must be one of {', '.join(WIRE_MODES)}, got {self.wire!r}",
-        )
-        need(
-            self.server_opt in SERVER_OPTS,
-            f"server-opt must be one of {', '.join(SERVER_OPTS)}, got {self.server_opt!r}",
-        )
-        need(
-            not (self.qat == "none" and self.wire in ("nearest", "stochastic")),
-            "wire quantization uses the α learned by QAT: with qat = 'none' use wire = 'fp32'",
-        )
-        need(
-            not (self.server_opt == "mse" and self.wire == "fp32"),
-            "server-opt = 'mse' minimises the error of quantized communication; with "
-            "wire = 'fp32' its solution is the plain average: use server-opt = 'average'",
-        )
+        family = self.spec.family
+        if family == "fp8":
+            p += _fp8_problems_of(self)
+        values = self.to_mapping()
+        for other, label in FAMILIES.items():
+            if other == family:
+                continue
+            for key in family_keys(other):
+                need(values[key] == "", f"{key} applies to the {label} methods only")
         try:
             FloatFormat.from_name(self.format)
         except ValueError as err:
@@ -269,6 +277,25 @@ class RunConfig:
             f"device must be auto, cpu or cuda[:n], got {self.device!r}",
         )
         return p
+
+
+def _fp8_problems_of(config: RunConfig) -> list[str]:
+    """The FP8 switches: each from its list, and the combinations that make no sense."""
+    p = []
+    if config.qat not in QAT_MODES:
+        p.append(f"qat must be one of {', '.join(QAT_MODES)}, got {config.qat!r}")
+    if config.wire not in WIRE_MODES:
+        p.append(f"wire must be one of {', '.join(WIRE_MODES)}, got {config.wire!r}")
+    if config.server_opt not in SERVER_OPTS:
+        p.append(f"server-opt must be one of {', '.join(SERVER_OPTS)}, got {config.server_opt!r}")
+    if config.qat == "none" and config.wire in ("nearest", "stochastic"):
+        p.append("wire quantization uses the α learned by QAT: with qat = 'none' use wire = 'fp32'")
+    if config.server_opt == "mse" and config.wire == "fp32":
+        p.append(
+            "server-opt = 'mse' minimises the error of quantized communication; with "
+            "wire = 'fp32' its solution is the plain average: use server-opt = 'average'"
+        )
+    return p
 
 
 def _default_options() -> dict[str, Any]:

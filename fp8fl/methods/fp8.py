@@ -24,7 +24,16 @@ from torch import nn
 
 from fp8fl.federated.aggregation import average_objective, server_optimize, weighted_average
 from fp8fl.federated.seeds import seeded_generator
-from fp8fl.methods.seams import Aggregate, ArraySpec, ClientUpdate, Components, Option, State
+from fp8fl.methods.seams import (
+    Aggregate,
+    ArraySpec,
+    ClientUpdate,
+    Components,
+    Option,
+    State,
+    StatelessAggregator,
+    states_and_weights,
+)
 from fp8fl.models.qat import (
     QuantConfig,
     alpha_name,
@@ -190,7 +199,7 @@ def _numel(shapes: Mapping[str, tuple[int, ...]]) -> int:
 
 # ---------------------------------------------------------------------------- aggregators
 @dataclass
-class Average:
+class Average(StatelessAggregator):
     """The n_k-weighted average of the decoded client states (Alg. 3, lines 8-11). With a minifloat
     wire it also reports ServerOptimize's objective at the average, for the round record."""
 
@@ -201,22 +210,16 @@ class Average:
     def aggregate(
         self, global_state: State, updates: Sequence[ClientUpdate], server_round: int
     ) -> Aggregate:
-        states, weights = [u.state for u in updates], [u.num_examples for u in updates]
+        states, weights = states_and_weights(updates)
         average = weighted_average(states, weights)
         if self.objective is None:
             return Aggregate(average)
         value = average_objective(average, states, weights, self.quantized, self.objective)
         return Aggregate(average, {"server_opt_before": value, "server_opt_after": value})
 
-    def state_dict(self) -> State:
-        return {}
-
-    def load_state_dict(self, state: State) -> None:
-        _stateless(self.name, state)
-
 
 @dataclass
-class ServerOptimize:
+class ServerOptimize(StatelessAggregator):
     """UQ+'s ServerOptimize (Alg. 2): from the average, STE steps on w and a grid search on α per
     quantized tensor, never worse than the average. Its randomness is seeded by (seed, round)."""
 
@@ -231,7 +234,7 @@ class ServerOptimize:
     def aggregate(
         self, global_state: State, updates: Sequence[ClientUpdate], server_round: int
     ) -> Aggregate:
-        states, weights = [u.state for u in updates], [u.num_examples for u in updates]
+        states, weights = states_and_weights(updates)
         result = server_optimize(
             weighted_average(states, weights),
             states,
@@ -250,17 +253,6 @@ class ServerOptimize:
                 "server_opt_after": result.objective_after,
             },
         )
-
-    def state_dict(self) -> State:
-        return {}
-
-    def load_state_dict(self, state: State) -> None:
-        _stateless(self.name, state)
-
-
-def _stateless(name: str, state: State) -> None:
-    if state:
-        raise ValueError(f"aggregator {name!r} keeps no state, got {sorted(state)}")
 
 
 def _lrs(value: str) -> tuple[float, ...]:

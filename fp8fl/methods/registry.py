@@ -16,6 +16,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from fp8fl.methods.clipped_uniform import (
+    AVERAGE_OPTIONS,
+    BITS_OPTION,
+    CODEC_OPTIONS,
+    InverseMSEAverage,
+    cq_components,
+    downlink_codec_from,
+    layer_problems,
+    uniform_qat_from,
+    uplink_codec_from,
+)
 from fp8fl.methods.fp8 import (
     SERVER_OPT_OPTIONS,
     Average,
@@ -35,6 +46,8 @@ if TYPE_CHECKING:
 __all__ = [
     "AGGREGATORS",
     "CODECS",
+    "CUSTOMS",
+    "FAMILIES",
     "METHODS",
     "OPTIONS",
     "QUANTIZERS",
@@ -42,6 +55,8 @@ __all__ = [
     "ComponentEntry",
     "MethodSpec",
     "build",
+    "component_problems",
+    "family_keys",
     "method_spec",
 ]
 
@@ -49,12 +64,14 @@ __all__ = [
 @dataclass(frozen=True)
 class ComponentEntry:
     """How to build a component from the run config, and which run-config keys it reads: core
-    keys (``reads``) and keys of its own (``options``, validated by their checks)."""
+    keys (``reads``) and keys of its own (``options``, validated by their checks); ``validate``
+    finds problems that need more than one value (e.g. a list of bits against the model)."""
 
     factory: Callable[..., Any]
     summary: str
     reads: tuple[str, ...] = ()
     options: tuple[Option, ...] = ()
+    validate: Callable[[RunConfig], list[str]] | None = None
 
 
 QUANTIZERS: dict[str, ComponentEntry] = {
@@ -64,6 +81,12 @@ QUANTIZERS: dict[str, ComponentEntry] = {
         "minifloat QAT, per-tensor learnable α/β (Wang et al. 2024, §3.3)",
         reads=("qat", "format"),
     ),
+    "uniform-qat": ComponentEntry(
+        uniform_qat_from,
+        "QAT on the B-bit OCTAV-clipped uniform grid (Bozorgasl & Chen, arXiv:2405.13365)",
+        options=(BITS_OPTION,),
+        validate=layer_problems,
+    ),
 }
 CODECS: dict[str, ComponentEntry] = {
     "fp32": ComponentEntry(lambda config: Float32Codec(), "float32 weights"),
@@ -71,6 +94,17 @@ CODECS: dict[str, ComponentEntry] = {
         lambda config: MinifloatCodec(Rounding.named(config.fmt, config.wire)),
         "minifloat codes in each tensor's α, nearest or stochastic (Wang et al. 2024, §4)",
         reads=("wire", "format"),
+    ),
+    "clipped-uniform": ComponentEntry(
+        uplink_codec_from,
+        "B-bit codes, clip s and quantization MSE per layer (Bozorgasl & Chen, arXiv:2405.13365)",
+        reads=("cq-bits",),
+        options=CODEC_OPTIONS,
+    ),
+    "clipped-uniform-down": ComponentEntry(
+        downlink_codec_from,
+        "the clipped-uniform codec with stochastic rounding, for a quantized downlink",
+        reads=("cq-bits", "cq-downlink"),
     ),
 }
 AGGREGATORS: dict[str, ComponentEntry] = {
@@ -85,6 +119,13 @@ AGGREGATORS: dict[str, ComponentEntry] = {
         "ServerOptimize, UQ+ (Wang et al. 2024, Alg. 2, eq. 7-8)",
         reads=("server-opt",),
         options=SERVER_OPT_OPTIONS,
+    ),
+    "inverse-mse": ComponentEntry(
+        lambda config, quantized, codec: InverseMSEAverage(
+            quantized, config.option("cq-mse-floor")
+        ),
+        "per-layer inverse-MSE average (Bozorgasl & Chen, arXiv:2405.13365)",
+        options=AVERAGE_OPTIONS,
     ),
 }
 SERVER_LOOPS = ("sync",)
@@ -101,6 +142,7 @@ class MethodSpec:
     reference: str
     components: Components | Callable[[RunConfig], Components]
     settings: Mapping[str, Any] = field(default_factory=dict)
+    family: str = "fp8"  # presets of one family differ only in their settings
 
     def components_for(self, config: RunConfig) -> Components:
         return self.components(config) if callable(self.components) else self.components
@@ -181,8 +223,39 @@ METHODS: dict[str, MethodSpec] = {
         ),
     )
 }
-CUSTOM = MethodSpec("custom", "custom", "tab:gray", "a combination of FP8 switches", fp8_components)
-"""The FP8 switches in a combination no preset names."""
+
+
+def _cq(name: str, label: str, color: str, bits: str, rounding: str) -> MethodSpec:
+    settings = {"cq-bits": bits, "cq-rounding": rounding, "cq-average": "inverse-mse"}
+    reference = "Bozorgasl & Chen, arXiv:2405.13365"
+    return MethodSpec(name, label, color, reference, cq_components, settings, family="cq")
+
+
+METHODS.update(
+    (spec.name, spec)
+    for spec in (
+        _cq("cq8", "CQ 8-bit", "tab:olive", "8", "stochastic"),
+        _cq("cq4", "CQ 4-bit", "tab:orange", "4", "stochastic"),
+        _cq("cq4-det", "CQ 4-bit, det.", "tab:pink", "4", "nearest"),
+        _cq("cq2", "CQ 2-bit", "tab:cyan", "2", "stochastic"),
+    )
+)
+FAMILIES = {"fp8": "FP8", "cq": "clipped-uniform"}
+"""Each family's name in messages."""
+CUSTOMS: dict[str, MethodSpec] = {
+    "fp8": MethodSpec(
+        "custom", "custom", "tab:gray", "a combination of FP8 switches", fp8_components
+    ),
+    "cq": MethodSpec(
+        "cq-custom",
+        "CQ custom",
+        "tab:gray",
+        "clipped-uniform settings no preset names",
+        cq_components,
+        family="cq",
+    ),
+}
+"""Per family, the method of settings in a combination no preset names."""
 
 OPTIONS: dict[str, Option] = {
     o.key: o
@@ -194,9 +267,22 @@ OPTIONS: dict[str, Option] = {
 
 
 def method_spec(name: str) -> MethodSpec:
-    if name == CUSTOM.name:
-        return CUSTOM
-    return METHODS[name]
+    """A preset, or a family's custom method; raises KeyError for an unknown name."""
+    customs = {spec.name: spec for spec in CUSTOMS.values()}
+    return METHODS[name] if name in METHODS else customs[name]
+
+
+def family_keys(family: str) -> tuple[str, ...]:
+    """The run-config keys the presets of ``family`` set."""
+    keys = [k for spec in METHODS.values() if spec.family == family for k in spec.settings]
+    return tuple(dict.fromkeys(keys))
+
+
+def component_problems(config: RunConfig) -> list[str]:
+    """What the run's components find wrong with it beyond single values."""
+    parts = config.components
+    entries = (QUANTIZERS[parts.quantizer], CODECS[parts.codec], AGGREGATORS[parts.aggregator])
+    return [p for e in entries if e.validate is not None for p in e.validate(config)]
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ __all__ = [
     "Components",
     "Option",
     "Quantizer",
+    "StatelessAggregator",
+    "states_and_weights",
 ]
 
 State = dict[str, torch.Tensor]
@@ -139,6 +141,24 @@ class Aggregate:
 
     state: State
     metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def states_and_weights(updates: Sequence[ClientUpdate]) -> tuple[list[State], list[int]]:
+    """The decoded states and their n_k, in the updates' order."""
+    return [u.state for u in updates], [u.num_examples for u in updates]
+
+
+class StatelessAggregator:
+    """Base of aggregators that keep nothing between rounds."""
+
+    name: str
+
+    def state_dict(self) -> State:
+        return {}
+
+    def load_state_dict(self, state: State) -> None:
+        if state:
+            raise ValueError(f"aggregator {self.name!r} keeps no state, got {sorted(state)}")
 
 
 class Aggregator(Protocol):

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from fp8fl.numerics.codec import pack_codes, packed_length, unpack_codes
+from fp8fl.numerics.codec import check_shape, pack_codes, packed_length, unpack_codes
 
 __all__ = [
     "BLOCKS",
@@ -91,21 +91,10 @@ def _check_input(x: object) -> torch.Tensor:
     return x.detach()
 
 
-def _check_shape(shape: Sequence[int] | torch.Size) -> tuple[int, ...]:
-    try:
-        dims = tuple(shape)
-    except TypeError:
-        raise TypeError(f"shape must be a sequence of ints, got {shape!r}") from None
-    for d in dims:
-        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 0:
-            raise ValueError(f"shape must hold non-negative ints, got {dims!r}")
-    return tuple(int(d) for d in dims)
-
-
 # --------------------------------------------------------------------------------------- blocks
 def block_layout(shape: Sequence[int] | torch.Size, block: str) -> tuple[int, int]:
     """(number of blocks, values per block): each block is a contiguous run of the C order."""
-    dims, block = _check_shape(shape), _check_block(block)
+    dims, block = check_shape(shape), _check_block(block)
     count = math.prod(dims)
     if block == "element":
         return count, 1
@@ -287,7 +276,7 @@ def bfp_decode(
     block: str,
 ) -> torch.Tensor:
     """Inverse of ``bfp_encode``: decode(encode(x)) == bfp_quantize(x) bit for bit (CPU float32)."""
-    bits, dims = _check_bits(bits), _check_shape(shape)
+    bits, dims = _check_bits(bits), check_shape(shape)
     blocks, size = block_layout(dims, block)
     for name, arr in (("mantissas", mantissas), ("exponents", exponents)):
         if not isinstance(arr, np.ndarray):

@@ -23,7 +23,7 @@ from fp8fl.numerics.gridtables import grid_tables
 from fp8fl.numerics.kernels import decode_codes
 from fp8fl.numerics.quant import round_tensor
 
-__all__ = ["decode", "encode", "pack_codes", "packed_length", "unpack_codes"]
+__all__ = ["check_shape", "decode", "encode", "pack_codes", "packed_length", "unpack_codes"]
 
 
 def packed_length(count: int, bits: int) -> int:
@@ -84,7 +84,7 @@ def decode(
                 "recovered from the byte length"
             )
         shape = (stream.size,)
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     count = math.prod(shape)
     expected = packed_length(count, fmt.bits)
     if stream.size != expected:
@@ -96,7 +96,8 @@ def decode(
     return decode_codes(unpack_codes(stream, count, fmt.bits), tables).view(shape)
 
 
-def _check_shape(shape: Sequence[int] | torch.Size) -> tuple[int, ...]:
+def check_shape(shape: Sequence[int] | torch.Size) -> tuple[int, ...]:
+    """``shape`` as a tuple of non-negative ints, or a TypeError/ValueError naming it."""
     try:
         dims = tuple(shape)
     except TypeError:

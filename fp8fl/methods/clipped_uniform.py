@@ -1,0 +1,347 @@
+"""Clipped uniform integer quantization (Bozorgasl & Chen, arXiv:2405.13365) as components.
+
+* quantizer ``uniform-qat``: QAT of every conv/linear weight on the B-bit grid clipped at the OCTAV
+  fixed point of the current weights (fake-quant forward with nearest rounding, straight-through
+  backward; biases and norms stay FP32, as in the FP8 method);
+* codec ``clipped-uniform``: per layer the packed B-bit codes, the clip s and the layer's
+  quantization MSE e = mean (w − Q(w))², with nearest or stochastic rounding;
+* aggregator ``inverse-mse``: per layer w̄ = Σ_j Q(w_j)/e_j ÷ Σ_j 1/e_j, e floored at
+  ``cq-mse-floor``; the other entries are n_k-averaged.
+
+The grid, OCTAV and the rounding are in ``fp8fl.numerics.uniform``. Choices where the paper is
+silent: the QAT forward rounds to nearest (the paper's stochastic/deterministic switch is about the
+wire), the clip is recomputed by OCTAV at every forward and for every message, and the downlink is
+FP32 as in the paper unless ``cq-downlink = "quantized"`` (then the global weights travel with the
+same codec and stochastic rounding, so that the method compares with FP8 in both directions).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fp8fl.federated.aggregation import weighted_average
+from fp8fl.methods.seams import (
+    Aggregate,
+    ArraySpec,
+    ClientUpdate,
+    Components,
+    Option,
+    State,
+    StatelessAggregator,
+    states_and_weights,
+)
+from fp8fl.models.architectures import build_model
+from fp8fl.numerics.codec import packed_length
+from fp8fl.numerics.uniform import (
+    MAX_BITS,
+    MIN_BITS,
+    decode_uniform,
+    dequantize_uniform,
+    encode_uniform,
+    fake_quant_uniform,
+    inverse_mse_average,
+    octav_clip,
+    quantization_mse,
+    quantize_uniform,
+)
+
+if TYPE_CHECKING:
+    from fp8fl.federated.config import RunConfig
+
+__all__ = [
+    "AVERAGE_OPTIONS",
+    "BITS_OPTION",
+    "CODEC_OPTIONS",
+    "ClippedUniformCodec",
+    "InverseMSEAverage",
+    "UniformQAT",
+    "cq_components",
+    "downlink_codec_from",
+    "layer_problems",
+    "parse_bits",
+    "uniform_qat_from",
+    "uplink_codec_from",
+]
+
+MSE_SUFFIX = ":mse"
+"""Side entries the codec adds to a decoded update: ``<weight name>:mse`` (a 0-d tensor)."""
+
+
+def parse_bits(value: str) -> tuple[int, ...]:
+    """``"4"`` or ``"4,2,2,4"`` -> (4,) or (4, 2, 2, 4); raises ValueError naming the problem."""
+    try:
+        bits = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise ValueError(f"cq-bits must be integers separated by commas, got {value!r}") from None
+    bad = [b for b in bits if not MIN_BITS <= b <= MAX_BITS]
+    if bad:
+        raise ValueError(f"cq-bits must be in {MIN_BITS}..{MAX_BITS}, got {bad} in {value!r}")
+    return bits
+
+
+def bits_per_layer(bits: tuple[int, ...], names: Sequence[str]) -> dict[str, int]:
+    """One B per quantized layer: a single B for all, or a list with one entry per layer."""
+    if len(bits) == 1:
+        return dict.fromkeys(names, bits[0])
+    if len(bits) != len(names):
+        raise ValueError(
+            f"cq-bits lists {len(bits)} entries but the model has {len(names)} quantized layers "
+            f"({', '.join(names)}): give one B, or one per layer"
+        )
+    return dict(zip(names, bits))
+
+
+# ---------------------------------------------------------------------------- quantizer
+class _UniformWeightLayer(nn.Module, ABC):
+    """A conv/linear whose forward uses its weight fake-quantized on the OCTAV-clipped grid."""
+
+    uq_bits: int
+    weight: nn.Parameter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        clip = octav_clip(w.detach(), self.uq_bits)
+        return self.apply_weight(x, fake_quant_uniform(w, clip, self.uq_bits))
+
+    @abstractmethod
+    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The wrapped layer's operation with the given (quantized) weight and its own bias."""
+
+
+class UQLinear(_UniformWeightLayer, nn.Linear):
+    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight, self.bias)
+
+
+class _UQConv(_UniformWeightLayer):
+    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, weight, self.bias)  # type: ignore[attr-defined]
+
+
+class UQConv1d(_UQConv, nn.Conv1d):
+    pass
+
+
+class UQConv2d(_UQConv, nn.Conv2d):
+    pass
+
+
+UQ_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Linear: UQLinear,
+    nn.Conv1d: UQConv1d,
+    nn.Conv2d: UQConv2d,
+}
+
+
+@dataclass(frozen=True)
+class UniformQAT:
+    """QAT on the clipped uniform grid: every conv/linear weight, B bits per layer."""
+
+    bits: tuple[int, ...]
+    name: ClassVar[str] = "uniform-qat"
+    calibrates: ClassVar[bool] = False
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Swap the classes of the conv/linear layers in place (state names stay the same)."""
+        layers = [(n, m) for n, m in model.named_modules() if type(m) in UQ_CLASSES]
+        if not layers:
+            raise ValueError("model has no nn.Conv1d, nn.Conv2d or nn.Linear to quantize")
+        per_layer = bits_per_layer(self.bits, [_weight(n) for n, _ in layers])
+        for name, module in layers:
+            module.__class__ = UQ_CLASSES[type(module)]
+            module.uq_bits = per_layer[_weight(name)]  # type: ignore[assignment]
+        return model
+
+    def quantized_names(self, model: nn.Module) -> list[str]:
+        names = {_weight(n) for n, m in model.named_modules() if isinstance(m, _UniformWeightLayer)}
+        return [k for k in model.state_dict(keep_vars=True) if k in names]
+
+    def calibrate(self, model: nn.Module, batch: torch.Tensor) -> None:
+        raise TypeError("the clipped uniform quantizer has no ranges to calibrate")
+
+
+def _weight(module_name: str) -> str:
+    return f"{module_name}.weight" if module_name else "weight"
+
+
+# ---------------------------------------------------------------------------- codec
+@dataclass(frozen=True)
+class ClippedUniformCodec:
+    """Per quantized layer: B-bit codes (offset binary, packed), the clip s and the layer's
+    quantization MSE e, both float32."""
+
+    bits: tuple[int, ...]
+    stochastic: bool
+    name: ClassVar[str] = "clipped-uniform"
+
+    def _bits(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
+        return bits_per_layer(self.bits, list(shapes))
+
+    def array_specs(self, shapes: Mapping[str, tuple[int, ...]]) -> list[ArraySpec]:
+        per_layer = self._bits(shapes)
+        code_bytes = sum(packed_length(math.prod(s), per_layer[n]) for n, s in shapes.items())
+        return [
+            ArraySpec("codes", np.dtype(np.uint8), code_bytes),
+            ArraySpec("clips", np.dtype(np.float32), len(shapes)),
+            ArraySpec("errors", np.dtype(np.float32), len(shapes)),
+        ]
+
+    def encode(
+        self, weights: Mapping[str, torch.Tensor], state: State, generator: torch.Generator | None
+    ) -> list[np.ndarray]:
+        per_layer = self._bits({n: tuple(w.shape) for n, w in weights.items()})
+        streams, clips, errors = [np.empty(0, np.uint8)], [], []
+        for name, w in weights.items():
+            bits, x = per_layer[name], w.detach().float().cpu()
+            clip = float(np.float32(octav_clip(x, bits)))  # the value the receiver sees
+            codes, values = quantize_uniform(x, clip, bits, self.stochastic, generator)
+            streams.append(encode_uniform(codes, bits))
+            clips.append(clip)
+            errors.append(quantization_mse(x, values))
+        return [
+            np.concatenate(streams),
+            np.asarray(clips, np.float32),
+            np.asarray(errors, np.float32),
+        ]
+
+    def decode(
+        self, arrays: Sequence[np.ndarray], shapes: Mapping[str, tuple[int, ...]], state: State
+    ) -> State:
+        stream, clips, errors = arrays
+        per_layer, out, offset = self._bits(shapes), {}, 0
+        for (name, shape), clip, error in zip(shapes.items(), clips.tolist(), errors.tolist()):
+            if not (math.isfinite(clip) and clip > 0):
+                raise ValueError(f"{name}: clip s is {clip}, it must be positive and finite")
+            if not (math.isfinite(error) and error >= 0):
+                raise ValueError(f"{name}: quantization MSE is {error}, it must be >= 0 and finite")
+            bits, count = per_layer[name], math.prod(shape)
+            size = packed_length(count, bits)
+            try:
+                codes = decode_uniform(stream[offset : offset + size], count, bits)
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
+            offset += size
+            out[name] = dequantize_uniform(torch.from_numpy(codes), clip, bits).view(shape)
+            out[name + MSE_SUFFIX] = torch.tensor(error, dtype=torch.float32)
+        return out
+
+
+# ---------------------------------------------------------------------------- aggregator
+@dataclass
+class InverseMSEAverage(StatelessAggregator):
+    """Per quantized layer the inverse-MSE average of the clients' decoded weights; every other
+    entry the n_k-weighted average."""
+
+    quantized: tuple[str, ...]
+    floor: float
+    name: ClassVar[str] = "inverse-mse"
+
+    def aggregate(
+        self, global_state: State, updates: Sequence[ClientUpdate], server_round: int
+    ) -> Aggregate:
+        states, weights = states_and_weights(updates)
+        result = weighted_average(states, weights)
+        for name in self.quantized:
+            errors = [float(u.side[name + MSE_SUFFIX]) for u in updates]
+            result[name] = inverse_mse_average([s[name] for s in states], errors, self.floor)
+        return Aggregate(result)
+
+
+# ---------------------------------------------------------------------------- options
+def _bits_problem(value: str) -> str | None:
+    if value == "":
+        return None  # taken from the method's preset
+    try:
+        parse_bits(value)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def _choice(key: str, choices: tuple[str, ...]) -> Any:
+    def check(value: str) -> str | None:
+        if value in ("", *choices):
+            return None
+        return f"{key} must be one of {', '.join(choices)}, got {value!r}"
+
+    return check
+
+
+BITS_OPTION = Option(
+    "cq-bits", "", "bits per quantized layer: one B, or one per layer (4,2,2,4)", _bits_problem
+)
+CODEC_OPTIONS = (
+    Option(
+        "cq-rounding",
+        "",
+        "rounding on the wire: nearest or stochastic",
+        _choice("cq-rounding", ("nearest", "stochastic")),
+    ),
+    Option(
+        "cq-downlink",
+        "fp32",
+        "downlink: fp32 (as the paper) or quantized (same codec, stochastic)",
+        _choice("cq-downlink", ("fp32", "quantized")),
+    ),
+)
+AVERAGE_OPTIONS = (
+    Option(
+        "cq-average",
+        "",
+        "server average: inverse-mse or nk",
+        _choice("cq-average", ("inverse-mse", "nk")),
+    ),
+    Option(
+        "cq-mse-floor",
+        1e-12,
+        "floor of a layer's quantization MSE in the inverse-MSE average",
+        lambda v: None if math.isfinite(v) and v > 0 else f"cq-mse-floor must be > 0, got {v}",
+    ),
+)
+
+
+def layer_problems(config: RunConfig) -> list[str]:
+    """A per-layer ``cq-bits`` list must have one entry per quantized layer of the model."""
+    try:
+        bits = parse_bits(config.option("cq-bits"))
+    except ValueError:
+        return []  # reported by the option's own check
+    if len(bits) == 1:
+        return []
+    try:
+        UniformQAT(bits).prepare(build_model(config.model, 10))
+    except ValueError as err:
+        return [str(err)]
+    return []
+
+
+def uniform_qat_from(config: RunConfig) -> UniformQAT:
+    return UniformQAT(parse_bits(config.option("cq-bits")))
+
+
+def uplink_codec_from(config: RunConfig) -> ClippedUniformCodec:
+    stochastic = config.option("cq-rounding") == "stochastic"
+    return ClippedUniformCodec(parse_bits(config.option("cq-bits")), stochastic)
+
+
+def downlink_codec_from(config: RunConfig) -> ClippedUniformCodec:
+    return ClippedUniformCodec(parse_bits(config.option("cq-bits")), stochastic=True)
+
+
+def cq_components(config: RunConfig) -> Components:
+    """The clipped-uniform method's components; ``cq-average`` and ``cq-downlink`` choose."""
+    return Components(
+        quantizer="uniform-qat",
+        codec="clipped-uniform",
+        aggregator="inverse-mse" if config.option("cq-average") == "inverse-mse" else "average",
+        downlink="clipped-uniform-down" if config.option("cq-downlink") == "quantized" else "fp32",
+    )
