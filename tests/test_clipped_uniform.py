@@ -6,18 +6,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from flwr.common import ndarrays_to_parameters
 
 from fp8fl.federated.config import ConfigError, RunConfig
 from fp8fl.federated.training import build_run_model, run_layout
 from fp8fl.federated.wire import WireError
 from fp8fl.methods.clipped_uniform import MSE_SUFFIX, ClippedUniformCodec, UniformQAT
-from fp8fl.methods.fp8 import Float32Codec
 from fp8fl.methods.registry import build
 from fp8fl.methods.seams import ClientUpdate
 from fp8fl.models.architectures import build_model
 from fp8fl.numerics.uniform import octav_clip, quantize_uniform
-from tests.simulation import simulate, tiny_config
+from tests.simulation import declared_bytes, simulate, tiny_config
 
 LENET_WEIGHTS = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"]
 
@@ -177,28 +175,16 @@ def test_inverse_mse_average_leans_to_the_better_client_and_averages_the_rest_by
     torch.testing.assert_close(aggregator.aggregate({}, same, 1).state["w"], torch.full((3,), 0.5))
 
 
-def serialized_bytes(specs) -> int:
-    """What Flower's converters make of arrays of these dtypes and sizes (data + .npy headers)."""
-    arrays = [np.zeros(spec.size, spec.dtype) for spec in specs]
-    return sum(len(t) for t in ndarrays_to_parameters(arrays).tensors)
-
-
 @pytest.mark.integration  # a Flower simulation on real data
 @pytest.mark.parametrize("downlink", ["fp32", "quantized"])
 def test_a_cq4_run_completes_and_the_ledger_counts_what_the_codecs_declare(tmp_path, downlink):
     config = tiny_config(tmp_path, method="cq4", cq_downlink=downlink)
     _, rounds = simulate(config)
-    model = build_run_model(config, 10)
-    layout = run_layout(config, model)
-    built = build(config, layout.quantized)
-    up, down = (
-        serialized_bytes(layout.array_specs(c)) for c in (built.codec, built.downlink_codec)
-    )
+    up, down, fp32_down = declared_bytes(config)
     for record in rounds[1:]:
         assert record["clients_ok"] == 2 and record["aggregated"] and not record["rejected"]
         assert record["array_bytes_up"] == 2 * up and record["array_bytes_down"] == 2 * down
         assert "unchanged_codes" not in record  # measured for minifloat codes only
-    fp32_down = serialized_bytes(layout.array_specs(Float32Codec()))
     assert (down == fp32_down) == (downlink == "fp32")
     assert up < fp32_down / 7  # 4-bit codes: about 1/8 of float32, plus s and e per layer
     assert rounds[-1]["accuracy"] is not None

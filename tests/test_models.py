@@ -8,8 +8,14 @@ from torch import nn
 from fp8fl.models.architectures import MODELS, build_model, model_options
 from fp8fl.models.qat import QuantConfig, calibrate, prepare_qat, range_parameter_names
 
-INPUTS = {"lenet": (3, 32, 32), "resnet18": (3, 32, 32), "matchboxnet": (64, 101), "kwt1": (98, 40)}
-CLASSES = {"lenet": 10, "resnet18": 10, "matchboxnet": 35, "kwt1": 35}
+INPUTS = {
+    "lenet": (3, 32, 32),
+    "resnet18": (3, 32, 32),
+    "matchboxnet": (64, 101),
+    "kwt1": (98, 40),
+    "convnet": (3, 32, 32),
+}
+CLASSES = {"lenet": 10, "resnet18": 10, "matchboxnet": 35, "kwt1": 35, "convnet": 10}
 
 
 def param_count(model: nn.Module) -> int:
@@ -27,6 +33,8 @@ def param_count(model: nn.Module) -> int:
         ("matchboxnet", 12, 74_892),
         ("kwt1", 35, 608_931),
         ("kwt1", 12, 607_436),
+        ("convnet", 10, 320_010),
+        ("convnet", 100, 504_420),
     ],
 )
 def test_parameter_counts(name, classes, count):
@@ -53,7 +61,9 @@ def test_forward_and_backward_reach_every_parameter(name, qat):
 
 
 def test_registry_rejects_unknown_names_and_options():
-    with pytest.raises(ValueError, match="valid models: lenet, resnet18, matchboxnet, kwt1"):
+    with pytest.raises(
+        ValueError, match="valid models: lenet, resnet18, matchboxnet, kwt1, convnet"
+    ):
         build_model("vgg", 10)
     with pytest.raises(ValueError, match=r"no option.*depth.*valid options: frames, features"):
         build_model("kwt1", 35, depth=6)

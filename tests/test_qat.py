@@ -235,7 +235,7 @@ def test_quantized_weight_names_pair_with_alphas(name):
     assert (
         len(names)
         == len(layers)
-        == {"lenet": 5, "resnet18": 21, "matchboxnet": 15, "kwt1": 74}[name]
+        == {"lenet": 5, "resnet18": 21, "matchboxnet": 15, "kwt1": 74, "convnet": 4}[name]
     )
     assert all(k.endswith(".weight") and alpha_name(k) in state for k in names)
     assert quantized_weight_names(fp32) == []

@@ -26,8 +26,8 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        TaskSpec("cifar10", "cifar10", ("lenet", "resnet18"), ("iid", "dirichlet")),
-        TaskSpec("cifar100", "cifar100", ("lenet", "resnet18"), ("iid", "dirichlet")),
+        TaskSpec("cifar10", "cifar10", ("lenet", "resnet18", "convnet"), ("iid", "dirichlet")),
+        TaskSpec("cifar100", "cifar100", ("lenet", "resnet18", "convnet"), ("iid", "dirichlet")),
         TaskSpec(
             "speechcommands",
             "speechcommands",

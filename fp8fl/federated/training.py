@@ -23,6 +23,7 @@ from fp8fl.data.tasks import TaskData
 from fp8fl.federated.config import RunConfig
 from fp8fl.federated.wire import StateLayout
 from fp8fl.methods.registry import build_quantizer
+from fp8fl.methods.seams import LocalOptimizer, Quantizer, TrainsItself
 from fp8fl.models.architectures import build_model
 from fp8fl.models.qat import QATModule, clamp_ranges_, range_parameter_names
 
@@ -48,6 +49,7 @@ class LocalUpdate:
     batch_size: int
     epochs: int
     steps: int = 0
+    quantizer: Quantizer | None = None  # one that ``TrainsItself`` replaces the optimizer
 
     def num_steps(self, num_examples: int) -> int:
         if self.steps > 0:
@@ -92,7 +94,9 @@ class LocalUpdate:
             "local-steps": float(total_steps),
         }
 
-    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+    def _optimizer(self, model: nn.Module) -> LocalOptimizer:
+        if isinstance(self.quantizer, TrainsItself):
+            return self.quantizer.local_optimizer(model, self.lr, self.weight_decay)
         ranges = set(range_parameter_names(model))
         named = list(model.named_parameters())
         groups = [
@@ -117,7 +121,8 @@ def run_layout(config: RunConfig, model: nn.Module) -> StateLayout:
 
 
 def round_local_update(config: RunConfig, server_round: int) -> LocalUpdate:
-    """Local training of ``server_round``: SGD at a constant lr, or AdamW with cosine decay."""
+    """Local training of ``server_round``: SGD at a constant lr, or AdamW with cosine decay (a
+    quantizer that ``TrainsItself`` takes the lr and weight decay for its own optimizer)."""
     lr = config.lr
     if config.optimizer == "adamw":
         lr = cosine_lr(config.lr, server_round, config.num_server_rounds)
@@ -128,6 +133,7 @@ def round_local_update(config: RunConfig, server_round: int) -> LocalUpdate:
         config.batch_size,
         config.local_epochs,
         config.local_steps,
+        build_quantizer(config),
     )
 
 

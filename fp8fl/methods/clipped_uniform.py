@@ -21,7 +21,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from fp8fl.methods.seams import (
     Option,
     State,
     StatelessAggregator,
+    one_of,
     states_and_weights,
 )
 from fp8fl.models.architectures import build_model
@@ -267,15 +268,6 @@ def _bits_problem(value: str) -> str | None:
     return None
 
 
-def _choice(key: str, choices: tuple[str, ...]) -> Any:
-    def check(value: str) -> str | None:
-        if value in ("", *choices):
-            return None
-        return f"{key} must be one of {', '.join(choices)}, got {value!r}"
-
-    return check
-
-
 BITS_OPTION = Option(
     "cq-bits", "", "bits per quantized layer: one B, or one per layer (4,2,2,4)", _bits_problem
 )
@@ -284,13 +276,13 @@ CODEC_OPTIONS = (
         "cq-rounding",
         "",
         "rounding on the wire: nearest or stochastic",
-        _choice("cq-rounding", ("nearest", "stochastic")),
+        one_of("cq-rounding", ("nearest", "stochastic"), preset=True),
     ),
     Option(
         "cq-downlink",
         "fp32",
         "downlink: fp32 (as the paper) or quantized (same codec, stochastic)",
-        _choice("cq-downlink", ("fp32", "quantized")),
+        one_of("cq-downlink", ("fp32", "quantized"), preset=True),
     ),
 )
 AVERAGE_OPTIONS = (
@@ -298,7 +290,7 @@ AVERAGE_OPTIONS = (
         "cq-average",
         "",
         "server average: inverse-mse or nk",
-        _choice("cq-average", ("inverse-mse", "nk")),
+        one_of("cq-average", ("inverse-mse", "nk"), preset=True),
     ),
     Option(
         "cq-mse-floor",
@@ -344,4 +336,5 @@ def cq_components(config: RunConfig) -> Components:
         codec="clipped-uniform",
         aggregator="inverse-mse" if config.option("cq-average") == "inverse-mse" else "average",
         downlink="clipped-uniform-down" if config.option("cq-downlink") == "quantized" else "fp32",
+        moving_average=config.option("moving-average"),
     )

@@ -305,4 +305,5 @@ def fp8_components(config: RunConfig) -> Components:
         quantizer="fp32" if config.qat == "none" else "minifloat-qat",
         codec="fp32" if config.wire == "fp32" else "minifloat",
         aggregator="server-optimize" if config.server_opt == "mse" else "average",
+        moving_average=config.option("moving-average"),
     )

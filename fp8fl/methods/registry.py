@@ -37,6 +37,18 @@ from fp8fl.methods.fp8 import (
     fp8_components,
     server_optimize_from,
 )
+from fp8fl.methods.lpt import AVERAGE_OPTIONS as LPT_AVERAGE_OPTIONS
+from fp8fl.methods.lpt import BITS_OPTION as LPT_BITS_OPTION
+from fp8fl.methods.lpt import CODEC_OPTIONS as LPT_CODEC_OPTIONS
+from fp8fl.methods.lpt import (
+    LINEAR_BLOCK_OPTION,
+    UniformAverage,
+    block_fp_codec_from,
+    block_fp_training_from,
+    lpt_components,
+    lpt_problems,
+)
+from fp8fl.methods.moving_average import MOVING_AVERAGE_OPTION, MovingAverage
 from fp8fl.methods.seams import Aggregator, Codec, Components, Option, Quantizer
 from fp8fl.numerics.quant import Rounding
 
@@ -87,6 +99,13 @@ QUANTIZERS: dict[str, ComponentEntry] = {
         options=(BITS_OPTION,),
         validate=layer_problems,
     ),
+    "block-fp-training": ComponentEntry(
+        block_fp_training_from,
+        "block floating-point local training, no FP32 master copy (Li et al., NeurIPS 2024)",
+        reads=("lr", "weight-decay"),
+        options=(LPT_BITS_OPTION, LINEAR_BLOCK_OPTION),
+        validate=lpt_problems,
+    ),
 }
 CODECS: dict[str, ComponentEntry] = {
     "fp32": ComponentEntry(lambda config: Float32Codec(), "float32 weights"),
@@ -105,6 +124,12 @@ CODECS: dict[str, ComponentEntry] = {
         downlink_codec_from,
         "the clipped-uniform codec with stochastic rounding, for a quantized downlink",
         reads=("cq-bits", "cq-downlink"),
+    ),
+    "block-fp": ComponentEntry(
+        block_fp_codec_from,
+        "b-bit block floating-point mantissas and int8 exponents (Li et al., NeurIPS 2024)",
+        reads=("lpt-bits",),
+        options=LPT_CODEC_OPTIONS,
     ),
 }
 AGGREGATORS: dict[str, ComponentEntry] = {
@@ -126,6 +151,11 @@ AGGREGATORS: dict[str, ComponentEntry] = {
         ),
         "per-layer inverse-MSE average (Bozorgasl & Chen, arXiv:2405.13365)",
         options=AVERAGE_OPTIONS,
+    ),
+    "uniform-average": ComponentEntry(
+        lambda config, quantized, codec: UniformAverage(),
+        "unweighted average (Li et al., NeurIPS 2024, the authors' code)",
+        options=LPT_AVERAGE_OPTIONS,
     ),
 }
 SERVER_LOOPS = ("sync",)
@@ -225,22 +255,47 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 
-def _cq(name: str, label: str, color: str, bits: str, rounding: str) -> MethodSpec:
-    settings = {"cq-bits": bits, "cq-rounding": rounding, "cq-average": "inverse-mse"}
-    reference = "Bozorgasl & Chen, arXiv:2405.13365"
-    return MethodSpec(name, label, color, reference, cq_components, settings, family="cq")
-
-
-METHODS.update(
-    (spec.name, spec)
-    for spec in (
-        _cq("cq8", "CQ 8-bit", "tab:olive", "8", "stochastic"),
-        _cq("cq4", "CQ 4-bit", "tab:orange", "4", "stochastic"),
-        _cq("cq4-det", "CQ 4-bit, det.", "tab:pink", "4", "nearest"),
-        _cq("cq2", "CQ 2-bit", "tab:cyan", "2", "stochastic"),
+def _presets(
+    family: str,
+    components: Callable[[RunConfig], Components],
+    reference: str,
+    keys: tuple[str, ...],
+    rows: tuple[tuple[str, ...], ...],
+) -> None:
+    """Register a family's presets, each row (name, label, colour, *values of ``keys``)."""
+    METHODS.update(
+        (
+            name,
+            MethodSpec(name, label, color, reference, components, dict(zip(keys, values)), family),
+        )
+        for name, label, color, *values in rows
     )
+
+
+_presets(
+    "cq",
+    cq_components,
+    "Bozorgasl & Chen, arXiv:2405.13365",
+    ("cq-bits", "cq-rounding", "cq-average"),
+    (
+        ("cq8", "CQ 8-bit", "tab:olive", "8", "stochastic", "inverse-mse"),
+        ("cq4", "CQ 4-bit", "tab:orange", "4", "stochastic", "inverse-mse"),
+        ("cq4-det", "CQ 4-bit, det.", "tab:pink", "4", "nearest", "inverse-mse"),
+        ("cq2", "CQ 2-bit", "tab:cyan", "2", "stochastic", "inverse-mse"),
+    ),
 )
-FAMILIES = {"fp8": "FP8", "cq": "clipped-uniform"}
+_presets(
+    "lpt",
+    lpt_components,
+    'Li et al., "Low Precision Local Training is Enough for FL", NeurIPS 2024',
+    ("lpt-bits", "lpt-ma-lambda"),
+    (
+        ("lpt8", "LPT-FL 8-bit", "darkgreen", "8", "0.9"),
+        ("lpt6", "LPT-FL 6-bit", "darkorange", "6", "0.9"),
+        ("lpt8-noma", "LPT-FL 8-bit, no MA", "slateblue", "8", "0"),
+    ),
+)
+FAMILIES = {"fp8": "FP8", "cq": "clipped-uniform", "lpt": "LPT-FL"}
 """Each family's name in messages."""
 CUSTOMS: dict[str, MethodSpec] = {
     "fp8": MethodSpec(
@@ -254,6 +309,14 @@ CUSTOMS: dict[str, MethodSpec] = {
         cq_components,
         family="cq",
     ),
+    "lpt": MethodSpec(
+        "lpt-custom",
+        "LPT-FL custom",
+        "tab:gray",
+        "LPT-FL settings no preset names",
+        lpt_components,
+        family="lpt",
+    ),
 }
 """Per family, the method of settings in a combination no preset names."""
 
@@ -262,8 +325,8 @@ OPTIONS: dict[str, Option] = {
     for table in (QUANTIZERS, CODECS, AGGREGATORS)
     for entry in table.values()
     for o in entry.options
-}
-"""Every component's own run-config keys."""
+} | {MOVING_AVERAGE_OPTION.key: MOVING_AVERAGE_OPTION}
+"""Every component's own run-config keys, and ``moving-average`` (any aggregator's wrapper)."""
 
 
 def method_spec(name: str) -> MethodSpec:
@@ -314,5 +377,7 @@ def build(config: RunConfig, quantized: tuple[str, ...]) -> Built:
     parts = config.components
     codec = build_codec(config)
     aggregator = AGGREGATORS[parts.aggregator].factory(config, quantized, codec)
+    if parts.moving_average > 0:
+        aggregator = MovingAverage(aggregator, parts.moving_average)
     downlink = build_downlink_codec(config)
     return Built(build_quantizer(config), codec, downlink, aggregator, parts.server_loop)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -29,9 +29,11 @@ __all__ = [
     "ClientUpdate",
     "Codec",
     "Components",
+    "LocalOptimizer",
     "Option",
     "Quantizer",
     "StatelessAggregator",
+    "TrainsItself",
     "states_and_weights",
 ]
 
@@ -52,6 +54,17 @@ class Option:
         return None if self.check is None else self.check(value)
 
 
+def one_of(key: str, choices: tuple[str, ...], preset: bool = False) -> Callable[[str], str | None]:
+    """An ``Option`` check: the value is one of ``choices`` (or "", the preset's, if ``preset``)."""
+
+    def check(value: str) -> str | None:
+        if value in choices or (preset and value == ""):
+            return None
+        return f"{key} must be one of {', '.join(choices)}, got {value!r}"
+
+    return check
+
+
 @dataclass(frozen=True)
 class Components:
     """The registered names of a method's quantizer, codec, aggregator and server loop."""
@@ -61,6 +74,7 @@ class Components:
     aggregator: str
     server_loop: str = "sync"
     downlink: str | None = None  # the downlink's codec, when it differs from the uplink's
+    moving_average: float = 0.0  # λ of a server moving average around the aggregator; 0 = none
 
     @property
     def downlink_codec(self) -> str:
@@ -95,6 +109,24 @@ class Quantizer(Protocol):
         ...
 
     def calibrate(self, model: nn.Module, batch: torch.Tensor) -> None: ...
+
+
+class LocalOptimizer(Protocol):
+    """The part of ``torch.optim.Optimizer`` that local training uses."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+
+    def step(self) -> None: ...
+
+
+@runtime_checkable
+class TrainsItself(Protocol):
+    """A quantizer that brings its own local step (e.g. low-precision training without an FP32
+    master copy); local training of other quantizers uses the run's optimizer."""
+
+    def local_optimizer(self, model: nn.Module, lr: float, weight_decay: float) -> LocalOptimizer:
+        """The optimizer of one round's local training of ``model`` (fresh state every round)."""
+        ...
 
 
 class Codec(Protocol):

@@ -7,6 +7,10 @@
 | ``resnet18``    | N×3×32×32 images                   | 11,173,962 (C=10), 11,220,132 (C=100)        |
 | ``matchboxnet`` | N×64×T MFCCs (features × frames)   | 77,859 (C=35), 74,892 (C=12); any T          |
 | ``kwt1``        | N×98×40 MFCCs (frames × features)  | 608,931 (C=35), 607,436 (C=12)               |
+| ``convnet``     | N×3×32×32 images                   | 320,010 (C=10), 504,420 (C=100)              |
+
+``convnet`` is the ConvNet of Li et al., "Low Precision Local Training is Enough for Federated
+Learning" (NeurIPS 2024), not one of Wang et al.'s.
 
 Every normalisation is per sample (GroupNorm, LayerNorm): BatchNorm's running statistics are
 estimated on each client's skewed data and do not average into the statistics of the
@@ -32,6 +36,7 @@ from fp8fl.models.attention import SelfAttention
 __all__ = [
     "KWT",
     "MODELS",
+    "ConvNet",
     "LeNet",
     "MatchboxNet",
     "build_model",
@@ -58,6 +63,29 @@ class LeNet(nn.Module):
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
         x = F.relu(self.fc1(x.flatten(1)))
         return self.fc3(F.relu(self.fc2(x)))
+
+
+class ConvNet(nn.Module):
+    """The ConvNet of Li et al. 2024 (LPT-FL): ``depth`` stages of conv3×3 (padding 1) →
+    GroupNorm(width, width) (instance norm) → ReLU → AvgPool2, then a linear classifier."""
+
+    def __init__(
+        self, num_classes: int, width: int = 128, depth: int = 3, channels: int = 3, size: int = 32
+    ) -> None:
+        super().__init__()
+        stages: list[nn.Module] = []
+        for i in range(depth):
+            stages += [
+                nn.Conv2d(channels if i == 0 else width, width, 3, padding=1),
+                nn.GroupNorm(width, width),
+                nn.ReLU(),
+                nn.AvgPool2d(2),
+            ]
+        self.features = nn.Sequential(*stages)
+        self.classifier = nn.Linear(width * (size >> depth) ** 2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
 
 
 def resnet18(num_classes: int, norm_groups: int = 2) -> ResNet:
@@ -223,6 +251,7 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "matchboxnet": MatchboxNet,
     "kwt1": kwt1,
+    "convnet": ConvNet,
 }
 MODELS: tuple[str, ...] = tuple(_BUILDERS)
 

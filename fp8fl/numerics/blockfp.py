@@ -60,6 +60,7 @@ __all__ = [
     "BFPQuant",
     "bfp_decode",
     "bfp_encode",
+    "bfp_encode_exact",
     "bfp_nbytes",
     "bfp_quantize",
     "block_layout",
@@ -263,8 +264,33 @@ def bfp_encode(
     bits, block, x = _check_bits(bits), _check_block(block), _check_input(x)
     with torch.no_grad():
         z, e = _quantize_blocks(x, bits, block, stochastic, generator)
-        codes = z.reshape(-1).add_(1 << (bits - 1))  # offset binary, in [0, 2^b)
-        codes = codes.to(torch.uint8 if bits <= 8 else torch.int64).cpu().numpy()
+        return _encoded(z, e, bits)
+
+
+def bfp_encode_exact(x: torch.Tensor, bits: int, block: str) -> tuple[np.ndarray, np.ndarray]:
+    """``bfp_encode`` of a tensor that is already representable (``on_grid``), without rounding:
+    each block takes the exponent that represents it, e0 or e0 − 1 (a block whose most negative
+    value is −2^e0, which Q produces, needs e0 − 1, where re-quantizing would lose its last bit).
+    Raises ValueError when ``x`` is not representable."""
+    bits, block, x = _check_bits(bits), _check_block(block), _check_input(x)
+    blocks, size = block_layout(x.shape, block)
+    peaks = _block_peaks(x, blocks, size)
+    _check_finite(x, peaks)
+    with torch.no_grad():
+        e0 = _shared_exponents(peaks)
+        z = x.to(torch.float64).reshape(blocks, size)
+        at_e0 = _fits(z, e0, bits)
+        below = _fits(z, e0 - 1, bits) & (e0 > EXP_MIN)
+        if not bool((at_e0 | below).all()):
+            raise ValueError(f"x is not on the {bits}-bit {block!r} block floating-point grid")
+        e = torch.where(at_e0, e0, e0 - 1)
+        return _encoded(z * _pow2(bits - 2 - e).unsqueeze(1), e, bits)
+
+
+def _encoded(z: torch.Tensor, e: torch.Tensor, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """The wire form of integer mantissas ``z`` (overwritten) and exponents ``e``."""
+    codes = z.reshape(-1).add_(1 << (bits - 1))  # offset binary, in [0, 2^b)
+    codes = codes.to(torch.uint8 if bits <= 8 else torch.int64).cpu().numpy()
     return _pack_mantissas(codes, bits), e.cpu().numpy().astype(np.int8)
 
 

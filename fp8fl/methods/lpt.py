@@ -1,0 +1,320 @@
+"""Low precision local training (Li et al., "Low Precision Local Training is Enough for Federated
+Learning", NeurIPS 2024; code digbangbang/LPT-FL) as components.
+
+* quantizer ``block-fp-training``: SWALP-style block floating point (``fp8fl.numerics.blockfp``)
+  with no FP32 master copy. In training mode the input and output of every conv/linear are put on
+  a per-tensor grid, forward (activations) and backward (errors), stochastically; each local step
+  quantizes the gradients, takes an FP32 Adam step (moments FP32, fresh every round) and puts the
+  weights back on their grid with stochastic rounding. Every parameter is quantized: conv weights
+  one exponent per kernel, Linear weights one per element (``lpt-linear-block = "element"``, what
+  the authors' code does in effect) or per output row (``"row"``), 1-D tensors one per tensor.
+  Evaluation (eval mode) runs in FP32, as the paper evaluates w̄.
+* codec ``block-fp``: per parameter the b-bit mantissas (packed) and int8 exponents; weights already
+  on the grid are coded exactly, others (the downlink's w̄) with stochastic rounding.
+* aggregator ``uniform-average``: the unweighted mean of the clients' weights, as the authors'
+  code (``lpt-average = "nk"``: the n_k average); the presets wrap it in the server moving average
+  of ``fp8fl.methods.moving_average`` (``lpt-ma-lambda``, λ = 0.9).
+
+The optimizer is Adam whatever the run's ``optimizer`` says; its lr and weight decay are the run's
+``lr`` and ``weight-decay`` (the paper: lr 1e-3, batch 32, one local epoch — pass them as run-config
+keys, the presets set only the method's own keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from fp8fl.federated.aggregation import weighted_average
+from fp8fl.methods.moving_average import lambda_problem
+from fp8fl.methods.seams import (
+    Aggregate,
+    ArraySpec,
+    ClientUpdate,
+    Components,
+    Option,
+    State,
+    StatelessAggregator,
+    one_of,
+)
+from fp8fl.numerics.blockfp import (
+    BFPQuant,
+    bfp_decode,
+    bfp_encode,
+    bfp_encode_exact,
+    bfp_quantize,
+    block_layout,
+)
+from fp8fl.numerics.codec import packed_length
+
+if TYPE_CHECKING:
+    from fp8fl.federated.config import RunConfig
+
+__all__ = [
+    "AVERAGE_OPTIONS",
+    "BITS_OPTION",
+    "CODEC_OPTIONS",
+    "LINEAR_BLOCK_OPTION",
+    "BlockFPCodec",
+    "BlockFPTraining",
+    "LowPrecisionAdam",
+    "UniformAverage",
+    "lpt_components",
+    "parameter_blocks",
+    "weight_block",
+]
+
+BITS = (2, 16)
+LINEAR_BLOCKS = ("element", "row")
+
+
+def weight_block(shape: Sequence[int], linear_block: str) -> str:
+    """The block of a parameter: "kernel" for conv weights, ``linear_block`` for Linear weights,
+    one per tensor for 1-D tensors (biases, norm scales)."""
+    if len(shape) > 2:
+        return "kernel"
+    return linear_block if len(shape) == 2 else "tensor"
+
+
+def parameter_blocks(
+    shapes: Mapping[str, tuple[int, ...]], linear_block: str
+) -> dict[str, tuple[str, int, int]]:
+    """Per tensor: its block, number of blocks and values per block."""
+    out = {}
+    for name, shape in shapes.items():
+        block = weight_block(shape, linear_block)
+        out[name] = (block, *block_layout(shape, block))
+    return out
+
+
+# ---------------------------------------------------------------------------- quantizer
+def _quantize_input(quant: BFPQuant) -> Any:
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+        return (quant(args[0]), *args[1:]) if module.training else None
+
+    return hook
+
+
+def _quantize_output(quant: BFPQuant) -> Any:
+    def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor | None:
+        return quant(output) if module.training else None
+
+    return hook
+
+
+class LowPrecisionAdam:
+    """Adam on block-FP weights without an FP32 master copy: Q(g), FP32 step, w ← Q(w) (SWALP, as
+    Li et al. 2024 train each client). Rounding is stochastic from torch's global generator, which
+    the client seeds per round and partition."""
+
+    def __init__(
+        self, model: nn.Module, bits: int, linear_block: str, lr: float, weight_decay: float
+    ) -> None:
+        self.bits = bits
+        self.params = [(p, weight_block(p.shape, linear_block)) for p in model.parameters()]
+        self.adam = torch.optim.Adam([p for p, _ in self.params], lr=lr, weight_decay=weight_decay)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.adam.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for p, block in self.params:
+            if p.grad is not None:
+                p.grad.copy_(bfp_quantize(p.grad, self.bits, block, stochastic=True))
+        self.adam.step()
+        for p, block in self.params:
+            p.copy_(bfp_quantize(p, self.bits, block, stochastic=True))
+
+
+@dataclass(frozen=True)
+class BlockFPTraining:
+    """Low precision local training on the b-bit block floating-point grid (see the module)."""
+
+    bits: int
+    linear_block: str
+    name: ClassVar[str] = "block-fp-training"
+    calibrates: ClassVar[bool] = False
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Hooks quantizing the input and output (activations and errors) of every conv/linear in
+        training mode; no state entry changes."""
+        quant = BFPQuant(self.bits, self.bits, stochastic=True)
+        layers = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+        if not layers:
+            raise ValueError("model has no nn.Conv1d, nn.Conv2d or nn.Linear to quantize")
+        for module in layers:
+            module.register_forward_pre_hook(_quantize_input(quant))
+            module.register_forward_hook(_quantize_output(quant))
+        return model
+
+    def quantized_names(self, model: nn.Module) -> list[str]:
+        names = {n for n, _ in model.named_parameters()}
+        return [k for k in model.state_dict(keep_vars=True) if k in names]
+
+    def calibrate(self, model: nn.Module, batch: torch.Tensor) -> None:
+        raise TypeError("block floating-point training has no ranges to calibrate")
+
+    def local_optimizer(self, model: nn.Module, lr: float, weight_decay: float) -> LowPrecisionAdam:
+        return LowPrecisionAdam(model, self.bits, self.linear_block, lr, weight_decay)
+
+
+# ---------------------------------------------------------------------------- codec
+@dataclass(frozen=True)
+class BlockFPCodec:
+    """Per tensor: b-bit offset-binary mantissas (packed densely, each tensor from a byte boundary)
+    and one int8 exponent per block. Weights on the grid are coded exactly; others are rounded
+    stochastically (the downlink's w̄, as the paper sends Q(w̄))."""
+
+    bits: int
+    linear_block: str
+    name: ClassVar[str] = "block-fp"
+
+    def _layout(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[str, int, int]]:
+        return parameter_blocks(shapes, self.linear_block)
+
+    def array_specs(self, shapes: Mapping[str, tuple[int, ...]]) -> list[ArraySpec]:
+        blocks = self._layout(shapes).values()
+        return [
+            ArraySpec(
+                "mantissas",
+                np.dtype(np.uint8),
+                sum(packed_length(n * s, self.bits) for _, n, s in blocks),
+            ),
+            ArraySpec("exponents", np.dtype(np.int8), sum(n for _, n, _ in blocks)),
+        ]
+
+    def encode(
+        self, weights: Mapping[str, torch.Tensor], state: State, generator: torch.Generator | None
+    ) -> list[np.ndarray]:
+        mantissas, exponents = [np.empty(0, np.uint8)], [np.empty(0, np.int8)]
+        for w in weights.values():
+            x = w.detach().float().cpu()
+            block = weight_block(x.shape, self.linear_block)
+            try:
+                stream, exps = bfp_encode_exact(x, self.bits, block)
+            except ValueError:  # not on the grid (or not finite: bfp_encode names that)
+                stream, exps = bfp_encode(x, self.bits, block, True, generator)
+            mantissas.append(stream)
+            exponents.append(exps)
+        return [np.concatenate(mantissas), np.concatenate(exponents)]
+
+    def decode(
+        self, arrays: Sequence[np.ndarray], shapes: Mapping[str, tuple[int, ...]], state: State
+    ) -> State:
+        stream, exps = arrays
+        out, offset, first = {}, 0, 0
+        for name, (block, blocks, size) in self._layout(shapes).items():
+            length = packed_length(blocks * size, self.bits)
+            try:
+                out[name] = bfp_decode(
+                    stream[offset : offset + length],
+                    exps[first : first + blocks],
+                    shapes[name],
+                    self.bits,
+                    block,
+                )
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
+            offset, first = offset + length, first + blocks
+        return out
+
+
+# ---------------------------------------------------------------------------- aggregator
+class UniformAverage(StatelessAggregator):
+    """The unweighted mean of the decoded client states (the authors' code)."""
+
+    name: ClassVar[str] = "uniform-average"
+
+    def aggregate(
+        self, global_state: State, updates: Sequence[ClientUpdate], server_round: int
+    ) -> Aggregate:
+        return Aggregate(weighted_average([u.state for u in updates], [1] * len(updates)))
+
+
+# ---------------------------------------------------------------------------- options
+def _bits_problem(value: str) -> str | None:
+    if value == "":
+        return None  # taken from the method's preset
+    low, high = BITS
+    if not value.isdigit() or not low <= int(value) <= high:
+        return f"lpt-bits must be an integer in {low}..{high} (sign included), got {value!r}"
+    return None
+
+
+def _lambda_problem(value: str) -> str | None:
+    if value == "":
+        return None
+    try:
+        lam = float(value)
+    except ValueError:
+        return f"lpt-ma-lambda must be a number in [0, 1), got {value!r}"
+    return lambda_problem("lpt-ma-lambda", lam)
+
+
+BITS_OPTION = Option(
+    "lpt-bits", "", "bits per value of the block floating-point grid, sign included", _bits_problem
+)
+LINEAR_BLOCK_OPTION = Option(
+    "lpt-linear-block",
+    "element",
+    "exponents of a Linear weight: one per element (the authors' code) or per output row",
+    one_of("lpt-linear-block", LINEAR_BLOCKS),
+)
+CODEC_OPTIONS = (
+    LINEAR_BLOCK_OPTION,
+    Option(
+        "lpt-downlink",
+        "fp32",
+        "downlink: fp32 (the authors' code) or bfp (Q(w̄), stochastic, as the paper describes)",
+        one_of("lpt-downlink", ("fp32", "bfp")),
+    ),
+)
+AVERAGE_OPTIONS = (
+    Option(
+        "lpt-average",
+        "uniform",
+        "server average: uniform (the authors' code) or nk",
+        one_of("lpt-average", ("uniform", "nk")),
+    ),
+    Option(
+        "lpt-ma-lambda",
+        "",
+        "λ of the server moving average w̄ ← λ·w̄ + (1 − λ)·w_agg (0 = none)",
+        _lambda_problem,
+    ),
+)
+
+
+def lpt_problems(config: RunConfig) -> list[str]:
+    """The grid needs its bits (a preset's or given); the moving average is ``lpt-ma-lambda``."""
+    p = []
+    if config.option("lpt-bits") == "":
+        p.append("lpt-bits must be set (e.g. 8) for an LPT-FL method without a preset")
+    if config.option("moving-average") > 0:
+        p.append("moving-average applies to the other methods: LPT-FL uses lpt-ma-lambda")
+    return p
+
+
+def block_fp_training_from(config: RunConfig) -> BlockFPTraining:
+    return BlockFPTraining(int(config.option("lpt-bits")), config.option("lpt-linear-block"))
+
+
+def block_fp_codec_from(config: RunConfig) -> BlockFPCodec:
+    return BlockFPCodec(int(config.option("lpt-bits")), config.option("lpt-linear-block"))
+
+
+def lpt_components(config: RunConfig) -> Components:
+    """The LPT-FL components; ``lpt-average``, ``lpt-downlink`` and ``lpt-ma-lambda`` choose."""
+    return Components(
+        quantizer="block-fp-training",
+        codec="block-fp",
+        aggregator="uniform-average" if config.option("lpt-average") == "uniform" else "average",
+        downlink="block-fp" if config.option("lpt-downlink") == "bfp" else "fp32",
+        moving_average=float(config.option("lpt-ma-lambda") or 0.0),
+    )
