@@ -52,9 +52,13 @@ def kill_after_round(config, run_dir: Path, last_round: int, timeout_s: float = 
     return load_checkpoint(run_dir).round
 
 
-def test_killed_run_resumes_to_the_same_model_accuracy_and_ledger(tmp_path):
-    _, reference = simulate(tiny_config(tmp_path / "ref", num_server_rounds=4, run_name="run"))
-    config = tiny_config(tmp_path / "crash", num_server_rounds=4, run_name="run")
+@pytest.mark.parametrize("method", ["uq", "lpt8"])  # lpt8: a moving average whose state resumes
+def test_killed_run_resumes_to_the_same_model_accuracy_and_ledger(tmp_path, method):
+    reference_config = tiny_config(
+        tmp_path / "ref", method=method, num_server_rounds=4, run_name="run"
+    )
+    _, reference = simulate(reference_config)
+    config = tiny_config(tmp_path / "crash", method=method, num_server_rounds=4, run_name="run")
     run_dir = tmp_path / "crash" / "run"
     assert kill_after_round(config, run_dir, last_round=2) == 2
     assert not (run_dir / "summary.json").exists()
