@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fp8fl.federated.aggregation import weighted_average
@@ -41,6 +40,7 @@ from fp8fl.methods.seams import (
     states_and_weights,
 )
 from fp8fl.models.architectures import build_model
+from fp8fl.models.qat import ConvOp, LinearOp
 from fp8fl.numerics.codec import packed_length
 from fp8fl.numerics.uniform import (
     MAX_BITS,
@@ -118,21 +118,15 @@ class _UniformWeightLayer(nn.Module, ABC):
         """The wrapped layer's operation with the given (quantized) weight and its own bias."""
 
 
-class UQLinear(_UniformWeightLayer, nn.Linear):
-    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, weight, self.bias)
-
-
-class _UQConv(_UniformWeightLayer):
-    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, weight, self.bias)  # type: ignore[attr-defined]
-
-
-class UQConv1d(_UQConv, nn.Conv1d):
+class UQLinear(LinearOp, _UniformWeightLayer, nn.Linear):
     pass
 
 
-class UQConv2d(_UQConv, nn.Conv2d):
+class UQConv1d(ConvOp, _UniformWeightLayer, nn.Conv1d):
+    pass
+
+
+class UQConv2d(ConvOp, _UniformWeightLayer, nn.Conv2d):
     pass
 
 

@@ -60,6 +60,8 @@ from fp8fl.numerics.quant import fake_quant
 __all__ = [
     "MIN_RANGE",
     "ROUNDINGS",
+    "ConvOp",
+    "LinearOp",
     "QATModule",
     "QConv1d",
     "QConv2d",
@@ -171,21 +173,34 @@ class _WeightLayer(QATModule, ABC):
         """The wrapped layer's operation with the given (quantized) weight and its own bias."""
 
 
-class QLinear(_WeightLayer, nn.Linear):
+class LinearOp:
+    """``apply_weight`` of an ``nn.Linear``: its operation with a given weight and its own bias
+    (shared by every weight-quantizing layer class, QAT here and other methods' quantizers)."""
+
+    bias: nn.Parameter | None
+
     def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(x, weight, self.bias)
 
 
-class _QConv(_WeightLayer):
+class ConvOp:
+    """``apply_weight`` of an ``nn.Conv1d`` / ``nn.Conv2d`` (its padding, stride and bias)."""
+
+    bias: nn.Parameter | None
+
     def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, weight, self.bias)  # type: ignore[attr-defined]
 
 
-class QConv1d(_QConv, nn.Conv1d):
+class QLinear(LinearOp, _WeightLayer, nn.Linear):
     pass
 
 
-class QConv2d(_QConv, nn.Conv2d):
+class QConv1d(ConvOp, _WeightLayer, nn.Conv1d):
+    pass
+
+
+class QConv2d(ConvOp, _WeightLayer, nn.Conv2d):
     pass
 
 
