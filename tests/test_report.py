@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from experiments.reporting.report import main, write_report
-from experiments.reporting.runs import find_runs, group_settings
+from experiments.reporting.runs import METHOD_LABELS, find_runs, group_settings
 from tests.presets import PAPER_PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -326,3 +326,26 @@ def test_module_entry_point(tmp_path):
         check=False,
     )
     assert result.returncode == 1 and "no finished run" in result.stderr
+
+
+def test_lossless_and_mixed_runs_are_methods_of_their_own_in_the_same_setting():
+    """A lossless or mixed-format run is compared beside the plain methods of its setting (same
+    FP32 baseline), under a name and label that say what modifies it."""
+    from experiments.reporting.runs import _method_order, method_label
+
+    assert method_label("uq") == METHOD_LABELS["uq"]
+    assert method_label("uq+lossless") == METHOD_LABELS["uq"] + " + lossless"
+    assert method_label("uq[fp32:0.3,e4m3:0.7]+lossless") == (
+        METHOD_LABELS["uq"] + " mixed(fp32:0.3,e4m3:0.7) + lossless"
+    )
+    ordered = sorted(["bq", "uq+lossless", "fp32", "uq"], key=_method_order)
+    assert ordered == ["fp32", "uq", "uq+lossless", "bq"]
+
+
+def test_a_lossless_run_joins_the_setting_of_its_plain_twin(tmp_path):
+    write_run(tmp_path, "fp32", 0, [0.1, 0.2, 0.3, 0.4])
+    write_run(tmp_path, "uq", 0, [0.1, 0.2, 0.3, 0.4])
+    write_run(tmp_path, "uq", 0, [0.1, 0.2, 0.3, 0.4], name="uq-ll-s0", lossless=True)
+    (setting,) = group_settings(find_runs([tmp_path]).runs)
+    assert list(setting.methods) == ["fp32", "uq", "uq+lossless"]
+    assert setting.methods["uq+lossless"].label == METHOD_LABELS["uq"] + " + lossless"

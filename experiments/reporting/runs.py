@@ -49,6 +49,7 @@ __all__ = [
     "Setting",
     "find_runs",
     "group_settings",
+    "method_label",
 ]
 
 Key = tuple[tuple[str, Any], ...]
@@ -84,11 +85,26 @@ NOT_SETTING = frozenset(
         "data-root",
         "device",
         "resume",
+        *("lossless", "client-formats"),  # they modify the method: part of its name (Run.method)
     }
 )
 SERVER_OPT_KEYS = frozenset({"server-opt-steps", "server-opt-lrs", "server-opt-grid"})
 LABELLED_KEYS = frozenset({"task", "model", "split", "dirichlet-alpha"})
 INCOMPLETE = re.compile(r"-incomplete-\d+$")
+LOSSLESS_SUFFIX = "+lossless"
+MODIFIED = re.compile(r"^(?P<base>.+?)(?:\[(?P<formats>[^\]]*)\])?(?P<lossless>\+lossless)?$")
+
+
+def method_label(method: str) -> str:
+    """A method's label: its registered label, with the lossless stage and client formats."""
+    if method in METHOD_LABELS:
+        return METHOD_LABELS[method]
+    parts = MODIFIED.match(method)
+    assert parts is not None  # the pattern matches every non-empty name
+    label = METHOD_LABELS.get(parts["base"], parts["base"])
+    if parts["formats"]:
+        label += f" mixed({parts['formats']})"
+    return label + (" + lossless" if parts["lossless"] else "")
 
 
 # ---------------------------------------------------------------------------- runs
@@ -114,12 +130,16 @@ class Run:
 
     @property
     def method(self) -> str:
-        """The run-config method; a ``custom`` one is told apart by its three switches."""
+        """The run-config method; a ``custom`` one is told apart by its three switches. The lossless
+        stage and mixed client formats are suffixes (``uq+lossless``, ``uq[fp32:0.3,e4m3:0.7]``), so
+        such a run is a method of its own beside the plain one, in the same setting."""
         method = self.config["method"]
-        if method != "custom":
-            return method
-        switches = "/".join(str(self.config.get(k)) for k in ("qat", "wire", "server-opt"))
-        return f"custom({switches})"
+        if method == "custom":
+            switches = "/".join(str(self.config.get(k)) for k in ("qat", "wire", "server-opt"))
+            method = f"custom({switches})"
+        if formats := self.config.get("client-formats"):
+            method += f"[{formats}]"
+        return method + (LOSSLESS_SUFFIX if self.config.get("lossless") else "")
 
     @property
     def key(self) -> Key:
@@ -240,7 +260,7 @@ class MethodResult:
 
     @property
     def label(self) -> str:
-        return METHOD_LABELS.get(self.method, self.method)
+        return method_label(self.method)
 
 
 @dataclass(frozen=True)
@@ -286,8 +306,11 @@ class Setting:
 
 
 def _method_order(method: str) -> tuple[int, str]:
+    """Registry order, each modified method (lossless, mixed formats) right after its base."""
     names = list(METHOD_LABELS)
-    return (names.index(method) if method in names else len(names), method)
+    parts = MODIFIED.match(method)
+    base = method if method in names or parts is None else parts["base"]
+    return (names.index(base) if base in names else len(names), method)
 
 
 def _results(runs: Sequence[Run]) -> dict[str, MethodResult]:
