@@ -1,7 +1,9 @@
 """The README's deployment path (``fp8fl-deploy``): a SuperLink and SuperNodes on loopback talking
-gRPC (Flower's Fleet API) over TLS, two rounds of the real app through ``flwr run``, then nothing
-left running and every port free again. All of it under the test's ``tmp_path``: ``flwr-home/``
-(FLWR_HOME), ``deployment/`` (state, certificates, process logs), ``<command>.out``."""
+gRPC (Flower's Fleet API) over TLS with SuperNode authentication, SuperNodes that were not
+registered refused, two rounds of the real app through ``flwr run`` on the registered ones, then
+nothing left running and every port free again. All of it under the test's ``tmp_path``:
+``flwr-home/`` (FLWR_HOME), ``deployment/`` (state, certificates, keys, process logs),
+``<command>.out``, ``stranger-*.log``."""
 
 import json
 import os
@@ -17,6 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from experiments.cli.deploy import activated, free_ports, make_node_key
+from experiments.cli.flwr_cli import flower_env
 
 pytestmark = pytest.mark.integration  # starts Ray, Flower or TLS processes
 
@@ -71,6 +76,26 @@ def tls_version(port: int, ca: Path) -> str:
         return tls.version()
 
 
+def stranger(tmp_path: Path, state: dict, name: str, *key_args: str) -> subprocess.Popen:
+    """A SuperNode that ``up`` did not register, trusting our CA, aimed at the Fleet API; its
+    output goes to ``stranger-<name>.log``."""
+    argv = [
+        "flower-supernode",
+        "--root-certificates",
+        str(tmp_path / "deployment" / "certs" / "ca.crt"),
+        *key_args,
+        "--superlink",
+        f"127.0.0.1:{state['ports']['fleet']}",
+        "--port",
+        str(free_ports(1)[0]),
+        "--node-config",
+        "partition-id=0 num-partitions=2",
+    ]
+    env = flower_env(tmp_path / "flwr-home")  # the venv's `bin` first: SuperExec, ClientApp
+    with (tmp_path / f"stranger-{name}.log").open("w") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
 def leftovers(tmp_path: Path, ports: list[int]) -> str:
     """Processes whose command line names ``tmp_path`` or one of the deployment's addresses."""
     addresses = [rf"127\.0\.0\.1:{port}([^0-9]|$)" for port in ports]
@@ -120,22 +145,41 @@ def deployment(tmp_path: Path, *up_args: str) -> Iterator[dict]:
     assert not [port for port in ports if listening(port)]
 
 
-def test_tls_deployment_runs_two_rounds_and_stops_every_process(tmp_path):
-    certs, results = tmp_path / "deployment" / "certs", tmp_path / "results"
+def test_tls_deployment_refuses_strangers_runs_two_rounds_and_stops_every_process(tmp_path):
+    workdir, results = tmp_path / "deployment", tmp_path / "results"
+    certs, keys = workdir / "certs", workdir / "keys"
     pyproject_before = (ROOT / "pyproject.toml").read_bytes()
     with deployment(tmp_path, "--supernodes", "2") as state:
         ports = set(state["ports"].values())
         assert len(ports) == 4  # Fleet API, SuperLink HTTP API, one per SuperNode
         assert not ports & {39091, 39093}  # a local simulation SuperLink's
-        assert [(certs / key).stat().st_mode & 0o777 for key in ("ca.key", "server.key")] == [
-            0o600,
-            0o600,
-        ]
+        secrets = [certs / "ca.key", certs / "server.key", *sorted(keys.glob("*.key"))]
+        assert [path.stat().st_mode & 0o777 for path in secrets] == [0o600] * 4
         assert tls_version(state["ports"]["fleet"], certs / "ca.crt").startswith("TLS")
         assert connection(tmp_path) == {
             "address": state["address"],
             "root-certificates": str(certs / "ca.crt"),
         }
+        superlink, *supernodes = state["processes"]
+        assert state["supernode_auth"] and "--enable-supernode-auth" in superlink["argv"]
+        registered = sorted(node["node_id"] for node in supernodes)
+        assert sorted(activated(superlink)) == registered and len(set(registered)) == 2
+
+        # Two SuperNodes nobody registered, with a key of their own or none (self-registration),
+        # each with Flower's refusal in its log.
+        make_node_key(tmp_path / "stranger.key")
+        key_args = ["--auth-supernode-private-key", str(tmp_path / "stranger.key")]
+        strangers = {
+            "unregistered-key": (
+                stranger(tmp_path, state, "unregistered-key", *key_args),
+                "Failed to activate SuperNode",
+            ),
+            "no-key": (stranger(tmp_path, state, "no-key"), "All SuperNodes must be registered"),
+        }
+        for name, (process, refusal) in strangers.items():
+            exit_code = process.wait(timeout=120)  # refused: it exits, no retry loop
+            log = (tmp_path / f"stranger-{name}.log").read_text(errors="replace")
+            assert exit_code != 0 and refusal in log, log
 
         ran = deploy(tmp_path, "run", "--run-config", RUN_CONFIG.format(results), timeout=300)
         rounds_file = results / "deploy-test" / "rounds.jsonl"
@@ -145,11 +189,18 @@ def test_tls_deployment_runs_two_rounds_and_stops_every_process(tmp_path):
         assert [r["clients_ok"] for r in rounds[1:]] == [2, 2]
         summary = json.loads((results / "deploy-test" / "summary.json").read_text())
         assert summary["rounds"] == 2 and summary["total_bytes"] == rounds[-1]["cum_bytes"]
+        # Tasks went to the registered SuperNodes only; the strangers never joined.
+        assert sorted(activated(superlink)) == registered
+        for node in supernodes:
+            assert "Receiving: train message" in Path(node["log"]).read_text(errors="replace")
+        for name in strangers:
+            assert "Receiving:" not in (tmp_path / f"stranger-{name}.log").read_text()
     assert (ROOT / "pyproject.toml").read_bytes() == pyproject_before
 
 
 def test_insecure_mode_only_behind_its_flag(tmp_path):
     with deployment(tmp_path, "--insecure", "--supernodes", "1") as state:
         assert state["tls"] is False and not (tmp_path / "deployment" / "certs").exists()
+        assert state["supernode_auth"] is False and not (tmp_path / "deployment" / "keys").exists()
         assert all("--insecure" in process["argv"] for process in state["processes"])
         assert connection(tmp_path) == {"address": state["address"], "insecure": True}

@@ -8,9 +8,13 @@ talking gRPC (Flower's Fleet API) over TLS, then ``flwr run . deployment``.
 * ``certs``: a local CA (``ca.crt``, ``ca.key``) and a server certificate (``server.crt``,
   ``server.key``) for 127.0.0.1 and localhost signed by it (openssl);
 * ``up``: the SuperLink (Fleet API and HTTP Control/Runtime API) and N SuperNodes, each with its own
-  Runtime API port and its partition through ``--node-config``, all on free loopback ports. TLS
-  unless ``--insecure``. The connection goes into ``$FLWR_HOME/config.toml`` as ``deployment``;
-  pids, ports and log files into ``<workdir>/deployment.json``;
+  Runtime API port and its partition through ``--node-config``, all on free loopback ports. TLS and
+  SuperNode authentication unless ``--insecure``: an EC key pair per SuperNode
+  (``<workdir>/keys/supernode-<i>.key`` and ``.key.pub``, made on first use), each public key
+  registered with ``flwr supernode register`` before its SuperNode starts, so that the SuperLink
+  (``--enable-supernode-auth``) admits no other. ``up`` returns once both SuperLink APIs answer
+  over TLS and every SuperNode has joined. The connection goes into ``$FLWR_HOME/config.toml`` as
+  ``deployment``; pids, ports, node ids and log files into ``<workdir>/deployment.json``;
 * ``run``: ``flwr run . deployment --stream`` plus the given arguments;
 * ``down``: SIGTERM to every process of the deployment, SIGKILL after a grace period.
 
@@ -22,18 +26,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import re
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.cli.constant import LOCAL_CONTROL_API_PORT, LOCAL_SUPERLINK_HTTP_API_PORT
 from flwr.cli.flower_config import write_superlink_connection
 from flwr.cli.typing import SuperLinkConnection
@@ -128,6 +137,57 @@ def make_certs(out: Path, days: int = 365) -> None:
         (out / key).chmod(0o600)
 
 
+# ---- SuperNode keys -----------------------------------------------------------------------------
+
+
+def make_node_key(private: Path) -> Path:
+    """An EC P-384 key pair for SuperNode authentication in the OpenSSH format Flower reads (as
+    ``ssh-keygen -t ecdsa -b 384`` makes): ``private`` (mode 600, in a folder mode 700) and
+    ``<private>.pub``; an existing pair is kept. Returns the public key's path."""
+    public = private.with_name(private.name + ".pub")
+    if private.exists() and public.exists():
+        return public
+    private.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = ec.generate_private_key(ec.SECP384R1())
+    secret = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    with contextlib.suppress(FileNotFoundError):
+        private.unlink()  # a private key without its public half: replaced
+    with os.fdopen(os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+        out.write(secret)
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        + b"\n"
+    )
+    return public
+
+
+def register_node(name: str, public_key: Path, env: dict[str, str]) -> int:
+    """``flwr supernode register <public_key> deployment --name <name>`` (the connection must be
+    written already); returns the node id the SuperLink gave it."""
+    command = ["flwr", "supernode", "register", str(public_key), CONNECTION, "--name", name]
+    done = subprocess.run(
+        [*command, "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    try:
+        return int(json.loads(done.stdout)["node-id"])
+    except (ValueError, KeyError, TypeError):
+        raise DeployError(
+            f"flwr supernode register {public_key} failed (exit {done.returncode}):\n"
+            f"{done.stdout}{done.stderr}"
+        ) from None
+
+
 # ---- processes ----------------------------------------------------------------------------------
 
 
@@ -148,10 +208,37 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((HOST, port)) == 0
+def client_tls(certs: Path, protocol: str) -> ssl.SSLContext:
+    """A client's TLS context that trusts only our CA and offers ``protocol`` (ALPN)."""
+    context = ssl.create_default_context(cafile=certs / "ca.crt")
+    context.set_alpn_protocols([protocol])
+    return context
+
+
+def fleet_problem(port: int, certs: Path | None) -> str | None:
+    """Why the Fleet API does not answer yet (no connection; with ``certs``, no completed TLS
+    handshake with a certificate our CA vouches for), None once it does."""
+    try:
+        with socket.create_connection((HOST, port), timeout=2) as raw:
+            if certs is not None:
+                with client_tls(certs, "h2").wrap_socket(raw, server_hostname=HOST):
+                    pass
+    except OSError as err:
+        return f"Fleet API {HOST}:{port}: {err!r}"
+    return None
+
+
+def http_problem(port: int, certs: Path | None) -> str | None:
+    """Why the SuperLink's HTTP Control/Runtime API does not answer ``GET /health`` with 200 yet
+    (with ``certs``: over TLS, verified against our CA), None once it does."""
+    tls = None if certs is None else client_tls(certs, "http/1.1")
+    url = f"{'http' if tls is None else 'https'}://{HOST}:{port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=tls) as response:
+            status = response.status
+    except (OSError, http.client.HTTPException) as err:  # refused, reset, TLS, HTTP error, junk
+        return f"GET {url}: {err!r}"
+    return None if status == 200 else f"GET {url}: HTTP {status}"
 
 
 def start_time(pid: int) -> int | None:
@@ -194,12 +281,12 @@ def log_tail(record: dict, lines: int = 30) -> str:
 
 
 def wait_until(
-    ready: Callable[[], bool], what: str, records: list[dict], timeout_s: float = 60
+    problem: Callable[[], str | None], what: str, records: list[dict], timeout_s: float = 60
 ) -> None:
-    """Until ``ready()``; fails at once, with its log, if a process exits, and with every log after
-    ``timeout_s``."""
+    """Until ``problem()`` (what is still missing) is None; fails at once, with its log, if a
+    process exits, and with the last problem and every log after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    while not ready():
+    while (missing := problem()) is not None:
         for record in records:
             if start_time(record["pid"]) is None:
                 raise DeployError(
@@ -207,14 +294,16 @@ def wait_until(
                 )
         if time.monotonic() > deadline:
             raise DeployError(
-                f"no {what} after {timeout_s:.0f} s\n" + "\n".join(log_tail(r) for r in records)
+                f"no {what} after {timeout_s:.0f} s; last: {missing}\n"
+                + "\n".join(log_tail(r) for r in records)
             )
         time.sleep(0.2)
 
 
-def activated(superlink: dict) -> int:
-    """How many SuperNodes have joined, by the SuperLink's log."""
-    return Path(superlink["log"]).read_text(errors="replace").count(ACTIVATED)
+def activated(superlink: dict) -> list[int]:
+    """The node ids of the SuperNodes that have joined, by the SuperLink's log."""
+    log = Path(superlink["log"]).read_text(errors="replace")
+    return [int(node) for node in re.findall(rf"{re.escape(ACTIVATED)}(\d+)", log)]
 
 
 def deployment_pids(state: dict) -> set[int]:
@@ -275,28 +364,38 @@ def write_state(workdir: Path, state: dict) -> None:
 
 
 def tls_args(certs: Path | None) -> tuple[list[str], list[str]]:
-    """SuperLink and SuperNode flags for TLS with ``certs``, or for no TLS (``None``)."""
+    """SuperLink and SuperNode flags for TLS with ``certs`` and SuperNode authentication (each
+    SuperNode adds its own key), or for neither (``None``)."""
     if certs is None:
         return ["--insecure"], ["--insecure"]
     ca, cert, key = (str(certs / name) for name in ("ca.crt", "server.crt", "server.key"))
     return (
-        ["--ssl-ca-certfile", ca, "--ssl-certfile", cert, "--ssl-keyfile", key],
+        [
+            "--ssl-ca-certfile",
+            ca,
+            "--ssl-certfile",
+            cert,
+            "--ssl-keyfile",
+            key,
+            "--enable-supernode-auth",
+        ],
         ["--root-certificates", ca],
     )
 
 
-def start_all(state: dict, certs: Path | None, env: dict[str, str], logs: Path) -> None:
-    """The SuperLink, then the SuperNodes once it listens, until all have joined; each record lands
-    in ``state`` as soon as its process exists, so that a failure half-way can stop what runs."""
+def start_all(state: dict, certs: Path | None, env: dict[str, str], workdir: Path) -> None:
+    """The SuperLink; once both its APIs answer (over TLS unless insecure), each SuperNode's key
+    registered (TLS only) and the SuperNodes started, until all have joined. Each record lands in
+    ``state`` as soon as its process exists, so that a failure half-way can stop what runs."""
     ports, n, records = state["ports"], state["supernodes"], state["processes"]
-    link_tls, node_tls = tls_args(certs)
-    fleet = f"{HOST}:{ports['fleet']}"
+    link_args, node_args = tls_args(certs)
+    fleet, logs = f"{HOST}:{ports['fleet']}", workdir / "logs"
     records.append(
         launch(
             "superlink",
             [
                 "flower-superlink",
-                *link_tls,
+                *link_args,
                 "--fleet-api-address",
                 fleet,
                 "--host",
@@ -308,32 +407,44 @@ def start_all(state: dict, certs: Path | None, env: dict[str, str], logs: Path) 
             logs,
         )
     )
+    # Open ports are not enough: `flwr run` right after `up` once met a TLS handshake cut short.
     wait_until(
-        lambda: port_open(ports["fleet"]) and port_open(ports["superlink"]),
-        "SuperLink listening",
+        lambda: fleet_problem(ports["fleet"], certs) or http_problem(ports["superlink"], certs),
+        "SuperLink answering" + ("" if certs is None else " over TLS"),
         records,
     )
     for i in range(n):
+        name, key_args, node_id = f"supernode-{i}", [], None
+        if certs is not None:
+            key = workdir / "keys" / f"{name}.key"
+            node_id = register_node(name, make_node_key(key), env)
+            key_args = ["--auth-supernode-private-key", str(key)]
         records.append(
             launch(
-                f"supernode-{i}",
+                name,
                 [
                     "flower-supernode",
-                    *node_tls,
+                    *node_args,
+                    *key_args,
                     "--superlink",
                     fleet,
                     "--host",
                     HOST,
                     "--port",
-                    str(ports[f"supernode-{i}"]),
+                    str(ports[name]),
                     "--node-config",
                     f"partition-id={i} num-partitions={n}",
                 ],
                 env,
                 logs,
             )
+            | {"node_id": node_id}
         )
-    wait_until(lambda: activated(records[0]) >= n, f"{n} SuperNodes connected", records)
+    wait_until(
+        lambda: None if len(joined := activated(records[0])) >= n else f"joined: {joined}",
+        f"{n} SuperNodes connected",
+        records,
+    )
 
 
 def write_connection(env: dict[str, str], address: str, certs: Path | None) -> None:
@@ -353,27 +464,27 @@ def up(supernodes: int, workdir: Path, certs: Path | None) -> dict:
     """Start the deployment (``certs=None``: insecure); returns its state, also written to disk."""
     if (old := read_state(workdir)) and deployment_pids(old):
         raise DeployError(f"a deployment from {workdir} is running; `fp8fl-deploy down` first")
-    logs = workdir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
     env = flower_env()
     env.pop("FLWR_INTERNAL_GRPC_CONTROL_API", None)  # would open a gRPC Control API on a fixed port
     names = ["fleet", "superlink", *(f"supernode-{i}" for i in range(supernodes))]
     state = {
         "supernodes": supernodes,
         "tls": certs is not None,
+        "supernode_auth": certs is not None,
         "ports": dict(zip(names, free_ports(len(names)), strict=True)),
         "processes": [],
     }
     state["address"] = f"{HOST}:{state['ports']['superlink']}"
     write_state(workdir, state)  # the ports already: `down` finds the processes even if `up` dies
+    write_connection(env, state["address"], certs)  # `flwr supernode register` needs it
     try:
-        start_all(state, certs, env, logs)
+        start_all(state, certs, env, workdir)
     except BaseException:
         stop(state)
         (workdir / STATE).unlink()
         raise
     write_state(workdir, state)
-    write_connection(env, state["address"], certs)
     return state
 
 
@@ -424,7 +535,11 @@ def parser() -> argparse.ArgumentParser:
     mode.add_argument(
         "--certs", type=Path, help="from `certs` (default: <workdir>/certs, made if missing)"
     )
-    mode.add_argument("--insecure", action="store_true", help="no TLS: unencrypted, unverified")
+    mode.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no TLS and no SuperNode authentication: unencrypted, unverified, open to anyone",
+    )
     sub.add_parser("run", help="flwr run . deployment --stream [flwr run arguments]")
     sub.add_parser("down", help="stop every process `up` started")
     for command in (certs, start, sub.choices["down"]):
@@ -450,8 +565,9 @@ def main(argv: list[str] | None = None) -> int:
             if certs is not None and args.certs is None and not (certs / "ca.crt").exists():
                 make_certs(certs)
             state = up(args.supernodes, workdir, certs)
+            security = "TLS, SuperNode authentication" if certs else "INSECURE: no TLS, no auth"
             print(
-                f"SuperLink on {state['address']} ({'TLS' if certs else 'INSECURE, no TLS'}) "
+                f"SuperLink on {state['address']} ({security}) "
                 f"with {args.supernodes} SuperNodes; logs in {workdir / 'logs'}\nnext: "
                 f"fp8fl-deploy run --run-config 'num-clients={args.supernodes} ...'; "
                 f"fp8fl-deploy down"
