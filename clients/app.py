@@ -6,6 +6,7 @@ from __future__ import annotations
 from flwr.client import Client, ClientApp
 from flwr.common import Context
 
+from clients.buffered_client import BufferedClient
 from clients.quantized_client import QuantizedClient
 from fp8fl.federated.config import RunConfig
 
@@ -17,7 +18,8 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
 
     def client_fn(context: Context) -> Client:
         run = config or RunConfig.from_mapping(dict(context.run_config))
-        return QuantizedClient(
+        kind = QuantizedClient if run.components.server_loop == "sync" else BufferedClient
+        return kind(
             run,
             int(context.node_config["partition-id"]),
             int(context.node_config["num-partitions"]),

@@ -1,5 +1,6 @@
 """``QuantizedClient``: decode the global model, train locally with the method's quantizer
-(e.g. FP8 QAT), encode the update with its codec."""
+(e.g. FP8 QAT), encode the update with its codec. In a mixed-precision run (``client-formats``)
+the client does all of this in its partition's own format (``partition_config``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from flwr.common import Config, NDArrays, Scalar
 
 from fp8fl.data.tasks import load_task_data
 from fp8fl.federated.client_data import client_partition
+from fp8fl.federated.client_formats import partition_config
 from fp8fl.federated.config import RunConfig
 from fp8fl.federated.protocol import check_instructions, update_metrics
 from fp8fl.federated.seeds import derive_seed, seeded_generator
@@ -34,12 +36,12 @@ class QuantizedClient(NumPyClient):
                 f"this federation has {num_partitions} partitions (SuperNodes) but "
                 f"the run config says num-clients = {config.num_clients}"
             )
-        self.config = config
         self.partition_id = partition_id
         self.indices = client_partition(config, partition_id)
+        self.config = partition_config(config, partition_id)
         self.data = load_task_data(config.task, config.model, "train", config.data_root)
-        self.codec = build_codec(config)  # the uplink's
-        self.downlink_codec = build_downlink_codec(config)
+        self.codec = build_codec(self.config)  # the uplink's
+        self.downlink_codec = build_downlink_codec(self.config)
 
     def get_properties(self, config: Config) -> dict[str, Scalar]:
         return {"partition-id": self.partition_id, "num-examples": len(self.indices)}

@@ -19,7 +19,7 @@ from fp8fl.federated.checkpoint import (
 )
 from fp8fl.federated.config import ConfigError, RunConfig
 from fp8fl.federated.results import RunRecorder, resolve_results_dir
-from strategies.ledger import Ledger
+from strategies.ledger import Ledger, format_totals
 from strategies.progress import RunProgress
 
 __all__ = ["RESUMABLE_CHANGES", "RunJournal"]
@@ -156,7 +156,8 @@ class RunJournal:
         )
 
     def finish(self) -> None:
-        """Write ``summary.json``: final and best accuracy, bytes, wall time."""
+        """Write ``summary.json``: final and best accuracy, bytes (per format group in a
+        mixed-precision run), wall time."""
         evaluated = [r for r in self.history if r["accuracy"] is not None and r["round"] > 0]
         best = max(evaluated, key=lambda r: r["accuracy"], default=None)
         summary = {
@@ -173,5 +174,8 @@ class RunJournal:
             "wall_s": time.perf_counter() - self.run_started,
             "results_dir": str(self.recorder.run_dir),
         }
+        by_format = format_totals(self.history)
+        if by_format:
+            summary["bytes_by_format"] = by_format
         self.recorder.summary(summary)
         self.progress.finish(summary)

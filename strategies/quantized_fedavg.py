@@ -6,7 +6,7 @@ arXiv:2407.02610, Alg. 3):
 
 1. sample clients by partition id with the run's seed (``ClientDirectory``);
 2. downlink: encode the global state with the method's codec, once per round for every sampled
-   client (``SyncRound.downlink``);
+   client (once per format group in a mixed-precision run: ``SyncRound.broadcast``);
 3. check and decode every update — a bad one is rejected with a logged reason and never touches
    the global model — then aggregate with the method's aggregator (``SyncRound.aggregate``);
 4. evaluate centrally every ``eval-every`` rounds; the journal writes the round's record, counts
@@ -48,9 +48,9 @@ from fp8fl.methods.registry import build
 from strategies.clients import ClientDirectory
 from strategies.journal import RunJournal
 from strategies.progress import RunProgress
-from strategies.rounds import Downlink, RoundRecord, SyncRound
+from strategies.rounds import Broadcast, RoundRecord, SyncRound, format_groups
 
-__all__ = ["QuantizedFedAvg"]
+__all__ = ["SERVER_STATE", "QuantizedFedAvg", "evaluation_rows", "model_digest"]
 
 SERVER_STATE = Float32Codec()
 """How Flower holds the global state between our calls: every entry as float32."""
@@ -74,10 +74,13 @@ class QuantizedFedAvg(Strategy):
         self.journal = RunJournal(config, recorder, progress)
         self.built.aggregator.load_state_dict(self.journal.aggregator_state)
         self.clients = ClientDirectory(config.num_clients)
-        self.round = SyncRound(config, self.built, self.layout, self.clients, self.journal.ledger)
-        self.eval_rows = self._eval_rows()
+        groups = format_groups(config, self.built, self.layout, self.test.num_classes)
+        self.round = SyncRound(
+            config, self.built, self.layout, self.clients, self.journal.ledger, groups
+        )
+        self.eval_rows = evaluation_rows(config, len(self.test))
         self.record: RoundRecord | None = None  # this round's facts, written once it is evaluated
-        self.sent: Downlink | None = None  # this round's broadcast
+        self.sent: Broadcast | None = None  # this round's broadcast
         self.round_start_state: dict[str, torch.Tensor] = {}  # the global state it started from
 
     @property
@@ -111,10 +114,9 @@ class QuantizedFedAvg(Strategy):
             client_manager, self.config.clients_per_round_count, self.config.seed, server_round
         )
         self.round_start_state = self._state(parameters)
-        self.sent = self.round.downlink(self.round_start_state, server_round)
-        self.journal.ledger.sent(self.sent.ins, copies=len(sampled))
+        self.sent = self.round.broadcast(self.round_start_state, server_round, sorted(sampled))
         self.record = RoundRecord(server_round, sorted(sampled))
-        return [(proxy, self.sent.ins) for proxy in sampled.values()]
+        return [(proxy, self.sent.ins(pid)) for pid, proxy in sampled.items()]
 
     def aggregate_fit(
         self,
@@ -149,7 +151,11 @@ class QuantizedFedAvg(Strategy):
             )
         facts = self.record.to_json() if server_round > 0 and self.record else None
         record = self.journal.record(
-            server_round, evaluation, _digest(parameters), facts, time.perf_counter() - eval_started
+            server_round,
+            evaluation,
+            model_digest(parameters),
+            facts,
+            time.perf_counter() - eval_started,
         )
         if server_round > 0:
             self.journal.checkpoint(server_round, state, self.built.aggregator.state_dict())
@@ -179,14 +185,16 @@ class QuantizedFedAvg(Strategy):
     def _state(self, parameters: Parameters) -> dict[str, torch.Tensor]:
         return self.layout.unpack(parameters_to_ndarrays(parameters), SERVER_STATE)
 
-    def _eval_rows(self) -> np.ndarray | None:
-        if self.config.eval_samples <= 0 or self.config.eval_samples >= len(self.test):
-            return None
-        rng = np.random.default_rng(derive_seed(self.config.seed, "eval-rows"))
-        return np.sort(rng.choice(len(self.test), self.config.eval_samples, replace=False))
+
+def evaluation_rows(config: RunConfig, size: int) -> np.ndarray | None:
+    """The fixed seeded test rows of ``eval-samples`` (None: all ``size`` rows)."""
+    if config.eval_samples <= 0 or config.eval_samples >= size:
+        return None
+    rng = np.random.default_rng(derive_seed(config.seed, "eval-rows"))
+    return np.sort(rng.choice(size, config.eval_samples, replace=False))
 
 
-def _digest(parameters: Parameters) -> str:
+def model_digest(parameters: Parameters) -> str:
     """SHA-256 of the global model's serialized arrays: equal digests, bit-identical models."""
     h = hashlib.sha256()
     for tensor in parameters.tensors:

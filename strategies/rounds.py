@@ -1,6 +1,9 @@
 """One synchronous round on the server: the downlink, the check of every update, the aggregate.
 
 ``RoundRecord`` holds a round's facts until its evaluation completes the line of ``rounds.jsonl``.
+In a mixed-precision run (``client-formats``) the clients form one ``FormatGroup`` per format: each
+group gets its own encoding of the global model, and each update is checked and decoded with its
+sender's group.
 """
 
 from __future__ import annotations
@@ -16,19 +19,36 @@ from flwr.common import FitIns, FitRes, ndarrays_to_parameters, parameters_to_nd
 from flwr.common.logger import log
 from flwr.server.client_proxy import ClientProxy
 
+from fp8fl.federated.client_formats import client_config, partition_formats
 from fp8fl.federated.config import RunConfig
 from fp8fl.federated.protocol import ProtocolError, check_update_metrics, fit_instructions
 from fp8fl.federated.seeds import seeded_generator
+from fp8fl.federated.training import build_run_model, run_layout
 from fp8fl.federated.wire import StateLayout, WireError
 from fp8fl.methods.fp8 import MinifloatCodec
-from fp8fl.methods.registry import Built
-from fp8fl.methods.seams import ClientUpdate
+from fp8fl.methods.registry import Built, build_codec, build_downlink_codec
+from fp8fl.methods.seams import ClientUpdate, Codec
 from strategies.clients import ClientDirectory
 from strategies.ledger import Ledger
 
-__all__ = ["Downlink", "RoundRecord", "SyncRound"]
+__all__ = [
+    "Broadcast",
+    "Downlink",
+    "FormatGroup",
+    "FormatGroups",
+    "RoundRecord",
+    "SyncRound",
+    "format_groups",
+]
 
-OPTIONAL = ("skipped", "train_loss", "unchanged_codes", "unchanged_codes_per_client")
+OPTIONAL = (
+    "skipped",
+    "train_loss",
+    "unchanged_codes",
+    "unchanged_codes_per_client",
+    "clipped",
+    "formats",
+)
 """Record keys written only when they apply."""
 
 
@@ -53,6 +73,8 @@ class RoundRecord:
     train_loss: float | None = None
     unchanged_codes: float | None = None
     unchanged_codes_per_client: dict[str, float] | None = None
+    clipped: dict[str, dict[str, Any]] | None = None  # the robust rule's, per partition clipped
+    formats: dict[str, str] | None = None  # mixed precision: each sampled partition's format
 
     def to_json(self) -> dict[str, Any]:
         entry = dataclasses.asdict(self)
@@ -60,41 +82,120 @@ class RoundRecord:
 
 
 @dataclass(frozen=True)
+class FormatGroup:
+    """The clients of one number format: the run as they see it (``client_config``), their message
+    layout and codecs. A single-format run has one group, named ""."""
+
+    name: str
+    config: RunConfig
+    layout: StateLayout
+    codec: Codec  # the uplink's
+    downlink_codec: Codec
+
+
+@dataclass(frozen=True)
+class FormatGroups:
+    """The run's format groups by name, and each partition's group name (``()``: one group)."""
+
+    by_name: dict[str, FormatGroup]
+    of_partition: tuple[str, ...] = ()
+
+    def of(self, pid: int) -> FormatGroup:
+        return self.by_name[self.of_partition[pid] if self.of_partition else ""]
+
+
+def format_groups(
+    config: RunConfig, built: Built, layout: StateLayout, num_classes: int
+) -> FormatGroups:
+    """The groups of ``config``: the run's own components in a single-format run; in a mixed one,
+    each format's layout and codecs built as its clients build them (an FP32 client's layout is
+    the plain model's, without α/β)."""
+    formats = partition_formats(config)
+    if not formats:
+        return FormatGroups(
+            {"": FormatGroup("", config, layout, built.codec, built.downlink_codec)}
+        )
+    groups = {}
+    for name in dict.fromkeys(formats):
+        view = client_config(config, name)
+        view_layout = run_layout(view, build_run_model(view, num_classes))
+        groups[name] = FormatGroup(
+            name, view, view_layout, build_codec(view), build_downlink_codec(view)
+        )
+    return FormatGroups(groups, formats)
+
+
+@dataclass(frozen=True)
 class Downlink:
-    """The broadcast of a round: one encoding of the global model for every sampled client."""
+    """One encoding of the global model, for every sampled client of a format group."""
 
     ins: FitIns
     codes: np.ndarray | None  # one code per weight, for codecs with codes
 
 
+@dataclass(frozen=True)
+class Broadcast:
+    """A round's downlinks, one per format group with sampled clients, by group name."""
+
+    downlinks: dict[str, Downlink]
+    group_of: dict[int, str]  # sampled partition -> its group
+
+    def ins(self, pid: int) -> FitIns:
+        return self.downlinks[self.group_of[pid]].ins
+
+
 @dataclass
 class SyncRound:
     """The server's side of a synchronous round, for one run: its config, components and layout,
-    the client directory and the byte ledger."""
+    the client directory, the byte ledger and the clients' format groups."""
 
     config: RunConfig
     built: Built
     layout: StateLayout
     clients: ClientDirectory
     ledger: Ledger
+    groups: FormatGroups
 
-    def downlink(self, state: dict[str, torch.Tensor], rnd: int) -> Downlink:
-        """Encode the global ``state`` for round ``rnd`` (one draw of the wire's randomness)."""
-        generator = seeded_generator(self.config.seed, "downlink", rnd)
-        codec = self.built.downlink_codec
-        arrays = self.layout.pack(state, codec, generator)
+    def broadcast(
+        self, state: dict[str, torch.Tensor], rnd: int, partitions: list[int]
+    ) -> Broadcast:
+        """Encode the global ``state`` for round ``rnd`` once per format group of ``partitions``
+        (the sampled ones), and count what each of them receives."""
+        members: dict[str, list[int]] = {}
+        for pid in partitions:
+            members.setdefault(self.groups.of(pid).name, []).append(pid)
+        downlinks = {}
+        for name, pids in members.items():
+            downlinks[name] = self.downlink(self.groups.by_name[name], state, rnd)
+            self.ledger.sent(downlinks[name].ins, copies=len(pids), group=name)
+        return Broadcast(downlinks, {pid: name for name, pids in members.items() for pid in pids})
+
+    def downlink(self, group: FormatGroup, state: dict[str, torch.Tensor], rnd: int) -> Downlink:
+        """Encode the global ``state`` for ``group`` in round ``rnd`` (one draw of the wire's
+        randomness per group: seeded by (seed, "downlink", round[, format]))."""
+        parts = (rnd, group.name) if group.name else (rnd,)
+        generator = seeded_generator(self.config.seed, "downlink", *parts)
+        codec = group.downlink_codec
+        arrays = group.layout.pack(state, codec, generator)
         codes = None
-        if isinstance(codec, MinifloatCodec) and codec == self.built.codec:
-            codes = codec.codes(arrays[0], self.layout.quantized_shapes)
-        ins = FitIns(ndarrays_to_parameters(arrays), fit_instructions(self.config, rnd))
+        if isinstance(codec, MinifloatCodec) and codec == group.codec:
+            codes = codec.codes(
+                group.layout.decompressed(arrays, codec)[0], group.layout.quantized_shapes
+            )
+        ins = FitIns(ndarrays_to_parameters(arrays), fit_instructions(group.config, rnd))
         return Downlink(ins, codes)
 
-    def check(self, pid: int | None, res: FitRes) -> ClientUpdate:
-        """Validate an update (protocol fields, sender, n_k, arrays) and decode it; raises
-        ``ProtocolError`` or ``WireError`` naming the problem."""
+    def check(
+        self, pid: int | None, res: FitRes, global_state: dict[str, torch.Tensor]
+    ) -> ClientUpdate:
+        """Validate an update (protocol fields — its format must be its partition's —, sender,
+        n_k, arrays) and decode it with its sender's format; raises ``ProtocolError`` or
+        ``WireError`` naming the problem. State entries its format does not carry (an FP32
+        client's α/β) keep their values in ``global_state``: that client has no say in them."""
         if pid is None:
             raise ProtocolError("update from a client that was never registered")
-        claimed = check_update_metrics(res.metrics, self.config)
+        group = self.groups.of(pid)
+        claimed = check_update_metrics(res.metrics, group.config)
         if claimed != pid:
             raise ProtocolError(
                 f"update claims partition {claimed} but comes from the client of partition {pid}"
@@ -103,23 +204,28 @@ class SyncRound:
         if isinstance(n, bool) or not isinstance(n, int) or n != size:
             raise ProtocolError(f"num_examples = {n!r}, but partition {pid} holds {size} examples")
         arrays = parameters_to_ndarrays(res.parameters)
-        state, side = self.layout.unpack_with_side(arrays, self.built.codec)
+        state, side = group.layout.unpack_with_side(arrays, group.codec)
+        if len(state) < len(self.layout.shapes):
+            state = {
+                k: state[k] if k in state else global_state[k].clone() for k in self.layout.shapes
+            }
         return ClientUpdate(pid, n, state, res.metrics, side)
 
-    def unchanged_codes(self, sent: np.ndarray, res: FitRes) -> float:
+    def unchanged_codes(self, sent: np.ndarray, res: FitRes, group: FormatGroup) -> float:
         """Fraction of weights whose uplink code equals the downlink code the client was sent
         (with nearest rounding, a change under half a grid step rounds back to the same code)."""
-        codec = self.built.codec
+        codec = group.codec
         assert isinstance(codec, MinifloatCodec)
         uplink = codec.codes(
-            parameters_to_ndarrays(res.parameters)[0], self.layout.quantized_shapes
+            group.layout.decompressed(parameters_to_ndarrays(res.parameters), codec)[0],
+            group.layout.quantized_shapes,
         )
         return float(np.count_nonzero(uplink == sent)) / max(1, uplink.size)
 
     def aggregate(
         self,
         record: RoundRecord,
-        sent: Downlink,
+        sent: Broadcast,
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
         global_state: dict[str, torch.Tensor],
@@ -130,9 +236,10 @@ class SyncRound:
         valid: dict[int, FitRes] = {}
         for proxy, res in results:
             pid = partition_of.get(proxy.cid)
-            self.ledger.received(res, sender=str(pid))
+            group = "" if pid is None else self.groups.of(pid).name
+            self.ledger.received(res, sender=str(pid), group=group)
             try:
-                update = self.check(pid, res)
+                update = self.check(pid, res, global_state)
             except (WireError, ProtocolError, ValueError) as err:
                 record.rejected.append({"partition": pid, "reason": str(err)})
                 log(WARNING, "fp8fl: rejected the update of partition %s: %s", pid, err)
@@ -148,11 +255,14 @@ class SyncRound:
         record.failed_partitions = sorted(set(record.sampled) - replied)
         record.fit_seconds = {str(u.partition): _metric(u, "fit-seconds") for u in accepted}
         record.train_seconds = {str(u.partition): _metric(u, "train-seconds") for u in accepted}
-        if sent.codes is not None and accepted:
-            per_client = {
-                str(pid): self.unchanged_codes(sent.codes, res)
-                for pid, res in sorted(valid.items())
-            }
+        if self.groups.of_partition:
+            record.formats = {str(pid): self.groups.of(pid).name for pid in record.sampled}
+        per_client = {
+            str(pid): self.unchanged_codes(codes, res, self.groups.of(pid))
+            for pid, res in sorted(valid.items())
+            if (codes := sent.downlinks[self.groups.of(pid).name].codes) is not None
+        }
+        if per_client:
             record.unchanged_codes_per_client = per_client
             record.unchanged_codes = float(np.mean(list(per_client.values())))
         if accepted:
@@ -176,6 +286,7 @@ class SyncRound:
         result = self.built.aggregator.aggregate(global_state, accepted, record.round)
         record.server_opt_before = result.metrics.get("server_opt_before")
         record.server_opt_after = result.metrics.get("server_opt_after")
+        record.clipped = result.metrics.get("clipped")
         record.aggregated = True
         return result.state
 

@@ -87,6 +87,8 @@ MUTATIONS: dict[str, tuple[Mutation, str]] = {
     "n-not-integer": (_n(12.5), "num_examples"),
     "wrong-format": (_metric("format", "e5m2"), "format"),
     "wrong-wire-version": (_metric("wire-version", 99), "wire-version"),
+    "wrong-fp8fl-version": (_metric("fp8fl-version", "0.0.1"), "come from fp8fl 0.0.1"),
+    "wrong-method": (_metric("method", "bq"), "method = 'bq'"),
     "wrong-wire-rounding": (_metric("wire", "nearest"), "wire"),
     "missing-partition-id": (_metric("partition-id", None), "partition-id"),
     "foreign-partition-id": (

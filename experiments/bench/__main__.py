@@ -14,6 +14,7 @@ TOPICS = {
     "data": "experiments.bench.data",
     "scale": "experiments.bench.scale",
     "bytes": "experiments.bench.bytes",
+    "lossless": "experiments.bench.lossless",
 }
 
 

@@ -203,6 +203,12 @@ class BufferedServer:
         self.version += 1
         return broadcast
 
+    def skip_step(self) -> None:
+        """Advance t without an update (a step whose jobs did not all arrive): the buffer is
+        dropped, x and x̂ stay, nothing is broadcast; jobs keep the schedule's start versions."""
+        self._sum, self._count = None, 0
+        self.version += 1
+
     def _broadcast(self) -> StateDict:
         if self._naive_start is not None:
             self._naive_start = _clone32(self.quantize(self.x, self.version))

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fp8fl.data.tasks import TASKS, task_spec
+from fp8fl.federated.client_formats import client_formats_problems
 from fp8fl.methods.registry import (
     CUSTOMS,
     FAMILIES,
@@ -81,6 +82,8 @@ class RunConfig:
     wire: str = ""
     server_opt: str = ""
     format: str = "e4m3"
+    lossless: bool = False  # entropy-code the codec's integer arrays (fp8fl.federated.lossless)
+    client_formats: str = ""  # "" = every client in `format`; else "fp32:0.3,e4m3:0.7", ...
     seed: int = 0
     eval_every: int = 1
     eval_batch_size: int = 500
@@ -271,6 +274,7 @@ class RunConfig:
         need(self.eval_samples >= 0, "eval-samples must be >= 0 (0 = the whole test split)")
         need(self.calibration_samples >= 1, "calibration-samples must be >= 1")
         need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        p += client_formats_problems(self, family)
         need(bool(self.results_dir), "results-dir must not be empty")
         need(
             self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"),

@@ -12,6 +12,9 @@ Both ends derive the layout from the same model, so shapes and names never trave
 also keep Flower's per-array overhead (about 480 bytes each) negligible for models with hundreds
 of α/β. ``unpack`` checks everything before a value is used and raises ``WireError`` naming the
 problem: a bad update is rejected, never averaged.
+
+With ``lossless`` (the run-config key), every integer array of the codec travels entropy-coded
+(``fp8fl.federated.lossless``) and is restored exactly before those checks.
 """
 
 from __future__ import annotations
@@ -23,14 +26,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from fp8fl.federated.lossless import code_runs, compress, decompress
 from fp8fl.methods.fp8 import concat_float32, split_float32
-from fp8fl.methods.seams import ArraySpec, Codec
+from fp8fl.methods.seams import ArraySpec, Codec, CodeRun
 from fp8fl.models.qat import quantized_weight_names, range_parameter_names
 
 __all__ = ["WIRE_VERSION", "StateLayout", "WireError"]
 
 WIRE_VERSION = 1
 FLOAT32 = np.dtype(np.float32)
+UINT8 = np.dtype(np.uint8)
 
 
 class WireError(ValueError):
@@ -45,17 +50,21 @@ class StateLayout:
     quantized: tuple[str, ...]
     scales: tuple[str, ...]
     dense: tuple[str, ...]
+    lossless: bool = False  # entropy-code the codec's integer arrays
 
     @classmethod
-    def from_model(cls, model: nn.Module, quantized: list[str] | None = None) -> StateLayout:
+    def from_model(
+        cls, model: nn.Module, quantized: list[str] | None = None, lossless: bool = False
+    ) -> StateLayout:
         """The layout of ``model``; ``quantized`` names what the codec carries (default: the
-        weights of its QAT layers)."""
+        weights of its QAT layers); ``lossless`` switches the lossless stage on."""
         state = model.state_dict()
         quantized = tuple(quantized_weight_names(model) if quantized is None else quantized)
         scales = tuple(range_parameter_names(model))
         taken = set(quantized) | set(scales)
         dense = tuple(name for name in state if name not in taken)
-        return cls({k: tuple(v.shape) for k, v in state.items()}, quantized, scales, dense)
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        return cls(shapes, quantized, scales, dense, lossless)
 
     # ------------------------------------------------------------------ sizes
     def numel(self, names: tuple[str, ...]) -> int:
@@ -74,7 +83,8 @@ class StateLayout:
         ]
 
     def nbytes(self, codec: Codec) -> int:
-        """Exact bytes of a message's array data with ``codec`` (without container headers)."""
+        """Exact bytes of a message's array data with ``codec`` (without container headers), before
+        any lossless stage."""
         return sum(spec.size * spec.dtype.itemsize for spec in self.array_specs(codec))
 
     # ------------------------------------------------------------------ pack / unpack
@@ -83,11 +93,36 @@ class StateLayout:
     ) -> list[np.ndarray]:
         """The arrays of a message: the codec's, then the scales and the dense tensors."""
         weights = {n: state[n] for n in self.quantized}
-        return [
+        arrays = [
             *codec.encode(weights, state, generator),
             concat_float32([state[n] for n in self.scales]),
             concat_float32([state[n] for n in self.dense]),
         ]
+        if not self.lossless:
+            return arrays
+        runs = self._code_runs(codec)
+        return [
+            compress(array, runs[spec.name]) if spec.name in runs else array
+            for array, spec in zip(arrays, self.array_specs(codec))
+        ]
+
+    def _code_runs(self, codec: Codec) -> dict[str, tuple[CodeRun, ...]]:
+        return code_runs(codec, self.array_specs(codec), self.quantized_shapes)
+
+    def decompressed(self, arrays: list[np.ndarray], codec: Codec) -> list[np.ndarray]:
+        """The arrays of a message as the codec wrote them: with ``lossless``, every coded array
+        decoded (``WireError`` naming the array and tensor when it is corrupt or truncated)."""
+        if not self.lossless:
+            return arrays
+        runs, out = self._code_runs(codec), list(arrays)
+        for i, (array, spec) in enumerate(zip(arrays, self.array_specs(codec))):
+            if spec.name in runs:
+                blob = _checked_kind(array, spec.name, UINT8)
+                try:
+                    out[i] = decompress(blob, runs[spec.name], spec)
+                except ValueError as err:
+                    raise WireError(str(err)) from None
+        return out
 
     def unpack(self, arrays: list[np.ndarray], codec: Codec) -> dict[str, torch.Tensor]:
         """Validate a message and return the state it carries (float32 CPU tensors)."""
@@ -102,6 +137,7 @@ class StateLayout:
             count = len(arrays) if isinstance(arrays, (list, tuple)) else type(arrays).__name__
             names = ", ".join(spec.name for spec in specs)
             raise WireError(f"expected {len(specs)} arrays ({names}), got {count}")
+        arrays = self.decompressed(list(arrays), codec)
         checked = [_checked(a, spec) for a, spec in zip(arrays, specs)]
         *coded, scales, dense = checked
         state: dict[str, torch.Tensor] = {}
@@ -123,16 +159,20 @@ class StateLayout:
 
 
 def _checked(array: object, spec: ArraySpec) -> np.ndarray:
-    name = spec.name
-    if not isinstance(array, np.ndarray):
-        raise WireError(f"{name}: expected a numpy array, got {type(array).__name__}")
-    if array.dtype != spec.dtype:
-        raise WireError(f"{name}: expected dtype {spec.dtype}, got {array.dtype}")
-    if array.ndim != 1:
-        raise WireError(f"{name}: expected a 1-D array, got shape {array.shape}")
+    name, array = spec.name, _checked_kind(array, spec.name, spec.dtype)
     if array.size != spec.size:
         kind = "truncated" if array.size < spec.size else "oversized"
         raise WireError(f"{name}: {kind}, {array.size} elements where the model needs {spec.size}")
+    return array
+
+
+def _checked_kind(array: object, name: str, dtype: np.dtype) -> np.ndarray:
+    if not isinstance(array, np.ndarray):
+        raise WireError(f"{name}: expected a numpy array, got {type(array).__name__}")
+    if array.dtype != dtype:
+        raise WireError(f"{name}: expected dtype {dtype}, got {array.dtype}")
+    if array.ndim != 1:
+        raise WireError(f"{name}: expected a 1-D array, got shape {array.shape}")
     return array
 
 

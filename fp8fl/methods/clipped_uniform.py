@@ -32,6 +32,7 @@ from fp8fl.methods.seams import (
     Aggregate,
     ArraySpec,
     ClientUpdate,
+    CodeRun,
     Components,
     Option,
     State,
@@ -189,6 +190,10 @@ class ClippedUniformCodec:
             ArraySpec("clips", np.dtype(np.float32), len(shapes)),
             ArraySpec("errors", np.dtype(np.float32), len(shapes)),
         ]
+
+    def code_runs(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, list[CodeRun]]:
+        per_layer = self._bits(shapes)
+        return {"codes": [CodeRun(n, math.prod(s), per_layer[n]) for n, s in shapes.items()]}
 
     def encode(
         self, weights: Mapping[str, torch.Tensor], state: State, generator: torch.Generator | None

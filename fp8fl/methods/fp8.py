@@ -28,6 +28,7 @@ from fp8fl.methods.seams import (
     Aggregate,
     ArraySpec,
     ClientUpdate,
+    CodeRun,
     Components,
     Option,
     State,
@@ -131,6 +132,10 @@ class MinifloatCodec:
 
     def tensor_bytes(self, shapes: Mapping[str, tuple[int, ...]]) -> list[int]:
         return [packed_length(math.prod(s), self.rounding.fmt.bits) for s in shapes.values()]
+
+    def code_runs(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, list[CodeRun]]:
+        bits = self.rounding.fmt.bits
+        return {"weights": [CodeRun(n, math.prod(s), bits) for n, s in shapes.items()]}
 
     def encode(
         self, weights: Mapping[str, torch.Tensor], state: State, generator: torch.Generator | None

@@ -36,6 +36,7 @@ from fp8fl.methods.seams import (
     Aggregate,
     ArraySpec,
     ClientUpdate,
+    CodeRun,
     Components,
     Option,
     State,
@@ -188,6 +189,19 @@ class BlockFPCodec:
             ),
             ArraySpec("exponents", np.dtype(np.int8), sum(n for _, n, _ in blocks)),
         ]
+
+    def code_runs(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, list[CodeRun]]:
+        """Mantissas of up to 8 bits as codes of their width, wider ones as their packed bytes;
+        exponents as bytes, each tensor a run."""
+        mantissas, exponents = [], []
+        for name, (_, blocks, size) in self._layout(shapes).items():
+            count = blocks * size
+            if self.bits <= 8:
+                mantissas.append(CodeRun(name, count, self.bits))
+            else:
+                mantissas.append(CodeRun(name, packed_length(count, self.bits), 8))
+            exponents.append(CodeRun(name, blocks, 8))
+        return {"mantissas": mantissas, "exponents": exponents}
 
     def encode(
         self, weights: Mapping[str, torch.Tensor], state: State, generator: torch.Generator | None

@@ -49,6 +49,17 @@ from fp8fl.methods.lpt import (
     lpt_problems,
 )
 from fp8fl.methods.moving_average import MOVING_AVERAGE_OPTION, MovingAverage
+from fp8fl.methods.qafel import AGGREGATOR_OPTIONS as BUFFERED_OPTIONS
+from fp8fl.methods.qafel import CODEC_OPTIONS as QAFEL_CODEC_OPTIONS
+from fp8fl.methods.qafel import (
+    START_OPTION,
+    DeltaTraining,
+    buffered_aggregator_from,
+    buffered_problems,
+    delta_codec,
+    qafel_components,
+)
+from fp8fl.methods.robust import ROBUST_OPTIONS, robust_from
 from fp8fl.methods.seams import Aggregator, Codec, Components, Option, Quantizer
 from fp8fl.numerics.quant import Rounding
 
@@ -106,6 +117,10 @@ QUANTIZERS: dict[str, ComponentEntry] = {
         options=(LPT_BITS_OPTION, LINEAR_BLOCK_OPTION),
         validate=lpt_problems,
     ),
+    "fp32-deltas": ComponentEntry(
+        lambda config: DeltaTraining(),
+        "FP32 local training; every float tensor of Δ through the codec (arXiv:2410.00242)",
+    ),
 }
 CODECS: dict[str, ComponentEntry] = {
     "fp32": ComponentEntry(lambda config: Float32Codec(), "float32 weights"),
@@ -130,6 +145,18 @@ CODECS: dict[str, ComponentEntry] = {
         "b-bit block floating-point mantissas and int8 exponents (Li et al., NeurIPS 2024)",
         reads=("lpt-bits",),
         options=LPT_CODEC_OPTIONS,
+    ),
+    "qafel-uplink": ComponentEntry(
+        lambda config: delta_codec(config.option("qafel-uplink"), config),
+        "Q_c of a client's Δ: fp32, QSGD, min-max or FP8 (Ortega & Jafarkhani, arXiv:2410.00242)",
+        reads=("format",),
+        options=(QAFEL_CODEC_OPTIONS[0],),
+    ),
+    "qafel-downlink": ComponentEntry(
+        lambda config: delta_codec(config.option("qafel-downlink"), config),
+        "Q_s of the broadcast x - x̂ (Ortega & Jafarkhani, arXiv:2410.00242)",
+        reads=("format",),
+        options=(QAFEL_CODEC_OPTIONS[1], START_OPTION),
     ),
 }
 AGGREGATORS: dict[str, ComponentEntry] = {
@@ -157,8 +184,16 @@ AGGREGATORS: dict[str, ComponentEntry] = {
         "unweighted average (Li et al., NeurIPS 2024, the authors' code)",
         options=LPT_AVERAGE_OPTIONS,
     ),
+    "buffered": ComponentEntry(
+        lambda config, quantized, codec: buffered_aggregator_from(
+            config, build_downlink_codec(config)
+        ),
+        "buffered server step with hidden state (FedBuff / QAFeL, arXiv:2410.00242)",
+        options=BUFFERED_OPTIONS,
+        validate=buffered_problems,
+    ),
 }
-SERVER_LOOPS = ("sync",)
+SERVER_LOOPS = ("sync", "buffered-simulated", "buffered-real")
 """Server loops by name; their Flower code lives in ``strategies.loops``."""
 
 
@@ -295,7 +330,19 @@ _presets(
         ("lpt8-noma", "LPT-FL 8-bit, no MA", "slateblue", "8", "0"),
     ),
 )
-FAMILIES = {"fp8": "FP8", "cq": "clipped-uniform", "lpt": "LPT-FL"}
+_presets(
+    "qafel",
+    qafel_components,
+    'Ortega & Jafarkhani, "Quantized and Asynchronous Federated Learning", arXiv:2410.00242',
+    ("qafel-uplink", "qafel-downlink", "qafel-start"),
+    (
+        ("fedbuff", "FedBuff", "teal", "fp32", "fp32", "hidden"),
+        ("qafel", "QAFeL 4/8 (QSGD)", "crimson", "qsgd4", "qsgd8", "hidden"),
+        ("qafel-fp8", "QAFeL FP8", "goldenrod", "fp8", "fp8", "hidden"),
+        ("qafel-naive", "naive 4/8 (QSGD)", "rosybrown", "qsgd4", "qsgd8", "naive"),
+    ),
+)
+FAMILIES = {"fp8": "FP8", "cq": "clipped-uniform", "lpt": "LPT-FL", "qafel": "QAFeL"}
 """Each family's name in messages."""
 CUSTOMS: dict[str, MethodSpec] = {
     "fp8": MethodSpec(
@@ -317,6 +364,14 @@ CUSTOMS: dict[str, MethodSpec] = {
         lpt_components,
         family="lpt",
     ),
+    "qafel": MethodSpec(
+        "qafel-custom",
+        "QAFeL custom",
+        "tab:gray",
+        "QAFeL settings no preset names",
+        qafel_components,
+        family="qafel",
+    ),
 }
 """Per family, the method of settings in a combination no preset names."""
 
@@ -325,8 +380,9 @@ OPTIONS: dict[str, Option] = {
     for table in (QUANTIZERS, CODECS, AGGREGATORS)
     for entry in table.values()
     for o in entry.options
-} | {MOVING_AVERAGE_OPTION.key: MOVING_AVERAGE_OPTION}
-"""Every component's own run-config keys, and ``moving-average`` (any aggregator's wrapper)."""
+} | {o.key: o for o in (MOVING_AVERAGE_OPTION, *ROBUST_OPTIONS)}
+"""Every component's own run-config keys, and those of the wrappers around any aggregator:
+``moving-average`` and the robust rule's (``robust-aggregation``, ``robust-norm-factor``)."""
 
 
 def method_spec(name: str) -> MethodSpec:
@@ -377,6 +433,7 @@ def build(config: RunConfig, quantized: tuple[str, ...]) -> Built:
     parts = config.components
     codec = build_codec(config)
     aggregator = AGGREGATORS[parts.aggregator].factory(config, quantized, codec)
+    aggregator = robust_from(config, aggregator)  # bounds the clients, before any moving average
     if parts.moving_average > 0:
         aggregator = MovingAverage(aggregator, parts.moving_average)
     downlink = build_downlink_codec(config)

@@ -27,8 +27,10 @@ __all__ = [
     "Aggregator",
     "ArraySpec",
     "ClientUpdate",
+    "CodeRun",
     "Codec",
     "Components",
+    "DescribesCodes",
     "LocalOptimizer",
     "Option",
     "Quantizer",
@@ -88,6 +90,28 @@ class ArraySpec:
     name: str
     dtype: np.dtype
     size: int
+
+
+@dataclass(frozen=True)
+class CodeRun:
+    """A run of ``count`` codes of ``bits`` bits (at most 8) for the tensor ``name`` inside one of
+    a codec's integer arrays, packed densely MSB first from a byte boundary
+    (``packed_length(count, bits)`` bytes). The lossless stage models each run on its own."""
+
+    name: str
+    count: int
+    bits: int
+
+
+@runtime_checkable
+class DescribesCodes(Protocol):
+    """A codec that says how its integer arrays split into runs of codes, so that the lossless
+    stage (``fp8fl.federated.lossless``) models each tensor's codes in their own alphabet; an
+    array it does not describe is coded as one run of bytes."""
+
+    def code_runs(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, list[CodeRun]]:
+        """For each integer array (by ``ArraySpec`` name), its runs in order, covering it exactly."""
+        ...
 
 
 class Quantizer(Protocol):
