@@ -1,5 +1,8 @@
 """The ClientApp: one ``QuantizedClient`` per SuperNode, given its partition through node config
-(``partition-id``, ``num-partitions``: set by the simulation engine, or by ``--node-config``)."""
+(``partition-id``, ``num-partitions``: set by the simulation engine, or by ``--node-config``).
+
+A SuperNode whose node config has ``attack`` (``attack="all"``, one of ``hostile_client.ATTACKS``)
+runs a ``HostileClient`` instead: the hostile node of a deployment (``fp8fl-deploy up --hostile``)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from flwr.client import Client, ClientApp
 from flwr.common import Context
 
 from clients.buffered_client import BufferedClient
-from clients.quantized_client import QuantizedClient
+from clients.hostile_client import hostile_client
 from fp8fl.federated.config import RunConfig
 
 __all__ = ["app", "make_client_app"]
@@ -18,12 +21,16 @@ def make_client_app(config: RunConfig | None = None) -> ClientApp:
 
     def client_fn(context: Context) -> Client:
         run = config or RunConfig.from_mapping(dict(context.run_config))
-        kind = QuantizedClient if run.components.server_loop == "sync" else BufferedClient
-        return kind(
-            run,
-            int(context.node_config["partition-id"]),
-            int(context.node_config["num-partitions"]),
-        ).to_client()
+        node = context.node_config
+        pid, n, attack = int(node["partition-id"]), int(node["num-partitions"]), node.get("attack")
+        if run.components.server_loop == "sync":
+            return hostile_client(run, pid, n, None if attack is None else str(attack))
+        if attack is not None:
+            raise ValueError(
+                f"node config attack = {attack!r}: hostile clients exist for the synchronous loop "
+                f"only, and this run's server loop is {run.components.server_loop!r}"
+            )
+        return BufferedClient(run, pid, n).to_client()
 
     return ClientApp(client_fn=client_fn)
 

@@ -1,5 +1,8 @@
-"""A client that trains honestly, then sends a well-formed hostile update (every check passes):
-the attacker of the robust-aggregation tests.
+"""A client that trains honestly, then replaces its update by an attack: the attacker of the
+robust-aggregation tests and the hostile SuperNode of a deployment (node config ``attack``, read by
+``clients/app.py``).
+
+Well-formed attacks (every check passes; only a robust rule bounds them):
 
 * ``scale-ranges``: every range it sends × 1000 — the α and β of the ``scales`` array and, for the
   clipped-uniform codec, each layer's clip s. Each stays finite and positive, and each decoded
@@ -7,19 +10,25 @@ the attacker of the robust-aggregation tests.
 * ``negate-model``: the model −10·w — every weight and dense tensor × −10, every α and β × 10 (so
   that the scaled weights stay inside their ranges), encoded with the run's codec.
 
-``hostile_client_app`` makes the clients of chosen partitions attack; as the ``app`` of a SuperNode
-it reads the attack from the node config (``attack = "scale-ranges"``; absent: honest).
+Round after round (``round_attack``):
+
+* ``malformed``: one mutation of the malformed-update corpus (``clients/malformed.py``) per round,
+  in the corpus's sorted order, cycling; the server must reject each with its reason. The corpus is
+  written for the FP8 methods' message, so use it with those.
+* ``all``: ``scale-ranges``, ``negate-model``, the next corpus mutation, and again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from logging import INFO
 
 import numpy as np
 import torch
-from flwr.client import Client, ClientApp
-from flwr.common import Config, Context, NDArrays, Scalar
+from flwr.client import Client
+from flwr.common import Config, NDArrays, Scalar
+from flwr.common.logger import log
 
+from clients.malformed import MUTATIONS
 from clients.quantized_client import QuantizedClient
 from fp8fl.federated.config import RunConfig
 from fp8fl.federated.protocol import check_instructions
@@ -31,10 +40,9 @@ from fp8fl.methods.seams import Codec
 __all__ = [
     "ATTACKS",
     "HostileClient",
-    "app",
     "hostile_client",
-    "hostile_client_app",
     "negate_model",
+    "round_attack",
     "scale_ranges",
 ]
 
@@ -65,9 +73,26 @@ def negate_model(
     return layout.pack(hostile, codec, generator)
 
 
+WELL_FORMED = ("scale-ranges", "negate-model")
+MALFORMED = tuple(sorted(MUTATIONS))
+ATTACKS = (*WELL_FORMED, "malformed", "all")
+
+
+def round_attack(attack: str, server_round: int) -> str:
+    """What ``attack`` sends in round ``server_round`` (1, 2, ...): a well-formed attack of
+    ``WELL_FORMED`` or a mutation of ``MALFORMED``."""
+    i = server_round - 1
+    if attack == "malformed":
+        return MALFORMED[i % len(MALFORMED)]
+    if attack == "all":  # the well-formed attacks, then one mutation, and again
+        turn, step = divmod(i, len(WELL_FORMED) + 1)
+        return WELL_FORMED[step] if step < len(WELL_FORMED) else MALFORMED[turn % len(MALFORMED)]
+    return attack
+
+
 class HostileClient(QuantizedClient):
     """A ``QuantizedClient`` whose update, after honest local training, is replaced by an attack
-    of ``ATTACKS``."""
+    of ``ATTACKS``; it logs what it sends each round."""
 
     def __init__(
         self, config: RunConfig, partition_id: int, num_partitions: int, attack: str
@@ -80,14 +105,23 @@ class HostileClient(QuantizedClient):
 
     def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, dict[str, Scalar]]:
         arrays, n, metrics = super().fit(parameters, config)
-        if self.attack == "scale-ranges":
-            return scale_ranges(self.layout, self.codec, arrays), n, metrics
         server_round = check_instructions(config, self.config)
-        generator = seeded_generator(self.config.seed, "hostile", server_round, self.partition_id)
-        return negate_model(self.layout, self.codec, arrays, generator), n, metrics
-
-
-ATTACKS = ("scale-ranges", "negate-model")
+        attack = round_attack(self.attack, server_round)
+        log(
+            INFO,
+            "fp8fl: hostile client of partition %d sends %s in round %d",
+            self.partition_id,
+            attack,
+            server_round,
+        )
+        if attack == "scale-ranges":
+            return scale_ranges(self.layout, self.codec, arrays), n, metrics
+        if attack == "negate-model":
+            generator = seeded_generator(
+                self.config.seed, "hostile", server_round, self.partition_id
+            )
+            return negate_model(self.layout, self.codec, arrays, generator), n, metrics
+        return MUTATIONS[attack][0]((arrays, n, metrics))
 
 
 def hostile_client(
@@ -97,26 +131,3 @@ def hostile_client(
     if attack is None:
         return QuantizedClient(config, partition_id, num_partitions).to_client()
     return HostileClient(config, partition_id, num_partitions, attack).to_client()
-
-
-def hostile_client_app(
-    config: RunConfig | None = None, attacks: Mapping[int, str] | None = None
-) -> ClientApp:
-    """A ClientApp whose clients of the partitions in ``attacks`` (partition -> attack) attack and
-    the others train honestly; without ``attacks``, each SuperNode's node config ``attack`` says.
-    Without ``config``, the run config Flower passes in."""
-
-    def client_fn(context: Context) -> Client:
-        pid = int(context.node_config["partition-id"])
-        attack = attacks.get(pid) if attacks is not None else context.node_config.get("attack")
-        return hostile_client(
-            config or RunConfig.from_mapping(dict(context.run_config)),
-            pid,
-            int(context.node_config["num-partitions"]),
-            None if attack is None else str(attack),
-        )
-
-    return ClientApp(client_fn=client_fn)
-
-
-app = hostile_client_app()

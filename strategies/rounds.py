@@ -287,6 +287,17 @@ class SyncRound:
         record.server_opt_before = result.metrics.get("server_opt_before")
         record.server_opt_after = result.metrics.get("server_opt_after")
         record.clipped = result.metrics.get("clipped")
+        for pid, clip in (record.clipped or {}).items():
+            log(
+                WARNING,
+                "fp8fl: the robust rule clipped the update of partition %s: %d of %d entries, "
+                "the largest change %s x its bound (%s)",
+                pid,
+                clip["clipped"],
+                clip["of"],
+                "inf" if clip["max_ratio"] is None else clip["max_ratio"],  # None: the bound was 0
+                clip["worst"],
+            )
         record.aggregated = True
         return result.state
 

@@ -8,17 +8,16 @@ from flwr.client import Client, ClientApp
 from flwr.common import Config, Context, NDArrays, Scalar
 from ray import cloudpickle
 
-import tests.malformed
+from clients.malformed import MUTATIONS
 from clients.quantized_client import QuantizedClient
 from fp8fl.federated.config import RunConfig
-from tests.malformed import MUTATIONS
 
 CRASH = "crash"
 
 
 class FaultyClient(QuantizedClient):
     """A ``QuantizedClient`` that, for the partitions in ``faults``, raises (``"crash"``) or applies a
-    mutation of ``tests.malformed.MUTATIONS`` to its otherwise valid update."""
+    mutation of ``clients.malformed.MUTATIONS`` to its otherwise valid update."""
 
     def __init__(
         self, config: RunConfig, partition_id: int, num_partitions: int, faults: dict[int, str]
@@ -45,6 +44,5 @@ def faulty_client_app(config: RunConfig, faults: dict[int, str]) -> ClientApp:
     return ClientApp(client_fn=client_fn)
 
 
-# Ray workers unpickle the ClientApp; ship the test helpers by value, not by module name.
+# Ray workers unpickle the ClientApp; ship this test helper by value, not by module name.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-cloudpickle.register_pickle_by_value(tests.malformed)

@@ -1,6 +1,7 @@
 """The README's deployment path (``fp8fl-deploy``): a SuperLink and SuperNodes on loopback talking
 gRPC (Flower's Fleet API) over TLS with SuperNode authentication, SuperNodes that were not
-registered refused, two rounds of the real app through ``flwr run`` on the registered ones, then
+registered refused, three rounds of the real app through ``flwr run`` on the registered ones, one
+of them hostile (``--hostile``: a scaling attack, the negated model, a malformed update), then
 nothing left running and every port free again. All of it under the test's ``tmp_path``:
 ``flwr-home/`` (FLWR_HOME), ``deployment/`` (state, certificates, keys, process logs),
 ``<command>.out``, ``stranger-*.log``."""
@@ -20,15 +21,21 @@ from pathlib import Path
 
 import pytest
 
+from clients.hostile_client import WELL_FORMED, round_attack
+from clients.malformed import MUTATIONS
 from experiments.cli.deploy import activated, free_ports, make_node_key
 from experiments.cli.flwr_cli import flower_env
 
 pytestmark = pytest.mark.integration  # starts Ray, Flower or TLS processes
 
 ROOT = Path(__file__).resolve().parents[1]
+HONEST, HOSTILE = (0, 1), 2  # SuperNode 2 of 3 attacks, in turn, with every kind of `all`
+# With robust-norm-factor = 2, a round whose hostile update is rejected clips no honest change: the
+# bound of each entry is 2 x the median of the two honest changes, their sum.
 RUN_CONFIG = (
-    "num-clients=2 clients-per-round=2 num-server-rounds=2 local-steps=2 batch-size=20 "
-    "eval-samples=200 calibration-samples=32 results-dir='{}' run-name='deploy-test'"
+    "num-clients=3 clients-per-round=3 num-server-rounds=3 local-steps=2 batch-size=20 "
+    "eval-samples=200 calibration-samples=32 robust-aggregation='norm-bound' "
+    "robust-norm-factor=2.0 results-dir='{}' run-name='deploy-test'"
 )
 
 
@@ -145,16 +152,54 @@ def deployment(tmp_path: Path, *up_args: str) -> Iterator[dict]:
     assert not [port for port in ports if listening(port)]
 
 
-def test_tls_deployment_refuses_strangers_runs_two_rounds_and_stops_every_process(tmp_path):
+def check_hostile_rounds(rounds: list[dict], server_log: str) -> None:
+    """Each round the hostile partition's update is clipped far beyond any honest change
+    (well-formed attacks) or rejected with its corpus reason (malformed); the honest ones are
+    accepted, and pass untouched when the hostile one is rejected. The server log has one line per
+    rejected or clipped update, exactly those of the round records."""
+    sent = [round_attack("all", record["round"]) for record in rounds]
+    assert sent == ["scale-ranges", "negate-model", min(MUTATIONS)]
+    expected: set[tuple] = set()
+    for record, attack in zip(rounds, sent):
+        rejected = {r["partition"]: r["reason"] for r in record["rejected"]}
+        clipped = record.get("clipped", {})
+        assert record["aggregated"] and list(rejected) == (
+            [] if attack in WELL_FORMED else [HOSTILE]
+        )
+        assert record["clients_ok"] == 3 - len(rejected)
+        if attack in WELL_FORMED:
+            hostile = clipped[str(HOSTILE)]["max_ratio"]
+            assert hostile is None or hostile > 100  # None: an entry no other client changed
+            # The hostile change of an entry can be the median of 3: in round 1 its fc1 weight α
+            # was at the floor 1e-6, x 1000 a change of -0.024, and honest partition 0's +0.054
+            # exceeded 2 x that (1.13 x the bound).
+            assert all(clipped[str(pid)]["max_ratio"] < 3 for pid in HONEST if str(pid) in clipped)
+        else:
+            assert MUTATIONS[attack][1] in rejected[HOSTILE] and not clipped
+        expected |= {("rejected", str(p), why) for p, why in rejected.items()}
+        expected |= {("clipped", p, str(c["clipped"]), str(c["of"])) for p, c in clipped.items()}
+    rejections = re.findall(
+        r"fp8fl: rejected the update of partition (\d+): (.*?)\s*$", server_log, re.M
+    )
+    clippings = re.findall(
+        r"fp8fl: the robust rule clipped the update of partition (\d+): (\d+) of (\d+) entries",
+        server_log,
+    )
+    assert {("rejected", *r) for r in rejections} | {("clipped", *c) for c in clippings} == expected
+
+
+def test_tls_deployment_refuses_strangers_survives_a_hostile_node_and_stops_every_process(
+    tmp_path,
+):
     workdir, results = tmp_path / "deployment", tmp_path / "results"
     certs, keys = workdir / "certs", workdir / "keys"
     pyproject_before = (ROOT / "pyproject.toml").read_bytes()
-    with deployment(tmp_path, "--supernodes", "2") as state:
+    with deployment(tmp_path, "--supernodes", "3", "--hostile", f"{HOSTILE}:all") as state:
         ports = set(state["ports"].values())
-        assert len(ports) == 4  # Fleet API, SuperLink HTTP API, one per SuperNode
+        assert len(ports) == 5  # Fleet API, SuperLink HTTP API, one per SuperNode
         assert not ports & {39091, 39093}  # a local simulation SuperLink's
         secrets = [certs / "ca.key", certs / "server.key", *sorted(keys.glob("*.key"))]
-        assert [path.stat().st_mode & 0o777 for path in secrets] == [0o600] * 4
+        assert [path.stat().st_mode & 0o777 for path in secrets] == [0o600] * 5
         assert tls_version(state["ports"]["fleet"], certs / "ca.crt").startswith("TLS")
         assert connection(tmp_path) == {
             "address": state["address"],
@@ -163,7 +208,12 @@ def test_tls_deployment_refuses_strangers_runs_two_rounds_and_stops_every_proces
         superlink, *supernodes = state["processes"]
         assert state["supernode_auth"] and "--enable-supernode-auth" in superlink["argv"]
         registered = sorted(node["node_id"] for node in supernodes)
-        assert sorted(activated(superlink)) == registered and len(set(registered)) == 2
+        assert sorted(activated(superlink)) == registered and len(set(registered)) == 3
+        assert state["hostile"] == {str(HOSTILE): "all"}
+        assert [node["argv"][-1] for node in supernodes] == [
+            f"partition-id={i} num-partitions=3" + (' attack="all"' if i == HOSTILE else "")
+            for i in range(3)
+        ]
 
         # Two SuperNodes nobody registered, with a key of their own or none (self-registration),
         # each with Flower's refusal in its log.
@@ -185,10 +235,10 @@ def test_tls_deployment_refuses_strangers_runs_two_rounds_and_stops_every_proces
         rounds_file = results / "deploy-test" / "rounds.jsonl"
         assert ran == 0 and rounds_file.exists(), report(tmp_path, "run")
         rounds = [json.loads(line) for line in rounds_file.read_text().splitlines()]
-        assert [r["round"] for r in rounds] == [0, 1, 2]
-        assert [r["clients_ok"] for r in rounds[1:]] == [2, 2]
+        assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+        check_hostile_rounds(rounds[1:], (tmp_path / "run.out").read_text(errors="replace"))
         summary = json.loads((results / "deploy-test" / "summary.json").read_text())
-        assert summary["rounds"] == 2 and summary["total_bytes"] == rounds[-1]["cum_bytes"]
+        assert summary["rounds"] == 3 and summary["total_bytes"] == rounds[-1]["cum_bytes"]
         # Tasks went to the registered SuperNodes only; the strangers never joined.
         assert sorted(activated(superlink)) == registered
         for node in supernodes:
@@ -202,5 +252,6 @@ def test_insecure_mode_only_behind_its_flag(tmp_path):
     with deployment(tmp_path, "--insecure", "--supernodes", "1") as state:
         assert state["tls"] is False and not (tmp_path / "deployment" / "certs").exists()
         assert state["supernode_auth"] is False and not (tmp_path / "deployment" / "keys").exists()
+        assert state["hostile"] == {}
         assert all("--insecure" in process["argv"] for process in state["processes"])
         assert connection(tmp_path) == {"address": state["address"], "insecure": True}

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from clients.malformed import MUTATIONS
 from tests.faults import CRASH, faulty_client_app
-from tests.malformed import MUTATIONS
 from tests.simulation import simulate, tiny_config
 
 pytestmark = pytest.mark.integration  # starts Ray, Flower or TLS processes

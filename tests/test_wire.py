@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from clients.malformed import ARRAY_PROBLEMS, MUTATIONS
 from fp8fl.federated.wire import StateLayout, WireError
 from fp8fl.methods.fp8 import Float32Codec, MinifloatCodec
 from fp8fl.models.architectures import build_model
@@ -13,7 +14,6 @@ from fp8fl.models.qat import QuantConfig, alpha_name, calibrate, prepare_qat
 from fp8fl.numerics.codec import decode, pack_codes
 from fp8fl.numerics.formats import E2M1, E4M3
 from fp8fl.numerics.quant import Rounding, quantize
-from tests.malformed import ARRAY_PROBLEMS, MUTATIONS
 
 INPUTS = {"lenet": (3, 3, 32, 32), "kwt1": (3, 98, 40), "matchboxnet": (3, 64, 101)}
 

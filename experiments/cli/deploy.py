@@ -2,6 +2,7 @@
 talking gRPC (Flower's Fleet API) over TLS, then ``flwr run . deployment``.
 
     fp8fl-deploy up --supernodes 2                   # certificates made on first use
+    fp8fl-deploy up --supernodes 3 --hostile 2:all   # SuperNode 2 attacks (clients/hostile_client)
     fp8fl-deploy run --run-config "num-clients=2 clients-per-round=2"
     fp8fl-deploy down                                # stops every process `up` started
 
@@ -13,8 +14,11 @@ talking gRPC (Flower's Fleet API) over TLS, then ``flwr run . deployment``.
   (``<workdir>/keys/supernode-<i>.key`` and ``.key.pub``, made on first use), each public key
   registered with ``flwr supernode register`` before its SuperNode starts, so that the SuperLink
   (``--enable-supernode-auth``) admits no other. ``up`` returns once both SuperLink APIs answer
-  over TLS and every SuperNode has joined. The connection goes into ``$FLWR_HOME/config.toml`` as
-  ``deployment``; pids, ports, node ids and log files into ``<workdir>/deployment.json``;
+  over TLS and every SuperNode has joined. ``--hostile I:ATTACK`` (repeatable) starts SuperNode I
+  with ``attack="ATTACK"`` in its node config: its ClientApp trains, then sends that attack
+  (``clients.hostile_client.ATTACKS``) instead of its update. The connection goes into
+  ``$FLWR_HOME/config.toml`` as ``deployment``; pids, ports, node ids, hostile nodes and log files
+  into ``<workdir>/deployment.json``;
 * ``run``: ``flwr run . deployment --stream`` plus the given arguments;
 * ``down``: SIGTERM to every process of the deployment, SIGKILL after a grace period.
 
@@ -47,6 +51,7 @@ from flwr.cli.constant import LOCAL_CONTROL_API_PORT, LOCAL_SUPERLINK_HTTP_API_P
 from flwr.cli.flower_config import write_superlink_connection
 from flwr.cli.typing import SuperLinkConnection
 
+from clients.hostile_client import ATTACKS
 from experiments.cli.flwr_cli import PROJECT, flower_env
 from experiments.cli.run_outcome import run_watched
 
@@ -388,6 +393,7 @@ def start_all(state: dict, certs: Path | None, env: dict[str, str], workdir: Pat
     registered (TLS only) and the SuperNodes started, until all have joined. Each record lands in
     ``state`` as soon as its process exists, so that a failure half-way can stop what runs."""
     ports, n, records = state["ports"], state["supernodes"], state["processes"]
+    attacks = {int(i): attack for i, attack in state["hostile"].items()}
     link_args, node_args = tls_args(certs)
     fleet, logs = f"{HOST}:{ports['fleet']}", workdir / "logs"
     records.append(
@@ -433,7 +439,8 @@ def start_all(state: dict, certs: Path | None, env: dict[str, str], workdir: Pat
                     "--port",
                     str(ports[name]),
                     "--node-config",
-                    f"partition-id={i} num-partitions={n}",
+                    f"partition-id={i} num-partitions={n}"
+                    + (f' attack="{attacks[i]}"' if i in attacks else ""),
                 ],
                 env,
                 logs,
@@ -460,8 +467,21 @@ def write_connection(env: dict[str, str], address: str, certs: Path | None) -> N
     )
 
 
-def up(supernodes: int, workdir: Path, certs: Path | None) -> dict:
-    """Start the deployment (``certs=None``: insecure); returns its state, also written to disk."""
+def hostile_nodes(specs: list[tuple[int, str]], supernodes: int) -> dict[int, str]:
+    """``--hostile`` as SuperNode -> attack; fails naming every index out of range or repeated."""
+    indices = [i for i, _ in specs]
+    problems = [f"no SuperNode {i} among {supernodes}" for i in indices if i >= supernodes]
+    problems += [f"SuperNode {i} given twice" for i in sorted(set(indices)) if indices.count(i) > 1]
+    if problems:
+        raise DeployError("--hostile: " + "; ".join(problems))
+    return dict(specs)
+
+
+def up(
+    supernodes: int, workdir: Path, certs: Path | None, hostile: dict[int, str] | None = None
+) -> dict:
+    """Start the deployment (``certs=None``: insecure; ``hostile``: SuperNode -> attack); returns
+    its state, also written to disk."""
     if (old := read_state(workdir)) and deployment_pids(old):
         raise DeployError(f"a deployment from {workdir} is running; `fp8fl-deploy down` first")
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
@@ -472,6 +492,7 @@ def up(supernodes: int, workdir: Path, certs: Path | None) -> dict:
         "supernodes": supernodes,
         "tls": certs is not None,
         "supernode_auth": certs is not None,
+        "hostile": {str(i): attack for i, attack in sorted((hostile or {}).items())},
         "ports": dict(zip(names, free_ports(len(names)), strict=True)),
         "processes": [],
     }
@@ -514,6 +535,17 @@ def positive(text: str) -> int:
     return int(text)
 
 
+def hostile_spec(text: str) -> tuple[int, str]:
+    """``I:ATTACK`` as (I, ATTACK), with I a SuperNode index and ATTACK one of ``ATTACKS``."""
+    index, _, attack = text.partition(":")
+    if not index.isdigit() or attack not in ATTACKS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not I:ATTACK with I a SuperNode index (0, 1, ...) and ATTACK one of "
+            + ", ".join(ATTACKS)
+        )
+    return int(index), attack
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fp8fl-deploy",
@@ -530,6 +562,14 @@ def parser() -> argparse.ArgumentParser:
         default=2,
         metavar="N",
         help="how many, one data partition each (default: 2)",
+    )
+    start.add_argument(
+        "--hostile",
+        type=hostile_spec,
+        action="append",
+        default=[],
+        metavar="I:ATTACK",
+        help=f"SuperNode I sends ATTACK ({', '.join(ATTACKS)}) instead of its update; repeatable",
     )
     mode = start.add_mutually_exclusive_group()
     mode.add_argument(
@@ -561,14 +601,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "certs":
             make_certs((args.out or workdir / "certs").resolve())
         elif args.command == "up":
+            hostile = hostile_nodes(args.hostile, args.supernodes)
             certs = None if args.insecure else (args.certs or workdir / "certs").resolve()
             if certs is not None and args.certs is None and not (certs / "ca.crt").exists():
                 make_certs(certs)
-            state = up(args.supernodes, workdir, certs)
+            state = up(args.supernodes, workdir, certs, hostile)
             security = "TLS, SuperNode authentication" if certs else "INSECURE: no TLS, no auth"
+            attackers = "".join(f", SuperNode {i} hostile ({a})" for i, a in hostile.items())
             print(
                 f"SuperLink on {state['address']} ({security}) "
-                f"with {args.supernodes} SuperNodes; logs in {workdir / 'logs'}\nnext: "
+                f"with {args.supernodes} SuperNodes{attackers}; logs in {workdir / 'logs'}\nnext: "
                 f"fp8fl-deploy run --run-config 'num-clients={args.supernodes} ...'; "
                 f"fp8fl-deploy down"
             )

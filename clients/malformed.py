@@ -1,7 +1,10 @@
-"""A corpus of malformed client updates: each a named mutation of a valid (arrays, n_k, metrics).
+"""A corpus of malformed client updates: each a named mutation of a valid (arrays, n_k, metrics),
+with a fragment of the reason the server must give when it rejects it.
 
-Used by the unit tests of the server's checks and by the simulation tests, which make one client
-send a mutated update through the real Flower stack.
+Written for the FP8 methods' three-array message (codes, α/β scales, dense tensors). Used by the
+hostile ClientApp of a deployment (``attack = "malformed"``: ``clients/hostile_client.py``), by
+the unit tests of the server's checks, and by the simulation tests, which make one client send a
+mutated update through the real Flower stack.
 """
 
 from __future__ import annotations
