@@ -51,7 +51,7 @@ from flwr.serverapp import Grid
 from fp8fl.data.tasks import load_task_data
 from fp8fl.federated.buffered import AsyncSchedule, Job
 from fp8fl.federated.config import ConfigError, RunConfig
-from fp8fl.federated.protocol import ProtocolError, check_update_metrics, fit_instructions
+from fp8fl.federated.protocol import ProtocolError, fit_instructions
 from fp8fl.federated.seeds import derive_seed
 from fp8fl.federated.training import build_run_model, evaluate, resolve_device, run_layout
 from fp8fl.federated.wire import WireError
@@ -62,7 +62,7 @@ from strategies.clients import ClientDirectory
 from strategies.journal import RunJournal
 from strategies.ledger import fitins_bytes
 from strategies.quantized_fedavg import SERVER_STATE, evaluation_rows, model_digest
-from strategies.rounds import RoundRecord
+from strategies.rounds import RoundRecord, check_sender
 
 __all__ = [
     "BufferedRun",
@@ -169,14 +169,7 @@ class BufferedRun:
     def check(self, pid: int, res: FitRes) -> ClientUpdate:
         """Validate an update (protocol fields, sender, n_k, arrays) and decode Q_c(Δ); raises
         ``ProtocolError`` or ``WireError`` naming the problem."""
-        claimed = check_update_metrics(res.metrics, self.config)
-        if claimed != pid:
-            raise ProtocolError(
-                f"update claims partition {claimed} but comes from the client of partition {pid}"
-            )
-        n, size = res.num_examples, self.clients.partition_size[pid]
-        if isinstance(n, bool) or not isinstance(n, int) or n != size:
-            raise ProtocolError(f"num_examples = {n!r}, but partition {pid} holds {size} examples")
+        n = check_sender(res, pid, self.config, self.clients.partition_size[pid])
         arrays = parameters_to_ndarrays(res.parameters)
         state, side = self.layout.unpack_with_side(arrays, self.built.codec)
         return ClientUpdate(pid, n, state, res.metrics, side)

@@ -38,6 +38,7 @@ __all__ = [
     "FormatGroups",
     "RoundRecord",
     "SyncRound",
+    "check_sender",
     "format_groups",
 ]
 
@@ -195,14 +196,7 @@ class SyncRound:
         if pid is None:
             raise ProtocolError("update from a client that was never registered")
         group = self.groups.of(pid)
-        claimed = check_update_metrics(res.metrics, group.config)
-        if claimed != pid:
-            raise ProtocolError(
-                f"update claims partition {claimed} but comes from the client of partition {pid}"
-            )
-        n, size = res.num_examples, self.clients.partition_size[pid]
-        if isinstance(n, bool) or not isinstance(n, int) or n != size:
-            raise ProtocolError(f"num_examples = {n!r}, but partition {pid} holds {size} examples")
+        n = check_sender(res, pid, group.config, self.clients.partition_size[pid])
         arrays = parameters_to_ndarrays(res.parameters)
         state, side = group.layout.unpack_with_side(arrays, group.codec)
         if len(state) < len(self.layout.shapes):
@@ -300,6 +294,22 @@ class SyncRound:
             )
         record.aggregated = True
         return result.state
+
+
+def check_sender(res: FitRes, pid: int, config: RunConfig, partition_size: int) -> int:
+    """The protocol fields of an update, that it names its sender's partition and that its n_k is
+    that partition's size; returns n_k or raises ``ProtocolError`` naming the problem."""
+    claimed = check_update_metrics(res.metrics, config)
+    if claimed != pid:
+        raise ProtocolError(
+            f"update claims partition {claimed} but comes from the client of partition {pid}"
+        )
+    n = res.num_examples
+    if isinstance(n, bool) or not isinstance(n, int) or n != partition_size:
+        raise ProtocolError(
+            f"num_examples = {n!r}, but partition {pid} holds {partition_size} examples"
+        )
+    return n
 
 
 def _metric(update: ClientUpdate, key: str) -> float:

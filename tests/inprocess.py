@@ -63,12 +63,12 @@ class InProcessProxy(ClientProxy):
     def get_parameters(
         self, ins: GetParametersIns, timeout: float | None, group_id: int | None
     ) -> GetParametersRes:
-        raise NotImplementedError("the strategy initialises the parameters itself")
+        raise RuntimeError("not used in process: the strategy initialises the parameters itself")
 
     def evaluate(
         self, ins: EvaluateIns, timeout: float | None, group_id: int | None
     ) -> EvaluateRes:
-        raise NotImplementedError("federated evaluation is off")
+        raise RuntimeError("not used in process: federated evaluation is off")
 
     def reconnect(
         self, ins: ReconnectIns, timeout: float | None, group_id: int | None
