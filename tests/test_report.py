@@ -44,16 +44,22 @@ def write_run(
     name: str | None = None,
     started: str = "2026-01-01T00:00:00+00:00",
     unchanged: list | None = None,
+    uploads: int | None = None,
     **overrides,
 ) -> Path:
     """A run folder as the ServerApp writes it: round 0 to R with ``accuracy`` (None = not
-    evaluated), each round sending ``ROUND_BYTES[method]`` (default 1 MB), and per round the
-    ``unchanged_codes`` in ``unchanged`` (None = null, ``ABSENT`` = no such key)."""
+    evaluated), each round sending ``ROUND_BYTES[method]`` (default 1 MB, a quarter of it up) from
+    2 clients after round 0 (``uploads`` given: a buffered server step of that many uploads with
+    staleness 0..K-1), and per round the ``unchanged_codes`` in ``unchanged`` (None = null,
+    ``ABSENT`` = no such key). A peer method's run has empty FP8 switches, as a preset run of its
+    family records."""
     config = {
         **BASE,
         "method": method,
         "seed": seed,
-        **dict(zip(("qat", "wire", "server-opt"), PAPER_PRESETS[method], strict=True)),
+        **dict(
+            zip(("qat", "wire", "server-opt"), PAPER_PRESETS.get(method, ("",) * 3), strict=True)
+        ),
         **{k.replace("_", "-"): v for k, v in overrides.items()},
     }
     folder = root / (name or f"{method}-s{seed}")
@@ -63,7 +69,18 @@ def write_run(
     )
     step = ROUND_BYTES.get(method, MB)
     records = [
-        {"round": r, "accuracy": a, "loss": 1.0, "cum_bytes": r * step}
+        {
+            "round": r,
+            "accuracy": a,
+            "loss": 1.0,
+            "cum_bytes": r * step,
+            "cum_bytes_up": r * step // 4,
+        }
+        | (
+            {"uploads": uploads, "staleness": list(range(uploads))}
+            if uploads and r
+            else {"clients_ok": 2 if r and not uploads else 0}
+        )
         for r, a in enumerate(accuracy)
     ]
     for record, value in zip(records, unchanged or [], strict=False):
@@ -349,3 +366,65 @@ def test_a_lossless_run_joins_the_setting_of_its_plain_twin(tmp_path):
     (setting,) = group_settings(find_runs([tmp_path]).runs)
     assert list(setting.methods) == ["fp32", "uq", "uq+lossless"]
     assert setting.methods["uq+lossless"].label == METHOD_LABELS["uq"] + " + lossless"
+
+
+def test_a_peer_method_shares_the_fp32_setting_and_customs_are_told_apart(tmp_path):
+    """A preset's switches (cq-bits, qafel-uplink, …) name the method, not the setting: cq4 is
+    compared with the FP32 run of its sweep. Two custom runs with different switches are two
+    methods, labelled with their switches."""
+    peer_defaults = {"cq_bits": "", "qafel_uplink": "", "qafel_downlink": "", "qafel_start": ""}
+    write_run(tmp_path, "fp32", 0, [0.1, 0.3, 0.5, 0.6], **peer_defaults)
+    write_run(tmp_path, "cq4", 0, [0.1, 0.3, 0.5, 0.6], **peer_defaults | {"cq_bits": "4"})
+    for up in ("qsgd8", "qsgd4"):
+        switches = {"qafel_uplink": up, "qafel_downlink": "qsgd8", "qafel_start": "hidden"}
+        write_run(tmp_path, "qafel-custom", 0, [0.1, 0.2, 0.3, 0.4], name=up, **switches)
+    (setting,) = group_settings(find_runs([tmp_path]).runs)
+    assert list(setting.methods) == [
+        "fp32",
+        "cq4",
+        "qafel-custom(qsgd4/qsgd8/hidden)",
+        "qafel-custom(qsgd8/qsgd8/hidden)",
+    ]
+    assert setting.methods["cq4"].gain is not None and setting.methods["cq4"].gain.value == 4
+    assert setting.methods["qafel-custom(qsgd8/qsgd8/hidden)"].label == (
+        "QAFeL custom (qsgd8/qsgd8/hidden)"
+    )
+
+
+def test_uploads_to_target_for_buffered_and_synchronous_runs(tmp_path):
+    """The uploads table counts a buffered step's K uploads and a synchronous round's clients,
+    at the first evaluated round reaching the common target (floored best of the worst method)."""
+    write_run(tmp_path, "fp32", 0, [0.1, 0.3, 0.5, 0.6])
+    write_run(tmp_path, "fedbuff", 0, [0.1, 0.2, 0.45, 0.55], uploads=10)
+    write_run(tmp_path, "qafel", 0, [0.1, None, 0.556, 0.4], uploads=10)
+    out = report(tmp_path, tmp_path)
+    (markdown,) = out.glob("uploads-*.md")
+    assert "to 55 % test accuracy" in markdown.read_text()
+    rows = {r["method"]: r for r in read_csv(markdown.with_suffix(".csv"))}
+    # fp32 first reaches 55 % at round 3 (2 clients per round); FedBuff at round 3, QAFeL at 2
+    assert (rows["fp32"]["round"], float(rows["fp32"]["uploads"])) == ("3", 6.0)
+    assert (rows["fedbuff"]["round"], float(rows["fedbuff"]["uploads"])) == ("3", 30.0)
+    assert (rows["qafel"]["round"], float(rows["qafel"]["uploads"])) == ("2", 20.0)
+    assert float(rows["qafel"]["bytes_up"]) == 2 * MB // 4
+    assert float(rows["fp32"]["bytes_total"]) == 3 * 4 * MB
+    assert (rows["qafel"]["staleness_median"], rows["qafel"]["staleness_max"]) == ("4.5", "9")
+    assert "| FedBuff | 1 | 55.00 | 3 | 30 | 0.8 | 1.00× |" in markdown.read_text()
+    assert (out / f"{markdown.stem.replace('uploads', 'uplink')}.png").is_file()
+
+
+def test_an_uploads_target_nobody_reaches_says_so(tmp_path):
+    write_run(tmp_path, "fp32", 0, [0.1, 0.3, 0.5, 0.6])
+    write_run(tmp_path, "fedbuff", 0, [0.1, 0.2, 0.45, 0.55], uploads=10)
+    with open(tmp_path / "console.txt", "w") as console:
+        write_report([tmp_path], tmp_path / "out", Console(file=console, width=200), target=0.58)
+    text = next((tmp_path / "out").glob("uploads-*.md")).read_text()
+    assert "to 58 % test accuracy" in text
+    assert table_row(text, "FedBuff")[4] == "not reached"
+    assert table_row(text, "FP32")[3] == "3"
+
+
+def test_the_uploads_target_must_be_a_percentage(tmp_path, capsys):
+    write_run(tmp_path, "fp32", 0, [0.1, 0.3, 0.5, 0.6])
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--out", str(tmp_path / "out"), "--target", "0"])
+    assert "--target must be a percentage" in capsys.readouterr().err

@@ -43,6 +43,7 @@ __all__ = [
     "Curve",
     "Gain",
     "Series",
+    "Uplink",
     "accuracy_range",
     "align",
     "communication_gain",
@@ -50,6 +51,7 @@ __all__ = [
     "first_reach",
     "mean_curve",
     "series_from_rounds",
+    "uplink_from_rounds",
 ]
 
 
@@ -92,6 +94,22 @@ class Series:
 EMPTY_SERIES = Series(EMPTY.rounds, EMPTY.accuracy)
 
 
+@dataclass(frozen=True)
+class Uplink:
+    """What the clients sent, at the evaluated rounds of one run: cumulative updates received
+    (``uploads`` of a buffered server step, ``clients_ok`` of a synchronous round), cumulative
+    uplink bytes and accuracy; and every update's staleness (empty for synchronous rounds)."""
+
+    rounds: np.ndarray
+    cum_uploads: np.ndarray
+    cum_bytes_up: np.ndarray
+    accuracy: np.ndarray
+    staleness: np.ndarray
+
+
+EMPTY_UPLINK = Uplink(EMPTY.rounds, EMPTY.accuracy, EMPTY.accuracy, EMPTY.accuracy, EMPTY.rounds)
+
+
 def _recorded(records: Iterable[Mapping[str, Any]], key: str) -> list[Mapping[str, Any]]:
     """The records with a finite ``key``, by round (a round recorded twice, as a resumed run may,
     counts once with its last record)."""
@@ -120,6 +138,22 @@ def series_from_rounds(records: Iterable[Mapping[str, Any]], key: str) -> Series
     return Series(
         np.asarray([int(r["round"]) for r in rows], dtype=int),
         np.asarray([float(r[key]) for r in rows], dtype=float),
+    )
+
+
+def uplink_from_rounds(records: Iterable[Mapping[str, Any]]) -> Uplink:
+    """The uplink ledger of ``rounds.jsonl`` records at their evaluated rounds."""
+    by_round = {int(r["round"]): r for r in records}
+    ordered = [by_round[n] for n in sorted(by_round)]
+    uploads = np.cumsum([int(r.get("uploads", r.get("clients_ok", 0))) for r in ordered])
+    evaluated = {int(r["round"]) for r in _recorded(ordered, "accuracy")}
+    rows = [(r, n) for r, n in zip(ordered, uploads, strict=True) if int(r["round"]) in evaluated]
+    return Uplink(
+        np.asarray([int(r["round"]) for r, _ in rows], dtype=int),
+        np.asarray([n for _, n in rows], dtype=float),
+        np.asarray([float(r["cum_bytes_up"]) for r, _ in rows], dtype=float),
+        np.asarray([float(r["accuracy"]) for r, _ in rows], dtype=float),
+        np.asarray([s for r in ordered for s in r.get("staleness", [])], dtype=int),
     )
 
 

@@ -19,13 +19,13 @@ from experiments.reporting.runs import BASELINE, Setting
 from experiments.reporting.tables import gain_text
 from fp8fl.methods.registry import METHODS
 
-__all__ = ["METHOD_COLORS", "draw_band", "plot_setting", "save_figure"]
+__all__ = ["METHOD_COLORS", "colors_for", "draw_band", "plot_setting", "save_figure"]
 
 METHOD_COLORS = {name: spec.color for name, spec in METHODS.items()}
 OTHER_COLORS = ("tab:orange", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
 
 
-def _colors(methods: Sequence[str]) -> dict[str, str]:
+def colors_for(methods: Sequence[str]) -> dict[str, str]:
     """A registered method keeps its color in every figure; others take the spare colors."""
     others = [m for m in methods if m not in METHOD_COLORS]
     spare = {m: OTHER_COLORS[i % len(OTHER_COLORS)] for i, m in enumerate(others)}
@@ -38,7 +38,7 @@ def plot_setting(setting: Setting, out_dir: Path) -> list[Path]:
     gain. Writes ``fig4-<slug>.png`` and ``.svg``; nothing when no method has a curve."""
     fig = Figure(figsize=(7.5, 5), layout="constrained")
     ax = fig.add_subplot()
-    colors = _colors(list(setting.methods))
+    colors = colors_for(list(setting.methods))
     plotted = 0
     for method, result in setting.methods.items():
         curve = result.curve

@@ -8,7 +8,9 @@ Finds the finished runs below the given folders and groups them into settings
 ``--out``: ``table1.md/.csv``, ``table2`` and ``table3`` where their methods ran
 (``experiments.reporting.tables``), ``runs.csv`` (one row per finished run) and ``fig4-<setting>.png/.svg``
 (accuracy against cumulative bytes, ``experiments.reporting.plots``) and, where BQ and UQ both
-ran, ``rounding-gap-<setting>.png/.svg/.csv`` (``experiments.reporting.rounding``).
+ran, ``rounding-gap-<setting>.png/.svg/.csv`` (``experiments.reporting.rounding``) and, where a
+buffered method (FedBuff, QAFeL) ran, ``uploads-<setting>.md/.csv`` and ``uplink-<setting>.png/.svg``:
+uploads and MB to a fixed accuracy (``experiments.reporting.uploads``; ``--target`` sets it).
 """
 
 from __future__ import annotations
@@ -24,13 +26,20 @@ from experiments.reporting.plots import plot_setting
 from experiments.reporting.rounding import write_rounding_gaps
 from experiments.reporting.runs import Found, find_runs, group_settings
 from experiments.reporting.tables import TABLES, csv_table, markdown_table, run_rows, write_csv
+from experiments.reporting.uploads import write_uploads
 
 __all__ = ["main", "write_report"]
 
 
-def write_report(dirs: Sequence[Path], out_dir: Path, console: Console | None = None) -> list[Path]:
+def write_report(
+    dirs: Sequence[Path],
+    out_dir: Path,
+    console: Console | None = None,
+    target: float | None = None,
+) -> list[Path]:
     """Read the runs below ``dirs`` and write the tables, ``runs.csv`` and the figures to
-    ``out_dir``; print the tables. Raises SystemExit when no finished run is found."""
+    ``out_dir``; print the tables. ``target`` (a fraction) fixes the accuracy of the uploads
+    tables. Raises SystemExit when no finished run is found."""
     console = console or Console()
     for d in dirs:
         if not Path(d).is_dir():
@@ -63,6 +72,10 @@ def write_report(dirs: Sequence[Path], out_dir: Path, console: Console | None = 
         console.print(
             Markdown("**Rounding gap (BQ − UQ)**\n\n" + "\n".join(f"- {x}" for x in gap_lines))
         )
+    upload_files, upload_tables = write_uploads(settings, out_dir, target)
+    written += upload_files
+    for text in upload_tables:
+        console.print(Markdown(text))
     console.print(
         f"{len(found.runs)} runs in {len(settings)} setting(s); wrote "
         f"{len(written)} files to {out_dir}"
@@ -91,8 +104,18 @@ def main(argv: list[str] | None = None) -> None:
         help="a results folder, a sweep folder or a run folder",
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for tables and figures")
+    parser.add_argument(
+        "--target",
+        type=float,
+        metavar="PERCENT",
+        help="test accuracy (%%) of the uploads-to-target tables of asynchronous runs "
+        "(default: the highest every method of the setting reaches, floored to a whole percent)",
+    )
     args = parser.parse_args(argv)
-    write_report(args.results_dirs, args.out)
+    if args.target is not None and not 0 < args.target <= 100:
+        parser.error(f"--target must be a percentage in (0, 100], got {args.target}")
+    target = None if args.target is None else args.target / 100
+    write_report(args.results_dirs, args.out, target=target)
 
 
 if __name__ == "__main__":

@@ -26,16 +26,19 @@ import numpy as np
 
 from experiments.reporting.gain import (
     EMPTY_SERIES,
+    EMPTY_UPLINK,
     Curve,
     Gain,
     Series,
+    Uplink,
     communication_gain,
     curve_from_rounds,
     mean_curve,
     series_from_rounds,
+    uplink_from_rounds,
 )
 from fp8fl.federated.results import safe_name
-from fp8fl.methods.registry import METHODS
+from fp8fl.methods.registry import CUSTOMS, FAMILIES, METHODS, family_keys
 
 __all__ = [
     "BASELINE",
@@ -86,22 +89,38 @@ NOT_SETTING = frozenset(
         "device",
         "resume",
         *("lossless", "client-formats"),  # they modify the method: part of its name (Run.method)
+        # the switches a peer family's presets set (cq-bits, lpt-bits, qafel-uplink, …) say which
+        # method ran, so a cq4 run shares its setting with the FP32 baseline
+        *(k for family in FAMILIES for k in family_keys(family)),
     }
 )
+CUSTOM_SWITCHES = {
+    spec.name: ("qat", "wire", "server-opt") if family == "fp8" else family_keys(family)
+    for family, spec in CUSTOMS.items()
+}
+"""Per custom method, the switches that tell its runs apart (``qafel-custom(qsgd8/qsgd8/hidden)``)."""
 SERVER_OPT_KEYS = frozenset({"server-opt-steps", "server-opt-lrs", "server-opt-grid"})
 LABELLED_KEYS = frozenset({"task", "model", "split", "dirichlet-alpha"})
 INCOMPLETE = re.compile(r"-incomplete-\d+$")
 LOSSLESS_SUFFIX = "+lossless"
-MODIFIED = re.compile(r"^(?P<base>.+?)(?:\[(?P<formats>[^\]]*)\])?(?P<lossless>\+lossless)?$")
+MODIFIED = re.compile(
+    r"^(?P<base>[^(\[]+?)(?:\((?P<switches>[^)]*)\))?"
+    r"(?:\[(?P<formats>[^\]]*)\])?(?P<lossless>\+lossless)?$"
+)
+CUSTOM_LABELS = {spec.name: spec.label for spec in CUSTOMS.values()}
 
 
 def method_label(method: str) -> str:
-    """A method's label: its registered label, with the lossless stage and client formats."""
+    """A method's label: its registered label, with a custom method's switches, the lossless stage
+    and client formats."""
     if method in METHOD_LABELS:
         return METHOD_LABELS[method]
     parts = MODIFIED.match(method)
-    assert parts is not None  # the pattern matches every non-empty name
-    label = METHOD_LABELS.get(parts["base"], parts["base"])
+    if parts is None:
+        return method
+    label = METHOD_LABELS.get(parts["base"]) or CUSTOM_LABELS.get(parts["base"], parts["base"])
+    if parts["switches"]:
+        label += f" ({parts['switches']})"
     if parts["formats"]:
         label += f" mixed({parts['formats']})"
     return label + (" + lossless" if parts["lossless"] else "")
@@ -110,8 +129,9 @@ def method_label(method: str) -> str:
 # ---------------------------------------------------------------------------- runs
 @dataclass(frozen=True)
 class Run:
-    """One finished run: its folder, run config, summary, accuracy-vs-bytes curve and the
-    per-round fraction of weight codes its clients left unchanged (``unchanged_codes``)."""
+    """One finished run: its folder, run config, summary, accuracy-vs-bytes curve, the
+    per-round fraction of weight codes its clients left unchanged (``unchanged_codes``) and its
+    uplink ledger (updates, bytes, staleness)."""
 
     path: Path
     config: dict[str, Any]
@@ -119,6 +139,7 @@ class Run:
     curve: Curve
     started: str
     unchanged: Series = EMPTY_SERIES
+    uplink: Uplink = EMPTY_UPLINK
 
     @property
     def run_id(self) -> str:
@@ -130,13 +151,14 @@ class Run:
 
     @property
     def method(self) -> str:
-        """The run-config method; a ``custom`` one is told apart by its three switches. The lossless
-        stage and mixed client formats are suffixes (``uq+lossless``, ``uq[fp32:0.3,e4m3:0.7]``), so
-        such a run is a method of its own beside the plain one, in the same setting."""
+        """The run-config method; a custom one (``custom``, ``cq-custom``, …) is told apart by its
+        family's switches. The lossless stage and mixed client formats are suffixes
+        (``uq+lossless``, ``uq[fp32:0.3,e4m3:0.7]``), so such a run is a method of its own beside
+        the plain one, in the same setting."""
         method = self.config["method"]
-        if method == "custom":
-            switches = "/".join(str(self.config.get(k)) for k in ("qat", "wire", "server-opt"))
-            method = f"custom({switches})"
+        if method in CUSTOM_SWITCHES:
+            switches = "/".join(str(self.config.get(k)) for k in CUSTOM_SWITCHES[method])
+            method = f"{method}({switches})"
         if formats := self.config.get("client-formats"):
             method += f"[{formats}]"
         return method + (LOSSLESS_SUFFIX if self.config.get("lossless") else "")
@@ -196,6 +218,7 @@ def _read_run(folder: Path) -> Run:
         curve_from_rounds(records),
         str(document.get("started", "")),
         series_from_rounds(records, "unchanged_codes"),
+        uplink_from_rounds(records),
     )
 
 
