@@ -75,11 +75,18 @@ def write_run(
             "loss": 1.0,
             "cum_bytes": r * step,
             "cum_bytes_up": r * step // 4,
+            "bytes_up": step // 4 if r else 0,
+            "bytes_down": step - step // 4 if r else 0,
         }
         | (
-            {"uploads": uploads, "staleness": list(range(uploads))}
+            {
+                "uploads": uploads,
+                "staleness": list(range(uploads)),
+                "broadcast_bytes": (step - step // 4) // 100,
+                "broadcast_receivers": 100,
+            }
             if uploads and r
-            else {"clients_ok": 2 if r and not uploads else 0}
+            else {"clients_ok": 2 if r and not uploads else 0, "sampled": [3, 7] if r else []}
         )
         for r, a in enumerate(accuracy)
     ]
@@ -428,3 +435,25 @@ def test_the_uploads_target_must_be_a_percentage(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--out", str(tmp_path / "out"), "--target", "0"])
     assert "--target must be a percentage" in capsys.readouterr().err
+
+
+def test_message_sizes_per_direction_and_bits_per_weight(tmp_path):
+    """Bytes of one message: uplink bytes over updates received, downlink bytes over messages
+    sent (a synchronous round's sample, a buffered step's broadcast to every client); bits per
+    weight over LeNet's conv and linear weights."""
+    from experiments.reporting.messages import weight_count
+
+    write_run(tmp_path, "fp32", 0, [0.1, 0.3, 0.5, 0.6])
+    write_run(tmp_path, "fedbuff", 0, [0.1, 0.2, 0.45, 0.55], uploads=10)
+    out = report(tmp_path, tmp_path)
+    rows = {r["method"]: r for r in read_csv(out / "messages.csv")}
+    # fp32: 4 MB a round, 1 MB up from 2 clients and 3 MB down to 2 clients
+    assert float(rows["fp32"]["bytes_per_up_message"]) == MB / 2
+    assert float(rows["fp32"]["bytes_per_down_message"]) == 3 * MB / 2
+    # fedbuff: 1 MB a step, 0.25 MB up from 10 uploads and 0.75 MB down as 100 broadcasts
+    assert float(rows["fedbuff"]["bytes_per_up_message"]) == MB / 4 / 10
+    assert float(rows["fedbuff"]["bytes_per_down_message"]) == 7500
+    weights = weight_count("lenet", "cifar10")
+    assert weights == 797_248  # the count docs/lossless.md and REPRODUCTION.md give for LeNet
+    assert float(rows["fp32"]["bits_per_weight_up"]) == pytest.approx(8 * MB / 2 / weights)
+    assert weight_count("kwt1", "speechcommands") is None  # its classes depend on the folders

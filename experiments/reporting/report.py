@@ -4,13 +4,19 @@
     python -m experiments.reporting.report results /tmp/more-results --out /tmp/report
 
 Finds the finished runs below the given folders and groups them into settings
-(``experiments.reporting.runs``, which says what a setting is and which runs are left out), then writes to
-``--out``: ``table1.md/.csv``, ``table2`` and ``table3`` where their methods ran
-(``experiments.reporting.tables``), ``runs.csv`` (one row per finished run) and ``fig4-<setting>.png/.svg``
-(accuracy against cumulative bytes, ``experiments.reporting.plots``) and, where BQ and UQ both
-ran, ``rounding-gap-<setting>.png/.svg/.csv`` (``experiments.reporting.rounding``) and, where a
-buffered method (FedBuff, QAFeL) ran, ``uploads-<setting>.md/.csv`` and ``uplink-<setting>.png/.svg``:
-uploads and MB to a fixed accuracy (``experiments.reporting.uploads``; ``--target`` sets it).
+(``experiments.reporting.runs``, which says what a setting is and which runs are left out), then
+writes to ``--out``:
+
+* ``table1.md/.csv``, ``table2`` and ``table3`` where their methods ran
+  (``experiments.reporting.tables``), and ``runs.csv``, one row per finished run;
+* ``messages.md/.csv``: bytes and bits per weight of one message per direction
+  (``experiments.reporting.messages``);
+* ``fig4-<setting>.png/.svg``: accuracy against cumulative bytes (``experiments.reporting.plots``);
+* where BQ and UQ both ran, ``rounding-gap-<setting>.png/.svg/.csv``
+  (``experiments.reporting.rounding``);
+* where a buffered method (FedBuff, QAFeL) ran, ``uploads-<setting>.md/.csv`` and
+  ``uplink-<setting>.png/.svg``: uploads and MB to a fixed accuracy
+  (``experiments.reporting.uploads``; ``--target`` sets it).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markdown import Markdown
 
+from experiments.reporting.messages import write_messages
 from experiments.reporting.plots import plot_setting
 from experiments.reporting.rounding import write_rounding_gaps
 from experiments.reporting.runs import Found, find_runs, group_settings
@@ -64,6 +71,8 @@ def write_report(
         console.print(Markdown(text))
     write_csv(out_dir / "runs.csv", run_rows(found, settings))
     written.append(out_dir / "runs.csv")
+    message_files, _ = write_messages(settings, out_dir)
+    written += message_files
     for setting in settings:
         written += plot_setting(setting, out_dir)
     gap_files, gap_lines = write_rounding_gaps(settings, out_dir)

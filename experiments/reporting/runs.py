@@ -52,6 +52,7 @@ __all__ = [
     "Setting",
     "find_runs",
     "group_settings",
+    "message_sizes",
     "method_label",
 ]
 
@@ -130,8 +131,9 @@ def method_label(method: str) -> str:
 @dataclass(frozen=True)
 class Run:
     """One finished run: its folder, run config, summary, accuracy-vs-bytes curve, the
-    per-round fraction of weight codes its clients left unchanged (``unchanged_codes``) and its
-    uplink ledger (updates, bytes, staleness)."""
+    per-round fraction of weight codes its clients left unchanged (``unchanged_codes``), its
+    uplink ledger (updates, bytes, staleness) and the mean bytes of one uplink and one downlink
+    message (``message_sizes``)."""
 
     path: Path
     config: dict[str, Any]
@@ -140,6 +142,7 @@ class Run:
     started: str
     unchanged: Series = EMPTY_SERIES
     uplink: Uplink = EMPTY_UPLINK
+    message_bytes: tuple[float | None, float | None] = (None, None)
 
     @property
     def run_id(self) -> str:
@@ -219,7 +222,20 @@ def _read_run(folder: Path) -> Run:
         str(document.get("started", "")),
         series_from_rounds(records, "unchanged_codes"),
         uplink_from_rounds(records),
+        message_sizes(records),
     )
+
+
+def message_sizes(records: Sequence[dict[str, Any]]) -> tuple[float | None, float | None]:
+    """Mean bytes of one uplink and one downlink message over a run's rounds (None where none
+    was sent): uplink bytes ÷ updates received (``uploads`` of a buffered step, else
+    ``clients_ok``), downlink bytes ÷ messages sent (``broadcast_receivers`` of a buffered step,
+    else the round's ``sampled`` clients)."""
+    rounds = {int(r["round"]): r for r in records if int(r["round"]) > 0}.values()
+    ups = sum(int(r.get("uploads", r.get("clients_ok", 0))) for r in rounds)
+    downs = sum(_downlink_messages(r) for r in rounds)
+    up, down = (sum(int(r[k]) for r in rounds) for k in ("bytes_up", "bytes_down"))
+    return (up / ups if ups else None), (down / downs if downs else None)
 
 
 def find_runs(dirs: Sequence[Path]) -> Found:
@@ -386,3 +402,11 @@ def _extras(key: Key, keys: Sequence[Key]) -> Key:
         for name, value in key
         if name not in LABELLED_KEYS and len({repr(s.get(name)) for s in siblings}) > 1
     )
+
+
+def _downlink_messages(record: dict[str, Any]) -> int:
+    """Messages a round sent down: a buffered step's broadcast (if it made one) to every client,
+    or the model to each client of a synchronous round's sample."""
+    if "broadcast_receivers" in record:
+        return int(record["broadcast_receivers"]) if record.get("broadcast_bytes") else 0
+    return len(record.get("sampled", []))

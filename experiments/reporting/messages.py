@@ -1,0 +1,112 @@
+"""Message sizes: what one message of each method costs on the wire, per direction.
+
+For every setting and method (seed-mean): final accuracy, mean bytes of an uplink message (the
+run's uplink bytes ÷ the updates received: ``clients_ok`` of a synchronous round, ``uploads`` of a
+buffered server step) and of a downlink message (downlink bytes ÷ messages sent: the round's
+sample, or a buffered step's broadcast to every client), both also as **bits per weight**: every
+byte Flower carried (codes, frequency tables of the lossless stage, clipping ranges, biases and
+norms, framing) over the model's conv and linear weights, the tensors a quantizer compresses. The
+weight count needs the class count of the task: fixed by the data set for CIFAR-10/100 and FSDD;
+"—" for Speech Commands, whose classes depend on the folders present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from experiments.reporting.runs import MethodResult, Setting
+from experiments.reporting.tables import write_csv
+from fp8fl.models.architectures import build_model
+
+__all__ = ["CLASS_COUNTS", "weight_count", "write_messages"]
+
+CLASS_COUNTS = {"cifar10": 10, "cifar100": 100, "fsdd": 10}
+"""Classes of the tasks whose data set fixes them."""
+
+
+@cache
+def weight_count(model: str, task: str) -> int | None:
+    """Elements of the conv and linear weights of ``model`` for ``task`` (None: classes unknown)."""
+    if task not in CLASS_COUNTS:
+        return None
+    layers = build_model(model, CLASS_COUNTS[task]).modules()
+    return sum(m.weight.numel() for m in layers if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)))
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
+
+
+def _row(setting: Setting, result: MethodResult) -> dict[str, Any]:
+    up = _mean([run.message_bytes[0] for run in result.runs])
+    down = _mean([run.message_bytes[1] for run in result.runs])
+    weights = weight_count(setting.get("model"), setting.get("task"))
+
+    def bits(size: float | None) -> float | None:
+        return None if size is None or not weights else 8 * size / weights
+
+    gain = result.gain
+    return {
+        "setting": setting.label,
+        "method": result.method,
+        "label": result.label,
+        "seeds": len(result.runs),
+        "final_accuracy_pct": result.mean,
+        "bytes_per_up_message": up,
+        "bytes_per_down_message": down,
+        "bits_per_weight_up": bits(up),
+        "bits_per_weight_down": bits(down),
+        "total_bytes": _mean([r.summary.get("total_bytes") for r in result.runs]),
+        "gain_vs_fp32": None if gain is None else gain.value,
+        "gain_acc_pct": None if gain is None else 100 * gain.target,
+    }
+
+
+def _cell(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _markdown(setting: Setting, rows: Sequence[dict[str, Any]]) -> str:
+    weights = weight_count(setting.get("model"), setting.get("task"))
+    lines = [
+        f"### {setting.label}: message sizes"
+        + (f" ({weights:,} conv and linear weights)" if weights else ""),
+        "",
+        "| method | seeds | final acc. (%) | bytes / up msg | bytes / down msg | bits/weight up "
+        "| bits/weight down | total MB | gain vs FP32 (at acc.) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        gain = (
+            "—"
+            if r["gain_vs_fp32"] is None
+            else f"{r['gain_vs_fp32']:.2f}× ({r['gain_acc_pct']:.2f} %)"
+        )
+        lines.append(
+            f"| {r['label']} | {r['seeds']} | {_cell(r['final_accuracy_pct'], '.2f')} "
+            f"| {_cell(r['bytes_per_up_message'], ',.0f')} "
+            f"| {_cell(r['bytes_per_down_message'], ',.0f')} "
+            f"| {_cell(r['bits_per_weight_up'], '.2f')} | {_cell(r['bits_per_weight_down'], '.2f')} "
+            f"| {_cell(r['total_bytes'] and r['total_bytes'] / 1e6, ',.1f')} | {gain} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_messages(settings: Sequence[Setting], out_dir: Path) -> tuple[list[Path], str]:
+    """``messages.md`` and ``messages.csv`` over all settings; returns them and the markdown."""
+    tables, rows = [], []
+    for setting in settings:
+        setting_rows = [_row(setting, result) for result in setting.methods.values()]
+        tables.append(_markdown(setting, setting_rows))
+        rows += setting_rows
+    text = "\n".join(tables)
+    (out_dir / "messages.md").write_text(text)
+    write_csv(out_dir / "messages.csv", rows)
+    return [out_dir / "messages.md", out_dir / "messages.csv"], text
