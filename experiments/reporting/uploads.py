@@ -182,7 +182,7 @@ def _plot(setting: Setting, target: float, out_dir: Path) -> list[Path]:
         fontsize=10,
     )
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=9)
+    ax.legend(loc="best", fontsize=8)
     return save_figure(fig, out_dir / f"uplink-{setting.slug}")
 
 
