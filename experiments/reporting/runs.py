@@ -44,6 +44,7 @@ __all__ = [
     "BASELINE",
     "METHOD_LABELS",
     "MODEL_NAMES",
+    "MODIFIED",
     "TASK_NAMES",
     "Found",
     "Key",

@@ -27,9 +27,9 @@ from matplotlib.figure import Figure
 
 from experiments.reporting.gain import TOLERANCE, Uplink, align
 from experiments.reporting.plots import colors_for, draw_band, save_figure
-from experiments.reporting.runs import MethodResult, Setting
+from experiments.reporting.runs import MODIFIED, MethodResult, Setting
 from experiments.reporting.tables import write_csv
-from fp8fl.methods.registry import METHODS
+from fp8fl.methods.registry import method_spec
 
 __all__ = ["ToTarget", "setting_target", "to_target", "write_uploads"]
 
@@ -39,9 +39,11 @@ REFERENCE = "fedbuff"
 
 def is_buffered(method: str) -> bool:
     """A method run by the buffered (asynchronous) server loop."""
-    base = method.split("(")[0].split("[")[0].removesuffix("+lossless")
-    spec = METHODS.get(base)
-    return (spec.family if spec else base.removesuffix("-custom")) == "qafel"
+    parts = MODIFIED.match(method)
+    try:
+        return method_spec(parts["base"] if parts else method).family == "qafel"
+    except KeyError:  # a method this registry does not know
+        return False
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ def _ledgers(result: MethodResult) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     bytes and accuracies."""
     ledgers: list[Uplink] = [r.uplink for r in result.runs if len(r.uplink.rounds)]
     if not ledgers:
-        empty = np.zeros((0, 0))
+        empty = np.zeros((1, 0))  # no rounds: the means are empty too
         return np.zeros(0, dtype=int), empty, empty, empty
     return align(
         [u.rounds for u in ledgers],
@@ -82,7 +84,8 @@ def setting_target(setting: Setting) -> float | None:
 
 def to_target(result: MethodResult, target: float) -> ToTarget:
     """``result``'s uploads and bytes when its seed-mean accuracy first reaches ``target``."""
-    rounds, uploads, up, accuracy = (a.mean(axis=0) if a.ndim == 2 else a for a in _ledgers(result))
+    rounds, *per_seed = _ledgers(result)
+    uploads, up, accuracy = (values.mean(axis=0) for values in per_seed)
     hits = np.flatnonzero(accuracy >= target - TOLERANCE)
     at = int(hits[0]) if hits.size else None
     total = None
