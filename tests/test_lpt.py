@@ -2,6 +2,8 @@
 Learning", NeurIPS 2024) through the seams: no master copy, the server moving average (also as a
 switch of the other methods), exact bytes, the ConvNet, presets and option errors."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -169,6 +171,29 @@ def test_other_quantizers_keep_the_run_optimizer():
     assert update.quantizer is None
     config = RunConfig.from_mapping({"method": "uq"})
     assert not isinstance(round_local_update(config, 1).quantizer, TrainsItself)
+
+
+def test_optimizer_adam_gives_fp32_methods_lpts_local_step():
+    """``optimizer = "adam"``: constant lr in every round, and Adam's first step moves each
+    weight by lr·g/(|g| + ε), i.e. by lr wherever |g| ≫ ε = 1e-8 (an SGD step would move it by
+    lr·g instead)."""
+    config = RunConfig.from_mapping(
+        {"method": "fp32", "optimizer": "adam", "lr": 1e-3, "weight-decay": 0.0}
+    )
+    assert {round_local_update(config, r).lr for r in (1, 5, 10)} == {1e-3}
+    update = dataclasses.replace(round_local_update(config, 1), steps=1, batch_size=8)
+    model = build_run_model(config, 10)
+    start = [p.detach().clone() for p in model.parameters()]
+    update.run(model, random_task(), np.arange(40), torch.Generator(), torch.device("cpu"))
+    moved = torch.cat(
+        [(p.detach() - p0).abs().flatten() for p, p0 in zip(model.parameters(), start)]
+    )
+    grad = torch.cat([p.grad.abs().flatten() for p in model.parameters()])  # the step's g
+    # rtol 1e-3: lr·|g|/(|g| + 1e-8) is within it of lr for |g| > 1e-5, and float32 rounding of
+    # w ± lr at |w| < 1 errs by < 2^-24 absolute, 6e-5 of lr (weights behind dead ReLUs get g = 0)
+    clear = grad > 1e-5
+    assert clear.sum() > 100_000
+    assert torch.allclose(moved[clear], torch.full_like(moved[clear], 1e-3), rtol=1e-3)
 
 
 # ---------------------------------------------------------------------------- moving average

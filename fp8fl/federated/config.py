@@ -48,7 +48,7 @@ __all__ = ["QAT_MODES", "SERVER_OPTS", "WIRE_MODES", "ConfigError", "RunConfig"]
 QAT_MODES = ("none", "nearest", "stochastic")
 WIRE_MODES = ("fp32", "nearest", "stochastic")
 SERVER_OPTS = ("average", "mse")
-OPTIMIZERS = ("auto", "sgd", "adamw")
+OPTIMIZERS = ("auto", "sgd", "adam", "adamw")
 
 
 class ConfigError(ValueError):
@@ -74,7 +74,9 @@ class RunConfig:
     local_epochs: int = 1
     local_steps: int = 0  # > 0 overrides local_epochs
     batch_size: int = 50
-    optimizer: str = "auto"  # sgd, or adamw with cosine decay over rounds; auto: adamw for kwt1
+    # sgd; adam (constant lr, L2 weight decay: the local step of LPT-FL, for a like-for-like
+    # comparison); adamw with cosine decay over rounds; auto: adamw for kwt1, else sgd
+    optimizer: str = "auto"
     lr: float = 0.1
     weight_decay: float = 1e-3
     method: str = "uq"

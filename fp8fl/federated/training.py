@@ -43,7 +43,7 @@ __all__ = [
 class LocalUpdate:
     """One client's training for a round: E epochs over its data, or U steps if ``steps > 0``."""
 
-    optimizer: str  # "sgd" or "adamw"
+    optimizer: str  # "sgd", "adam" or "adamw"
     lr: float
     weight_decay: float
     batch_size: int
@@ -105,6 +105,8 @@ class LocalUpdate:
         ]
         if self.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=self.lr)
+        if self.optimizer == "adam":
+            return torch.optim.Adam(groups, lr=self.lr)
         if self.optimizer == "adamw":
             return torch.optim.AdamW(groups, lr=self.lr)
         raise ValueError(f"unknown optimizer {self.optimizer!r}")
@@ -123,8 +125,8 @@ def run_layout(config: RunConfig, model: nn.Module) -> StateLayout:
 
 
 def round_local_update(config: RunConfig, server_round: int) -> LocalUpdate:
-    """Local training of ``server_round``: SGD at a constant lr, or AdamW with cosine decay (a
-    quantizer that ``TrainsItself`` takes the lr and weight decay for its own optimizer)."""
+    """Local training of ``server_round``: SGD or Adam at a constant lr, or AdamW with cosine decay
+    (a quantizer that ``TrainsItself`` takes the lr and weight decay for its own optimizer)."""
     lr = config.lr
     if config.optimizer == "adamw":
         lr = cosine_lr(config.lr, server_round, config.num_server_rounds)
