@@ -74,7 +74,8 @@ MODEL_NAMES = {
     "matchboxnet": "MatchboxNet",
     "kwt1": "KWT-1",
 }
-SPLIT_ORDER = ("iid", "dirichlet", "speaker")
+SPLIT_ORDER = ("iid", "dirichlet", "dirichlet-balanced", "speaker")
+DIRICHLET_SPLITS = ("dirichlet", "dirichlet-balanced")  # the splits that read dirichlet-alpha
 # run-config keys that say how or where a run was executed, or which method it is: not a setting
 NOT_SETTING = frozenset(
     {
@@ -171,7 +172,7 @@ class Run:
     def key(self) -> Key:
         """The setting keys this run uses, with their values (see the module docstring)."""
         unused = set(NOT_SETTING)
-        if self.config.get("split") != "dirichlet":
+        if self.config.get("split") not in DIRICHLET_SPLITS:
             unused.add("dirichlet-alpha")
         if self.config.get("qat") == "none":
             unused |= {"format", "calibration-samples"}
@@ -317,8 +318,9 @@ class Setting:
     @property
     def split_label(self) -> str:
         split = self.get("split")
-        if split == "dirichlet":
-            return f"Dir({self.get('dirichlet-alpha'):g})"
+        if split in DIRICHLET_SPLITS:
+            balanced = "balanced " if split == "dirichlet-balanced" else ""
+            return f"{balanced}Dir({self.get('dirichlet-alpha'):g})"
         return {"iid": "i.i.d.", "speaker": "speaker-id"}.get(split, str(split))
 
     @property
@@ -339,7 +341,7 @@ class Setting:
     @property
     def slug(self) -> str:
         split = self.get("split") + (
-            f"{self.get('dirichlet-alpha'):g}" if self.get("split") == "dirichlet" else ""
+            f"{self.get('dirichlet-alpha'):g}" if self.get("split") in DIRICHLET_SPLITS else ""
         )
         parts = [self.get("task"), self.get("model"), split, *(f"{k}{v}" for k, v in self.extras)]
         return safe_name("-".join(str(p) for p in parts))

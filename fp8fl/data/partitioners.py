@@ -3,7 +3,9 @@
 The partitioners run on a local ``datasets.Dataset`` of labels and speakers only (no hub, no
 inputs). For ``iid`` and ``dirichlet`` its rows are first permuted with ``seed``, since
 ``IidPartitioner`` cuts contiguous shards and ``DirichletPartitioner`` splits each class in row
-order; an ``idx`` column maps partition rows back to ``ds`` rows. Each partition is sorted
+order; an ``idx`` column maps partition rows back to ``ds`` rows. ``dirichlet-balanced`` is the
+split of Li et al.'s LPT-FL code (NeurIPS 2024), which flwr-datasets does not offer (see
+``balanced_dirichlet``). Each partition is sorted
 (sequential reads from the memory map; clients shuffle their own batches). The result is cached
 beside the data set, keyed by the labels' and speakers' content and the arguments, so every
 client process after the first loads it in milliseconds.
@@ -27,7 +29,8 @@ from flwr_datasets.partitioner import (
 from fp8fl.data.cache import build_once
 from fp8fl.data.dataset import Dataset
 
-SCHEMES = ("iid", "dirichlet", "speaker")
+SCHEMES = ("iid", "dirichlet", "dirichlet-balanced", "speaker")
+SINKHORN_SWEEPS = 1000  # as in the LPT-FL code
 
 
 def partition(
@@ -42,9 +45,10 @@ def partition(
 
     ``iid``: equal random shards. ``dirichlet``: per-class proportions drawn from Dir(alpha),
     redrawn (flwr-datasets warns each time, and gives up after 10 redraws) until every partition
-    has at least ``min_partition_size`` samples, so none is empty. ``speaker``: partition k holds
-    the clips of ``ds.speaker_names[k]``; ``num_partitions`` must equal the number of speakers
-    (``seed`` is unused). Same arguments, same result.
+    has at least ``min_partition_size`` samples, so none is empty. ``dirichlet-balanced``: label
+    skew from Dir(alpha) with partitions of about equal size (``balanced_dirichlet``).
+    ``speaker``: partition k holds the clips of ``ds.speaker_names[k]``; ``num_partitions`` must
+    equal the number of speakers (``seed`` is unused). Same arguments, same result.
     """
     check(ds, scheme, num_partitions)
     columns = [ds.labels] if ds.speakers is None else [ds.labels, ds.speakers]
@@ -54,6 +58,8 @@ def partition(
         name += f"-s{seed}"
     if scheme == "dirichlet":
         name += f"-a{dirichlet_alpha}-m{min_partition_size}"
+    if scheme == "dirichlet-balanced":
+        name += f"-a{dirichlet_alpha}"
     folder = ds.cache_dir / "partitions" / f"{name}-flwr_datasets{flwr_datasets.__version__}"
     args = (ds, scheme, num_partitions, seed, dirichlet_alpha, min_partition_size)
     build_once(folder, lambda tmp: save(tmp, compute(*args)))
@@ -87,6 +93,8 @@ def compute(
     min_partition_size: int,
 ) -> list[np.ndarray]:
     """Run the flwr-datasets partitioner for ``scheme`` and map its rows back to ``ds`` rows."""
+    if scheme == "dirichlet-balanced":
+        return balanced_dirichlet(ds.labels.numpy(), num_partitions, dirichlet_alpha, seed)
     if scheme == "speaker":
         order = np.arange(len(ds))
         partitioner: Partitioner = NaturalIdPartitioner(partition_by="speaker")
@@ -111,6 +119,36 @@ def compute(
         partitioner.load_partition(k).with_format("arrow")["idx"] for k in range(num_partitions)
     )
     return [np.sort(part.to_numpy()) for part in parts]
+
+
+def balanced_dirichlet(
+    labels: np.ndarray, num_partitions: int, alpha: float, seed: int
+) -> list[np.ndarray]:
+    """The Dirichlet split of Li et al.'s LPT-FL code (NeurIPS 2024): each class's shares over the
+    partitions are drawn from Dir(alpha); the class × partition matrix is then normalised per
+    partition and per class in turn (Sinkhorn sweeps, ending per class), so that every partition
+    gets about the same number of samples while the label skew stays; each class's rows, shuffled,
+    are cut in its shares. Unlike flwr-datasets' DirichletPartitioner, it never needs a redraw: at
+    alpha = 0.04 with 80 partitions that one fails (also with ``self_balancing``)."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    shares = rng.dirichlet(np.full(num_partitions, alpha), len(classes))
+    for _ in range(SINKHORN_SWEEPS):
+        shares /= shares.sum(axis=0)
+        shares /= shares.sum(axis=1, keepdims=True)
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_partitions)]
+    for c, fractions in zip(classes, shares):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        cuts = (np.cumsum(fractions)[:-1] * len(rows)).astype(np.int64)
+        for part, chunk in zip(parts, np.split(rows, cuts)):
+            part.append(chunk)
+    result = [np.sort(np.concatenate(p)).astype(np.int64) for p in parts]
+    if empty := [k for k, p in enumerate(result) if len(p) == 0]:
+        raise ValueError(
+            f"dirichlet-balanced split left partition(s) {empty[:5]} empty: "
+            f"{len(labels)} rows are too few for {num_partitions} partitions"
+        )
+    return result
 
 
 def save(folder: Path, parts: list[np.ndarray]) -> None:

@@ -26,15 +26,30 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        TaskSpec("cifar10", "cifar10", ("lenet", "resnet18", "convnet"), ("iid", "dirichlet")),
-        TaskSpec("cifar100", "cifar100", ("lenet", "resnet18", "convnet"), ("iid", "dirichlet")),
+        TaskSpec(
+            "cifar10",
+            "cifar10",
+            ("lenet", "resnet18", "convnet"),
+            ("iid", "dirichlet", "dirichlet-balanced"),
+        ),
+        TaskSpec(
+            "cifar100",
+            "cifar100",
+            ("lenet", "resnet18", "convnet"),
+            ("iid", "dirichlet", "dirichlet-balanced"),
+        ),
         TaskSpec(
             "speechcommands",
             "speechcommands",
             ("matchboxnet", "kwt1"),
-            ("iid", "dirichlet", "speaker"),
+            ("iid", "dirichlet", "dirichlet-balanced", "speaker"),
         ),
-        TaskSpec("fsdd", "fsdd", ("matchboxnet", "kwt1"), ("iid", "dirichlet", "speaker")),
+        TaskSpec(
+            "fsdd",
+            "fsdd",
+            ("matchboxnet", "kwt1"),
+            ("iid", "dirichlet", "dirichlet-balanced", "speaker"),
+        ),
     )
 }
 
