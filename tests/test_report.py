@@ -362,8 +362,19 @@ def test_lossless_and_mixed_runs_are_methods_of_their_own_in_the_same_setting():
     assert method_label("uq[fp32:0.3,e4m3:0.7]+lossless") == (
         METHOD_LABELS["uq"] + " mixed(fp32:0.3,e4m3:0.7) + lossless"
     )
-    ordered = sorted(["bq", "uq+lossless", "fp32", "uq"], key=_method_order)
-    assert ordered == ["fp32", "uq", "uq+lossless", "bq"]
+    assert method_label("fp32+ma0.9") == METHOD_LABELS["fp32"] + " + MA λ=0.9"
+    ordered = sorted(["bq", "uq+lossless", "fp32+ma0.9", "fp32", "uq"], key=_method_order)
+    assert ordered == ["fp32", "fp32+ma0.9", "uq", "uq+lossless", "bq"]
+
+
+def test_a_moving_average_run_joins_the_setting_of_its_plain_twin(tmp_path):
+    """FP32 with the server moving average (the LPT-FL comparison) sits beside plain FP32, which
+    stays the baseline of the gains."""
+    write_run(tmp_path, "fp32", 0, [0.1, 0.2, 0.3, 0.4], moving_average=0.0)  # off: plain
+    write_run(tmp_path, "fp32", 0, [0.1, 0.2, 0.3, 0.4], name="fp32-ma-s0", moving_average=0.9)
+    (setting,) = group_settings(find_runs([tmp_path]).runs)
+    assert list(setting.methods) == ["fp32", "fp32+ma0.9"]
+    assert setting.methods["fp32+ma0.9"].label == METHOD_LABELS["fp32"] + " + MA λ=0.9"
 
 
 def test_a_lossless_run_joins_the_setting_of_its_plain_twin(tmp_path):

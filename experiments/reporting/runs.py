@@ -91,7 +91,8 @@ NOT_SETTING = frozenset(
         "data-root",
         "device",
         "resume",
-        *("lossless", "client-formats"),  # they modify the method: part of its name (Run.method)
+        # they modify the method: part of its name (Run.method)
+        *("lossless", "client-formats", "moving-average"),
         # the switches a peer family's presets set (cq-bits, lpt-bits, qafel-uplink, …) say which
         # method ran, so a cq4 run shares its setting with the FP32 baseline
         *(k for family in FAMILIES for k in family_keys(family)),
@@ -106,16 +107,17 @@ SERVER_OPT_KEYS = frozenset({"server-opt-steps", "server-opt-lrs", "server-opt-g
 LABELLED_KEYS = frozenset({"task", "model", "split", "dirichlet-alpha"})
 INCOMPLETE = re.compile(r"-incomplete-\d+$")
 LOSSLESS_SUFFIX = "+lossless"
+MA_SUFFIX = "+ma"  # then λ: fp32+ma0.9
 MODIFIED = re.compile(
-    r"^(?P<base>[^(\[]+?)(?:\((?P<switches>[^)]*)\))?"
-    r"(?:\[(?P<formats>[^\]]*)\])?(?P<lossless>\+lossless)?$"
+    r"^(?P<base>[^(\[+]+?)(?:\((?P<switches>[^)]*)\))?"
+    r"(?:\[(?P<formats>[^\]]*)\])?(?:\+ma(?P<ma>[0-9.]+))?(?P<lossless>\+lossless)?$"
 )
 CUSTOM_LABELS = {spec.name: spec.label for spec in CUSTOMS.values()}
 
 
 def method_label(method: str) -> str:
-    """A method's label: its registered label, with a custom method's switches, the lossless stage
-    and client formats."""
+    """A method's label: its registered label, with a custom method's switches, client formats,
+    the server moving average and the lossless stage."""
     if method in METHOD_LABELS:
         return METHOD_LABELS[method]
     parts = MODIFIED.match(method)
@@ -126,6 +128,8 @@ def method_label(method: str) -> str:
         label += f" ({parts['switches']})"
     if parts["formats"]:
         label += f" mixed({parts['formats']})"
+    if parts["ma"]:
+        label += f" + MA λ={parts['ma']}"
     return label + (" + lossless" if parts["lossless"] else "")
 
 
@@ -157,15 +161,17 @@ class Run:
     @property
     def method(self) -> str:
         """The run-config method; a custom one (``custom``, ``cq-custom``, …) is told apart by its
-        family's switches. The lossless stage and mixed client formats are suffixes
-        (``uq+lossless``, ``uq[fp32:0.3,e4m3:0.7]``), so such a run is a method of its own beside
-        the plain one, in the same setting."""
+        family's switches. Mixed client formats, the server moving average and the lossless stage
+        are suffixes (``uq[fp32:0.3,e4m3:0.7]``, ``fp32+ma0.9``, ``uq+lossless``), so such a run is
+        a method of its own beside the plain one, in the same setting."""
         method = self.config["method"]
         if method in CUSTOM_SWITCHES:
             switches = "/".join(str(self.config.get(k)) for k in CUSTOM_SWITCHES[method])
             method = f"{method}({switches})"
         if formats := self.config.get("client-formats"):
             method += f"[{formats}]"
+        if lam := self.config.get("moving-average"):
+            method += f"{MA_SUFFIX}{lam:g}"
         return method + (LOSSLESS_SUFFIX if self.config.get("lossless") else "")
 
     @property
@@ -348,7 +354,8 @@ class Setting:
 
 
 def _method_order(method: str) -> tuple[int, str]:
-    """Registry order, each modified method (lossless, mixed formats) right after its base."""
+    """Registry order, each modified method (mixed formats, moving average, lossless) right after
+    its base."""
     names = list(METHOD_LABELS)
     parts = MODIFIED.match(method)
     base = method if method in names or parts is None else parts["base"]
