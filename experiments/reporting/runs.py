@@ -37,6 +37,7 @@ from experiments.reporting.gain import (
     series_from_rounds,
     uplink_from_rounds,
 )
+from fp8fl.data.partitioners import DIRICHLET_SCHEMES, SCHEMES
 from fp8fl.federated.results import safe_name
 from fp8fl.methods.registry import CUSTOMS, FAMILIES, METHODS, family_keys
 
@@ -74,8 +75,7 @@ MODEL_NAMES = {
     "matchboxnet": "MatchboxNet",
     "kwt1": "KWT-1",
 }
-SPLIT_ORDER = ("iid", "dirichlet", "dirichlet-balanced", "speaker")
-DIRICHLET_SPLITS = ("dirichlet", "dirichlet-balanced")  # the splits that read dirichlet-alpha
+SPLIT_ORDER = SCHEMES
 # run-config keys that say how or where a run was executed, or which method it is: not a setting
 NOT_SETTING = frozenset(
     {
@@ -109,8 +109,8 @@ INCOMPLETE = re.compile(r"-incomplete-\d+$")
 LOSSLESS_SUFFIX = "+lossless"
 MA_SUFFIX = "+ma"  # then λ: fp32+ma0.9
 MODIFIED = re.compile(
-    r"^(?P<base>[^(\[+]+?)(?:\((?P<switches>[^)]*)\))?"
-    r"(?:\[(?P<formats>[^\]]*)\])?(?:\+ma(?P<ma>[0-9.]+))?(?P<lossless>\+lossless)?$"
+    r"^(?P<base>[^(\[+]+?)(?:\((?P<switches>[^)]*)\))?(?:\[(?P<formats>[^\]]*)\])?"
+    rf"(?:{re.escape(MA_SUFFIX)}(?P<ma>[0-9.]+))?(?P<lossless>{re.escape(LOSSLESS_SUFFIX)})?$"
 )
 CUSTOM_LABELS = {spec.name: spec.label for spec in CUSTOMS.values()}
 
@@ -178,7 +178,7 @@ class Run:
     def key(self) -> Key:
         """The setting keys this run uses, with their values (see the module docstring)."""
         unused = set(NOT_SETTING)
-        if self.config.get("split") not in DIRICHLET_SPLITS:
+        if self.config.get("split") not in DIRICHLET_SCHEMES:
             unused.add("dirichlet-alpha")
         if self.config.get("qat") == "none":
             unused |= {"format", "calibration-samples"}
@@ -324,7 +324,7 @@ class Setting:
     @property
     def split_label(self) -> str:
         split = self.get("split")
-        if split in DIRICHLET_SPLITS:
+        if split in DIRICHLET_SCHEMES:
             balanced = "balanced " if split == "dirichlet-balanced" else ""
             return f"{balanced}Dir({self.get('dirichlet-alpha'):g})"
         return {"iid": "i.i.d.", "speaker": "speaker-id"}.get(split, str(split))
@@ -347,7 +347,7 @@ class Setting:
     @property
     def slug(self) -> str:
         split = self.get("split") + (
-            f"{self.get('dirichlet-alpha'):g}" if self.get("split") in DIRICHLET_SPLITS else ""
+            f"{self.get('dirichlet-alpha'):g}" if self.get("split") in DIRICHLET_SCHEMES else ""
         )
         parts = [self.get("task"), self.get("model"), split, *(f"{k}{v}" for k, v in self.extras)]
         return safe_name("-".join(str(p) for p in parts))

@@ -5,8 +5,8 @@ inputs). For ``iid`` and ``dirichlet`` its rows are first permuted with ``seed``
 ``IidPartitioner`` cuts contiguous shards and ``DirichletPartitioner`` splits each class in row
 order; an ``idx`` column maps partition rows back to ``ds`` rows. ``dirichlet-balanced`` is the
 split of Li et al.'s LPT-FL code (NeurIPS 2024), which flwr-datasets does not offer (see
-``balanced_dirichlet``). Each partition is sorted
-(sequential reads from the memory map; clients shuffle their own batches). The result is cached
+``balanced_dirichlet``). Each partition is sorted (sequential reads from the memory map; clients
+shuffle their own batches). The result is cached
 beside the data set, keyed by the labels' and speakers' content and the arguments, so every
 client process after the first loads it in milliseconds.
 """
@@ -29,7 +29,9 @@ from flwr_datasets.partitioner import (
 from fp8fl.data.cache import build_once
 from fp8fl.data.dataset import Dataset
 
-SCHEMES = ("iid", "dirichlet", "dirichlet-balanced", "speaker")
+DIRICHLET_SCHEMES = ("dirichlet", "dirichlet-balanced")  # the schemes that read dirichlet_alpha
+LABEL_SCHEMES = ("iid", *DIRICHLET_SCHEMES)  # any labelled data set
+SCHEMES = (*LABEL_SCHEMES, "speaker")  # speaker: data sets with speaker ids
 SINKHORN_SWEEPS = 1000  # as in the LPT-FL code
 
 
@@ -92,7 +94,8 @@ def compute(
     dirichlet_alpha: float,
     min_partition_size: int,
 ) -> list[np.ndarray]:
-    """Run the flwr-datasets partitioner for ``scheme`` and map its rows back to ``ds`` rows."""
+    """Run the partitioner for ``scheme`` (flwr-datasets', or ``balanced_dirichlet``) and map its
+    rows back to ``ds`` rows."""
     if scheme == "dirichlet-balanced":
         return balanced_dirichlet(ds.labels.numpy(), num_partitions, dirichlet_alpha, seed)
     if scheme == "speaker":
@@ -142,7 +145,7 @@ def balanced_dirichlet(
         cuts = (np.cumsum(fractions)[:-1] * len(rows)).astype(np.int64)
         for part, chunk in zip(parts, np.split(rows, cuts)):
             part.append(chunk)
-    result = [np.sort(np.concatenate(p)).astype(np.int64) for p in parts]
+    result = [np.sort(np.concatenate(p)) for p in parts]
     if empty := [k for k, p in enumerate(result) if len(p) == 0]:
         raise ValueError(
             f"dirichlet-balanced split left partition(s) {empty[:5]} empty: "

@@ -11,6 +11,7 @@ import torch
 
 from fp8fl.data import load_dataset
 from fp8fl.data.features import features, prepare_images, prepare_mfcc
+from fp8fl.data.partitioners import LABEL_SCHEMES, SCHEMES
 
 __all__ = ["FEATURE_KIND", "TASKS", "TaskData", "TaskSpec", "load_task_data", "task_spec"]
 
@@ -26,30 +27,10 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        TaskSpec(
-            "cifar10",
-            "cifar10",
-            ("lenet", "resnet18", "convnet"),
-            ("iid", "dirichlet", "dirichlet-balanced"),
-        ),
-        TaskSpec(
-            "cifar100",
-            "cifar100",
-            ("lenet", "resnet18", "convnet"),
-            ("iid", "dirichlet", "dirichlet-balanced"),
-        ),
-        TaskSpec(
-            "speechcommands",
-            "speechcommands",
-            ("matchboxnet", "kwt1"),
-            ("iid", "dirichlet", "dirichlet-balanced", "speaker"),
-        ),
-        TaskSpec(
-            "fsdd",
-            "fsdd",
-            ("matchboxnet", "kwt1"),
-            ("iid", "dirichlet", "dirichlet-balanced", "speaker"),
-        ),
+        TaskSpec("cifar10", "cifar10", ("lenet", "resnet18", "convnet"), LABEL_SCHEMES),
+        TaskSpec("cifar100", "cifar100", ("lenet", "resnet18", "convnet"), LABEL_SCHEMES),
+        TaskSpec("speechcommands", "speechcommands", ("matchboxnet", "kwt1"), SCHEMES),
+        TaskSpec("fsdd", "fsdd", ("matchboxnet", "kwt1"), SCHEMES),
     )
 }
 
