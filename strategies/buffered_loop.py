@@ -38,7 +38,6 @@ from logging import WARNING
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import Message
 from flwr.app.message_type import MessageType
 from flwr.common import Code, FitIns, FitRes, ndarrays_to_parameters, parameters_to_ndarrays
@@ -48,21 +47,20 @@ from flwr.server import SimpleClientManager
 from flwr.server.compat.app_utils import start_update_client_manager_thread
 from flwr.serverapp import Grid
 
-from fp8fl.data.tasks import load_task_data
 from fp8fl.federated.buffered import AsyncSchedule, Job
 from fp8fl.federated.config import ConfigError, RunConfig
 from fp8fl.federated.protocol import ProtocolError, fit_instructions
 from fp8fl.federated.seeds import derive_seed
-from fp8fl.federated.training import build_run_model, evaluate, resolve_device, run_layout
+from fp8fl.federated.training import evaluate
 from fp8fl.federated.wire import WireError
 from fp8fl.methods.qafel import JOB_KEY, START_CODEC, START_VERSION, BufferedAggregator
-from fp8fl.methods.registry import build
 from fp8fl.methods.seams import ClientUpdate
 from strategies.clients import ClientDirectory
 from strategies.journal import RunJournal
 from strategies.ledger import fitins_bytes
 from strategies.quantized_fedavg import SERVER_STATE, evaluation_rows, model_digest
 from strategies.rounds import RoundRecord, check_sender
+from strategies.server_model import build_server_model
 
 __all__ = [
     "BufferedRun",
@@ -90,12 +88,7 @@ class BufferedRun:
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
-        self.device = resolve_device(config.device)
-        self.test = load_task_data(config.task, config.model, "test", config.data_root)
-        torch.manual_seed(derive_seed(config.seed, "init"))
-        self.model = build_run_model(config, self.test.num_classes).to(self.device)
-        self.layout = run_layout(config, self.model)
-        self.built = build(config, self.layout.quantized)
+        self.device, self.test, self.model, self.layout, self.built = build_server_model(config)
         if not isinstance(self.built.aggregator, BufferedAggregator):
             raise ConfigError(f"method {config.method!r} has no buffered server step")
         self.aggregator: BufferedAggregator = self.built.aggregator

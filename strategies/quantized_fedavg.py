@@ -42,13 +42,13 @@ from fp8fl.data.tasks import load_task_data
 from fp8fl.federated.config import RunConfig
 from fp8fl.federated.results import RunRecorder
 from fp8fl.federated.seeds import derive_seed
-from fp8fl.federated.training import build_run_model, evaluate, resolve_device, run_layout
+from fp8fl.federated.training import evaluate
 from fp8fl.methods.fp8 import Float32Codec
-from fp8fl.methods.registry import build
 from strategies.clients import ClientDirectory
 from strategies.journal import RunJournal
 from strategies.progress import RunProgress
 from strategies.rounds import Broadcast, RoundRecord, SyncRound, format_groups
+from strategies.server_model import build_server_model
 
 __all__ = ["SERVER_STATE", "QuantizedFedAvg", "evaluation_rows", "model_digest"]
 
@@ -65,12 +65,7 @@ class QuantizedFedAvg(Strategy):
     ) -> None:
         super().__init__()
         self.config = config
-        self.device = resolve_device(config.device)
-        self.test = load_task_data(config.task, config.model, "test", config.data_root)
-        torch.manual_seed(derive_seed(config.seed, "init"))
-        self.model = build_run_model(config, self.test.num_classes).to(self.device)
-        self.layout = run_layout(config, self.model)
-        self.built = build(config, self.layout.quantized)
+        self.device, self.test, self.model, self.layout, self.built = build_server_model(config)
         self.journal = RunJournal(config, recorder, progress)
         self.built.aggregator.load_state_dict(self.journal.aggregator_state)
         self.clients = ClientDirectory(config.num_clients)
