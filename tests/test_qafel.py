@@ -58,10 +58,12 @@ def test_presets_set_the_wires_and_the_start(method, settings):
 def test_keys_are_validated_together_and_name_themselves():
     assert _config(**{"async-mode": "real"}).components.server_loop == "buffered-real"
     assert _config(**{"qafel-uplink": "qsgd8", "qafel-downlink": "qsgd8"}).method == "qafel-custom"
+    assert _config(**{"qafel-downlink": "qsgd8b512"}).method == "qafel-custom"
     with pytest.raises(ConfigError) as err:
         _config(
             **{
                 "qafel-uplink": "qsgd9",
+                "qafel-downlink": "qsgd8b0",
                 "buffer-size": 0,
                 "server-lr": -1.0,
                 "async-mode": "both",
@@ -69,7 +71,13 @@ def test_keys_are_validated_together_and_name_themselves():
             }
         )
     message = str(err.value)
-    for part in ("qafel-uplink must be", "buffer-size must be >= 1", "server-lr must be > 0"):
+    for part in (
+        "qafel-uplink must be",
+        "qafel-downlink must be",
+        "buckets of n elements",
+        "buffer-size must be >= 1",
+        "server-lr must be > 0",
+    ):
         assert part in message
     assert "async-mode must be one of simulated, real" in message
     with pytest.raises(ConfigError, match="moving-average applies to synchronous methods only"):
@@ -81,7 +89,10 @@ def test_keys_are_validated_together_and_name_themselves():
 # ------------------------------------------------------------------------------ codecs
 
 
-@pytest.mark.parametrize("wire", ["fp32", "fp8", "qsgd2", "qsgd4", "qsgd8", "minmax4", "minmax8"])
+@pytest.mark.parametrize(
+    "wire",
+    ["fp32", "fp8", "qsgd2", "qsgd4", "qsgd8", "qsgd4b64", "qsgd8b512", "minmax4", "minmax8"],
+)
 def test_delta_codecs_send_exactly_what_they_declare_and_decode_their_quantizer(wire):
     config = _config(**{"qafel-uplink": wire})
     layout, state = _layout(config)
@@ -91,9 +102,11 @@ def test_delta_codecs_send_exactly_what_they_declare_and_decode_their_quantizer(
     arrays = layout.pack(delta, codec, seeded_generator(0, "t"))
     assert sum(a.nbytes for a in arrays) == layout.nbytes(codec)
     decoded = layout.unpack(arrays, codec)
+    bits_text, _, bucket_text = wire.lstrip("qsgdminax").partition("b")
+    bucket = int(bucket_text) if bucket_text else None
     if wire.startswith("qsgd"):  # one generator, tensors in layout order: QSGD of each tensor
-        levels, g = qsgd_levels(int(wire[4:])), seeded_generator(0, "t")
-        expected = {k: qsgd_quantize(v, levels, g) for k, v in delta.items()}
+        levels, g = qsgd_levels(int(bits_text)), seeded_generator(0, "t")
+        expected = {k: qsgd_quantize(v, levels, g, bucket) for k, v in delta.items()}
     elif wire.startswith("minmax"):
         expected = {k: minmax_quantize(v, int(wire[6:])) for k, v in delta.items()}
     else:
@@ -107,11 +120,12 @@ def test_delta_codecs_send_exactly_what_they_declare_and_decode_their_quantizer(
             bound = torch.maximum(value.abs() / 8, alpha * 2.0**-9) * (1 + 1e-6)
             assert ((decoded[name] - value).abs() <= bound).all(), name
     # b bits per element, plus per tensor at most a byte of padding and 8 bytes of side
-    # information; min-max keeps 1-D tensors as float32
-    bits = 32 if wire == "fp32" else 8 if wire == "fp8" else int(wire.lstrip("qsgdminax"))
+    # information, and 4 bytes per bucket; min-max keeps 1-D tensors as float32
+    bits = 32 if wire == "fp32" else 8 if wire == "fp8" else int(bits_text)
     fp32_rows = sum(v.numel() for v in delta.values() if v.dim() <= 1 and "minmax" in wire)
     numel = sum(v.numel() for v in delta.values())
-    bound = bits * (numel - fp32_rows) / 8 + 4 * fp32_rows + 9 * len(delta)
+    buckets = sum(-(-v.numel() // bucket) for v in delta.values()) if bucket else 0
+    bound = bits * (numel - fp32_rows) / 8 + 4 * fp32_rows + 9 * len(delta) + 4 * buckets
     assert layout.nbytes(codec) <= bound
 
 

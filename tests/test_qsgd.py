@@ -21,6 +21,7 @@ from fp8fl.numerics.qsgd import (
     qsgd_encode,
     qsgd_levels,
     qsgd_nbytes,
+    qsgd_norm_count,
     qsgd_quantize,
 )
 
@@ -81,9 +82,9 @@ def test_qsgd_tiny_norm_is_zero_and_generator_advances_the_same() -> None:
     assert torch.equal(qsgd_quantize(tiny, 7, g1), torch.zeros(10))
     qsgd_quantize(torch.randn(10), 7, g2)
     assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
-    codes, norm = qsgd_encode(tiny, 7, _gen(0))
-    assert norm == 0 and not codes.any()
-    assert torch.equal(qsgd_decode(codes, norm, 10, 7), torch.zeros(10))
+    codes, norms = qsgd_encode(tiny, 7, _gen(0))
+    assert norms.tolist() == [0.0] and not codes.any()
+    assert torch.equal(qsgd_decode(codes, norms, 10, 7), torch.zeros(10))
 
 
 def test_qsgd_bits_to_levels_mapping() -> None:
@@ -99,14 +100,62 @@ def test_qsgd_bits_to_levels_mapping() -> None:
 @pytest.mark.parametrize("shape", [(0,), (1,), (7,), (3, 5), (4, 3, 3, 2)])
 def test_qsgd_encode_decode_exact_and_nbytes(levels: int, shape: tuple[int, ...]) -> None:
     v = torch.randn(shape) * 3
-    codes, norm = qsgd_encode(v, levels, _gen(7))
     count = math.prod(shape)
-    assert isinstance(norm, np.float32) and codes.dtype == np.uint8
-    assert codes.nbytes + 4 == qsgd_nbytes(count, levels)
-    assert codes.nbytes == packed_length(count, qsgd_code_bits(levels))
-    decoded = qsgd_decode(codes, norm, count, levels).view(shape)
-    expected = qsgd_quantize(v, levels, _gen(7))
-    assert torch.equal(decoded.view(torch.int32), expected.view(torch.int32))  # bit for bit
+    for bucket in (None, 1, 4, 512):
+        codes, norms = qsgd_encode(v, levels, _gen(7), bucket)
+        assert norms.dtype == np.float32 and codes.dtype == np.uint8
+        assert norms.shape == (qsgd_norm_count(count, bucket),)
+        assert codes.nbytes + norms.nbytes == qsgd_nbytes(count, levels, bucket)
+        assert codes.nbytes == packed_length(count, qsgd_code_bits(levels))
+        decoded = qsgd_decode(codes, norms, count, levels, bucket).view(shape)
+        expected = qsgd_quantize(v, levels, _gen(7), bucket)
+        assert torch.equal(decoded.view(torch.int32), expected.view(torch.int32))  # bit for bit
+
+
+def test_qsgd_norm_counts() -> None:
+    assert [qsgd_norm_count(n) for n in (0, 1, 10_000)] == [1, 1, 1]
+    assert [qsgd_norm_count(n, 512) for n in (0, 1, 512, 513, 614_400)] == [0, 1, 1, 2, 1200]
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="bucket"):
+            qsgd_norm_count(10, bad)
+
+
+@pytest.mark.parametrize("levels", [7, 127])
+def test_bucketed_qsgd_is_unbiased_and_its_variance_obeys_the_bucket_bound(levels: int) -> None:
+    """Each bucket is QSGD of its own: unbiased, and E‖Q(v) − v‖² ≤ min(n/s², √n/s)·‖v‖² with the
+    bucket's n, far below the whole tensor's bound."""
+    torch.manual_seed(1)
+    bucket, d = 16, 200  # 12 full buckets and one of 8
+    v = torch.randn(d) * torch.rand(d) * 4
+    n = 2000
+    gen = _gen(2)
+    samples = torch.stack([qsgd_quantize(v, levels, gen, bucket).double() for _ in range(n)])
+    flat = v.double()
+    pieces = [_exact_moments(flat[i : i + bucket], levels) for i in range(0, d, bucket)]
+    std = torch.cat([p[0] for p in pieces])
+    mse, var_sq = sum(p[2] for p in pieces), sum(p[3] for p in pieces)
+    # unbiased per coordinate within 5σ/√n (σ from each bucket's Bernoulli law), as above
+    assert (
+        (samples.mean(0) - flat).abs() <= K_SIGMA * std / math.sqrt(n) + 1e-6 * flat.abs()
+    ).all()
+    emp = float(((samples - flat) ** 2).sum(1).mean())
+    assert abs(emp - mse) <= K_SIGMA * math.sqrt(var_sq / n) + 1e-6 * mse
+    bucket_bound = sum(
+        min(len(b) / levels**2, math.sqrt(len(b)) / levels) * float(b.norm() ** 2)
+        for b in flat.split(bucket)
+    )
+    assert mse <= bucket_bound
+    # the whole tensor's exact error is larger: one norm for all makes each step coarser
+    assert mse < _exact_moments(flat, levels)[2]
+
+
+def test_bucketed_qsgd_keeps_a_tiny_bucket_at_zero_and_the_rest_unchanged() -> None:
+    v = torch.cat([torch.full((4,), QSGD_NORM_THRESHOLD / 10), torch.randn(4)])
+    codes, norms = qsgd_encode(v, 7, _gen(5), 4)
+    assert norms[0] == 0 and norms[1] == np.float32(v[4:].double().norm().item())
+    q = qsgd_decode(codes, norms, 8, 7, 4)
+    assert torch.equal(q[:4], torch.zeros(4))
+    assert torch.equal(q[4:], qsgd_quantize(v, 7, _gen(5), 4)[4:])
 
 
 def test_qsgd_decode_rejects_corrupt_streams() -> None:
@@ -120,6 +169,10 @@ def test_qsgd_decode_rejects_corrupt_streams() -> None:
         qsgd_decode(bad, norm, 6, 5)
     with pytest.raises(ValueError):
         qsgd_decode(codes[:-1], norm, 6, 5)
+    with pytest.raises(ValueError, match="2 norms, 1 expected"):
+        qsgd_decode(codes, np.array([1.0, 1.0], np.float32), 6, 5)
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        qsgd_decode(codes, np.array([-1.0], np.float32), 6, 5)
     with pytest.raises(ValueError):
         qsgd_quantize(torch.tensor([1.0, float("nan")]), 7, _gen(0))
 
@@ -161,3 +214,20 @@ def test_minmax_is_deterministic_and_hits_the_endpoints() -> None:
     assert torch.equal(q1, q2)
     assert q1.min() == v.min() and q1.max() == v.max()
     assert q1.unique().numel() <= 8
+
+
+def test_bucketed_qsgd_keeps_a_hidden_state_close_where_per_tensor_qsgd_runs_away() -> None:
+    """QAFeL's error e = x − x̂ follows e ← v − Q(v), v = e + update, so E‖e‖² grows without bound
+    when the relative variance ω ≥ 1 and settles at ω/(1 − ω)·‖update‖² when ω < 1. On a
+    614,400-element tensor (LeNet's fc1) 8-bit per-tensor QSGD has ω up to √d/s ≈ 6.2; with buckets
+    of 512, ω ≤ √512/127 ≈ 0.18, so ‖e‖/‖update‖ stays near √(ω/(1 − ω)) ≤ 0.47."""
+    d, levels, gen = 614_400, qsgd_levels(8), _gen(0)
+    ratios = {}
+    for bucket in (None, 512):
+        e = torch.zeros(d)
+        for _ in range(30):
+            update = 0.01 * torch.randn(d, generator=gen)
+            e = (e + update) - qsgd_quantize(e + update, levels, gen, bucket)
+        ratios[bucket] = float(e.norm() / update.norm())
+    assert ratios[512] < 0.47
+    assert ratios[None] > 100  # measured 905 (experiments/results/PEERS.md)

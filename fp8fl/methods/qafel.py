@@ -5,6 +5,7 @@ and FedBuff (Nguyen et al., arXiv:2106.06639) as components; the maths is ``fede
   through the codec (QAFeL quantizes the whole update Δ = y_P − y_0, biases included).
 * codecs ``qafel-uplink`` (Q_c, for Δ) and ``qafel-downlink`` (Q_s, for x − x̂), each one of:
   ``fp32``; ``qsgd<b>`` (QSGD, b bits per element: s = 2^(b−1) − 1 levels, per tensor, stochastic);
+  ``qsgd<b>b<n>`` (the same with a norm per bucket of n elements, e.g. ``qsgd8b512``);
   ``minmax<b>`` (FLSim's deterministic per-tensor min–max, 1-D tensors FP32); ``fp8`` (this app's
   minifloat codes in the run's ``format``, stochastic rounding, α = max|v| per tensor).
 * aggregator ``buffered``: the buffered server step x ← x + (η_g/K)·Σ Q_c(Δ_k), q = Q_s(x − x̂),
@@ -48,10 +49,11 @@ from fp8fl.numerics.qsgd import (
     minmax_decode,
     minmax_encode,
     minmax_nbytes,
+    qsgd_code_bits,
     qsgd_decode,
     qsgd_encode,
     qsgd_levels,
-    qsgd_nbytes,
+    qsgd_norm_count,
 )
 from fp8fl.numerics.quant import Rounding
 
@@ -114,9 +116,11 @@ def _offsets(sizes: Sequence[int]) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True)
 class QSGDCodec:
-    """QSGD per tensor with ``bits`` bits per element (sign + ℓ), plus each tensor's float32 norm."""
+    """QSGD with ``bits`` bits per element (sign + ℓ), per tensor or per ``bucket`` consecutive
+    elements, plus the float32 norm of each tensor or bucket."""
 
     bits: int
+    bucket: int | None = None
     name: ClassVar[str] = "qsgd"
 
     @property
@@ -124,31 +128,37 @@ class QSGDCodec:
         return qsgd_levels(self.bits)
 
     def _sizes(self, shapes: Mapping[str, tuple[int, ...]]) -> list[int]:
-        return [qsgd_nbytes(math.prod(s), self.levels) - 4 for s in shapes.values()]
+        return [packed_length(math.prod(s), qsgd_code_bits(self.levels)) for s in shapes.values()]
+
+    def _norm_counts(self, shapes: Mapping[str, tuple[int, ...]]) -> list[int]:
+        return [qsgd_norm_count(math.prod(s), self.bucket) for s in shapes.values()]
 
     def array_specs(self, shapes: Mapping[str, tuple[int, ...]]) -> list[ArraySpec]:
         return [
             ArraySpec("codes", UINT8, sum(self._sizes(shapes))),
-            ArraySpec("norms", FLOAT32, len(shapes)),
+            ArraySpec("norms", FLOAT32, sum(self._norm_counts(shapes))),
         ]
 
     def encode(
         self, weights: Mapping[str, torch.Tensor], state: State, generator: torch.Generator | None
     ) -> list[np.ndarray]:
-        coded = [qsgd_encode(w, self.levels, generator) for w in weights.values()]
+        coded = [qsgd_encode(w, self.levels, generator, self.bucket) for w in weights.values()]
         codes = np.concatenate([np.empty(0, np.uint8), *(c for c, _ in coded)])
-        return [codes, np.array([n for _, n in coded], dtype=np.float32)]
+        return [codes, np.concatenate([np.empty(0, np.float32), *(n for _, n in coded)])]
 
     def decode(
         self, arrays: Sequence[np.ndarray], shapes: Mapping[str, tuple[int, ...]], state: State
     ) -> State:
         codes, norms = arrays
         out = {}
-        for (name, shape), norm, (lo, hi) in zip(
-            shapes.items(), norms.tolist(), _offsets(self._sizes(shapes))
+        for (name, shape), (lo, hi), (nlo, nhi) in zip(
+            shapes.items(), _offsets(self._sizes(shapes)), _offsets(self._norm_counts(shapes))
         ):
+            count = math.prod(shape)
             try:
-                out[name] = qsgd_decode(codes[lo:hi], norm, math.prod(shape), self.levels)
+                out[name] = qsgd_decode(
+                    codes[lo:hi], norms[nlo:nhi], count, self.levels, self.bucket
+                )
             except ValueError as err:
                 raise ValueError(f"{name}: {err}") from None
             out[name] = out[name].view(shape)
@@ -249,14 +259,17 @@ class ScaledMinifloatCodec:
         return out
 
 
-WIRE_PATTERN = re.compile(r"^(fp32|fp8|qsgd([2-8])|minmax([1-8]))$")
+WIRE_PATTERN = re.compile(r"^(fp32|fp8|qsgd([2-8])(?:b([1-9][0-9]{0,7}))?|minmax([1-8]))$")
 
 
 def _wire_problem(key: str) -> Callable[[str], str | None]:
     def check(value: str) -> str | None:
         if value == "" or WIRE_PATTERN.match(value):
             return None
-        return f"{key} must be fp32, fp8, qsgd2..qsgd8 or minmax1..minmax8, got {value!r}"
+        return (
+            f"{key} must be fp32, fp8, qsgd2..qsgd8 (per tensor), qsgd<b>b<n> (buckets of n "
+            f"elements, e.g. qsgd8b512) or minmax1..minmax8, got {value!r}"
+        )
 
     return check
 
@@ -267,9 +280,9 @@ def delta_codec(wire: str, config: RunConfig) -> Codec:
     if match is None:
         raise ValueError(f"unknown QAFeL wire {wire!r}")
     if match.group(2):
-        return QSGDCodec(int(match.group(2)))
-    if match.group(3):
-        return MinMaxCodec(int(match.group(3)))
+        return QSGDCodec(int(match.group(2)), int(match.group(3)) if match.group(3) else None)
+    if match.group(4):
+        return MinMaxCodec(int(match.group(4)))
     return ScaledMinifloatCodec(Rounding(config.fmt, True)) if wire == "fp8" else Float32Codec()
 
 
@@ -277,13 +290,13 @@ CODEC_OPTIONS = (
     Option(
         "qafel-uplink",
         "",
-        "Q_c of the client's Δ: fp32, fp8, qsgd<b>, minmax<b>",
+        "Q_c of the client's Δ: fp32, fp8, qsgd<b>, qsgd<b>b<n> (buckets of n), minmax<b>",
         _wire_problem("qafel-uplink"),
     ),
     Option(
         "qafel-downlink",
         "",
-        "Q_s of the broadcast x − x̂: fp32, fp8, qsgd<b>, minmax<b>",
+        "Q_s of the broadcast x − x̂: fp32, fp8, qsgd<b>, qsgd<b>b<n> (buckets of n), minmax<b>",
         _wire_problem("qafel-downlink"),
     ),
 )
