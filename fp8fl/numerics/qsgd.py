@@ -99,10 +99,8 @@ def qsgd_quantize(
 ) -> torch.Tensor:
     """Unbiased QSGD with ``levels`` levels over the whole tensor, or over each bucket of
     ``bucket`` consecutive elements (C order); float32, same shape as ``v``."""
-    negative, ell, norms = _qsgd_levels_of(v, levels, generator, bucket)
-    return _qsgd_values(negative, ell, _per_element(norms, ell.numel(), bucket), levels).view(
-        v.shape
-    )
+    negative, ell, _, norm = _qsgd_levels_of(v, levels, generator, bucket)
+    return _qsgd_values(negative, ell, norm, levels).view(v.shape)
 
 
 def qsgd_encode(
@@ -114,7 +112,7 @@ def qsgd_encode(
     """Packed sign|ℓ codes (C order) and the float32 norms (one per bucket); decodes to
     ``qsgd_quantize``'s result."""
     bits = _wire_bits(levels)
-    negative, ell, norms = _qsgd_levels_of(v, levels, generator, bucket)
+    negative, ell, norms, _ = _qsgd_levels_of(v, levels, generator, bucket)
     codes = (negative.to(torch.int64) << (bits - 1)) | ell
     return pack_codes(codes.to(torch.uint8).cpu().numpy(), bits), norms
 
@@ -130,10 +128,9 @@ def qsgd_decode(
     bits = _wire_bits(levels)
     stream = _check_stream(codes, packed_length(count, bits))
     norms32 = np.asarray(norms, dtype=np.float32).reshape(-1)
-    if norms32.size != qsgd_norm_count(count, bucket):
-        raise ValueError(
-            f"QSGD message holds {norms32.size} norms, {qsgd_norm_count(count, bucket)} expected"
-        )
+    expected = qsgd_norm_count(count, bucket)
+    if norms32.size != expected:
+        raise ValueError(f"QSGD message holds {norms32.size} norms, {expected} expected")
     if not (np.isfinite(norms32).all() and (norms32 >= 0).all()):
         raise ValueError(f"QSGD norm must be finite and non-negative, got {norms32.min()!r}")
     raw = torch.from_numpy(unpack_codes(stream, count, bits).astype(np.int64))
@@ -198,8 +195,9 @@ def _per_element(norms: np.ndarray, count: int, bucket: int | None) -> torch.Ten
 
 def _qsgd_levels_of(
     v: torch.Tensor, levels: int, generator: torch.Generator | None, bucket: int | None
-) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """(negative mask, ℓ as int64, float32 norms) for the flattened tensor."""
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, torch.Tensor]:
+    """(negative mask, ℓ as int64, float32 norms, each element's norm as float64) for the
+    flattened tensor."""
     _check_levels(levels)
     flat = _float_input(v)
     u = torch.rand(flat.shape, generator=generator, dtype=torch.float64, device=flat.device)
@@ -210,7 +208,7 @@ def _qsgd_levels_of(
     r = (flat.abs() * (levels / torch.where(zero, 1.0, norm))).clamp_(0.0, float(levels))
     low = r.floor()
     ell = (low + (u < r - low).to(torch.float64)).to(torch.int64).masked_fill_(zero, 0)
-    return (flat < 0) & (ell > 0), ell, norms
+    return (flat < 0) & (ell > 0), ell, norms, norm
 
 
 def _qsgd_values(
