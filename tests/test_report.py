@@ -45,14 +45,16 @@ def write_run(
     started: str = "2026-01-01T00:00:00+00:00",
     unchanged: list | None = None,
     uploads: int | None = None,
+    up_share: int = 4,
+    round_bytes: int | None = None,
     **overrides,
 ) -> Path:
     """A run folder as the ServerApp writes it: round 0 to R with ``accuracy`` (None = not
-    evaluated), each round sending ``ROUND_BYTES[method]`` (default 1 MB, a quarter of it up) from
-    2 clients after round 0 (``uploads`` given: a buffered server step of that many uploads with
-    staleness 0..K-1), and per round the ``unchanged_codes`` in ``unchanged`` (None = null,
-    ``ABSENT`` = no such key). A peer method's run has empty FP8 switches, as a preset run of its
-    family records."""
+    evaluated), each round sending ``round_bytes`` or ``ROUND_BYTES[method]`` (default 1 MB),
+    1/``up_share`` of it up, from 2 clients after round 0 (``uploads`` given: a buffered server
+    step of that many uploads with staleness 0..K-1), and per round the ``unchanged_codes`` in
+    ``unchanged`` (None = null, ``ABSENT`` = no such key). A peer method's run has empty FP8
+    switches, as a preset run of its family records."""
     config = {
         **BASE,
         "method": method,
@@ -67,22 +69,22 @@ def write_run(
     (folder / "config.json").write_text(
         json.dumps({"run-id": folder.name, "config": config, "seed": seed, "started": started})
     )
-    step = ROUND_BYTES.get(method, MB)
+    step = round_bytes or ROUND_BYTES.get(method, MB)
     records = [
         {
             "round": r,
             "accuracy": a,
             "loss": 1.0,
             "cum_bytes": r * step,
-            "cum_bytes_up": r * step // 4,
-            "bytes_up": step // 4 if r else 0,
-            "bytes_down": step - step // 4 if r else 0,
+            "cum_bytes_up": r * (step // up_share),
+            "bytes_up": step // up_share if r else 0,
+            "bytes_down": step - step // up_share if r else 0,
         }
         | (
             {
                 "uploads": uploads,
                 "staleness": list(range(uploads)),
-                "broadcast_bytes": (step - step // 4) // 100,
+                "broadcast_bytes": (step - step // up_share) // 100,
                 "broadcast_receivers": 100,
             }
             if uploads and r
@@ -107,8 +109,8 @@ def write_run(
                     "best_accuracy": best["accuracy"],
                     "best_round": best["round"],
                     "total_bytes": records[-1]["cum_bytes"],
-                    "bytes_up": records[-1]["cum_bytes"] // 2,
-                    "bytes_down": records[-1]["cum_bytes"] // 2,
+                    "bytes_up": records[-1]["cum_bytes_up"],
+                    "bytes_down": records[-1]["cum_bytes"] - records[-1]["cum_bytes_up"],
                     "wall_s": 12.5,
                     "results_dir": str(folder),
                 }
@@ -468,3 +470,23 @@ def test_message_sizes_per_direction_and_bits_per_weight(tmp_path):
     assert weights == 797_248  # the count docs/lossless.md and REPRODUCTION.md give for LeNet
     assert float(rows["fp32"]["bits_per_weight_up"]) == pytest.approx(8 * MB / 2 / weights)
     assert weight_count("kwt1", "speechcommands") is None  # its classes depend on the folders
+
+
+def test_message_table_gives_mean_std_and_the_gain_on_uplink_and_total_bytes(tmp_path):
+    """A method with an FP32 downlink (as the clipped-uniform paper's) gains on the uplink but
+    little in all: FP32 sends 1 MB up and 3 MB down a round, cq4 0.1 MB up and 3 MB down."""
+    for seed, final in ((0, 0.6), (1, 0.5)):
+        write_run(tmp_path, "fp32", seed, [0.1, 0.3, 0.5, final])
+    write_run(tmp_path, "cq4", 0, [0.1, 0.3, 0.5, 0.6], round_bytes=3_100_000, up_share=31)
+    out = report(tmp_path, tmp_path)
+    rows = {r["method"]: r for r in read_csv(out / "messages.csv")}
+    assert float(rows["fp32"]["final_accuracy_pct"]) == pytest.approx(55)
+    assert float(rows["fp32"]["final_accuracy_std_pct"]) == pytest.approx(50**0.5)  # ddof = 1
+    # acc* = min(FP32's seed-mean best 0.55, cq4's 0.6) = 0.55, first reached in round 3 by both
+    assert float(rows["cq4"]["gain_acc_pct"]) == pytest.approx(55)
+    assert float(rows["cq4"]["gain_vs_fp32"]) == pytest.approx(4 / 3.1)
+    assert float(rows["cq4"]["uplink_gain_vs_fp32"]) == pytest.approx(1 / 0.1)
+    assert float(rows["cq4"]["uplink_bytes"]) == 3 * 100_000
+    text = (out / "messages.md").read_text()
+    assert table_row(text, "FP32")[2] == f"55.00 ± {50**0.5:.2f}"
+    assert table_row(text, METHOD_LABELS["cq4"])[-1] == "10.00× (55.00 %)"

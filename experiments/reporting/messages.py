@@ -8,6 +8,12 @@ byte Flower carried (codes, frequency tables of the lossless stage, clipping ran
 norms, framing) over the model's conv and linear weights, the tensors a quantizer compresses. The
 weight count needs the class count of the task: fixed by the data set for CIFAR-10/100 and FSDD;
 "—" for Speech Commands, whose classes depend on the folders present.
+
+Beside them, the final accuracy as mean ± sample std over seeds, the bytes the run sent up and in
+all, and the communication gain over FP32 (§5.3 of Wang et al. 2024, arXiv:2407.02610: bytes to the
+lower of the two best accuracies) counted twice: on bytes sent both ways, as the paper does, and on
+uplink bytes only, as the clipped-uniform paper (Bozorgasl & Chen, arXiv:2405.13365) counts, since
+its downlink is FP32.
 """
 
 from __future__ import annotations
@@ -52,20 +58,24 @@ def _row(setting: Setting, result: MethodResult) -> dict[str, Any]:
     def bits(size: float | None) -> float | None:
         return None if size is None or not weights else 8 * size / weights
 
-    gain = result.gain
+    gain, uplink_gain = result.gain, result.uplink_gain
     return {
         "setting": setting.label,
         "method": result.method,
         "label": result.label,
         "seeds": len(result.runs),
         "final_accuracy_pct": result.mean,
+        "final_accuracy_std_pct": result.std,
         "bytes_per_up_message": up,
         "bytes_per_down_message": down,
         "bits_per_weight_up": bits(up),
         "bits_per_weight_down": bits(down),
+        "uplink_bytes": _mean([r.summary.get("bytes_up") for r in result.runs]),
         "total_bytes": _mean([r.summary.get("total_bytes") for r in result.runs]),
         "gain_vs_fp32": None if gain is None else gain.value,
         "gain_acc_pct": None if gain is None else 100 * gain.target,
+        "uplink_gain_vs_fp32": None if uplink_gain is None else uplink_gain.value,
+        "uplink_gain_acc_pct": None if uplink_gain is None else 100 * uplink_gain.target,
     }
 
 
@@ -80,23 +90,37 @@ def _markdown(setting: Setting, rows: Sequence[dict[str, Any]]) -> str:
         + (f" ({weights:,} conv and linear weights)" if weights else ""),
         "",
         "| method | seeds | final acc. (%) | bytes / up msg | bytes / down msg | bits/weight up "
-        "| bits/weight down | total MB | gain vs FP32 (at acc.) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| bits/weight down | uplink MB | total MB | gain vs FP32, total (at acc.) "
+        "| gain vs FP32, uplink (at acc.) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        gain = (
-            "—"
-            if r["gain_vs_fp32"] is None
-            else f"{r['gain_vs_fp32']:.2f}× ({r['gain_acc_pct']:.2f} %)"
-        )
+        accuracy = _cell(r["final_accuracy_pct"], ".2f")
+        if r["final_accuracy_std_pct"] is not None:
+            accuracy += f" ± {r['final_accuracy_std_pct']:.2f}"
         lines.append(
-            f"| {r['label']} | {r['seeds']} | {_cell(r['final_accuracy_pct'], '.2f')} "
+            f"| {r['label']} | {r['seeds']} | {accuracy} "
             f"| {_cell(r['bytes_per_up_message'], ',.0f')} "
             f"| {_cell(r['bytes_per_down_message'], ',.0f')} "
             f"| {_cell(r['bits_per_weight_up'], '.2f')} | {_cell(r['bits_per_weight_down'], '.2f')} "
-            f"| {_cell(r['total_bytes'] and r['total_bytes'] / 1e6, ',.1f')} | {gain} |"
+            f"| {_megabytes(r['uplink_bytes'])} | {_megabytes(r['total_bytes'])} "
+            f"| {_gain(r['gain_vs_fp32'], r['gain_acc_pct'])} "
+            f"| {_gain(r['uplink_gain_vs_fp32'], r['uplink_gain_acc_pct'])} |"
         )
-    return "\n".join(lines) + "\n"
+    notes = (
+        "Final acc.: mean ± sample std over seeds. Gain: FP32's bytes ÷ the method's bytes, each "
+        "until it first reached the lower of the two best seed-mean accuracies (in brackets); "
+        "total counts both directions (the paper's §5.3), uplink the clients' messages only."
+    )
+    return "\n".join([*lines, "", notes]) + "\n"
+
+
+def _megabytes(size: float | None) -> str:
+    return _cell(size and size / 1e6, ",.1f")
+
+
+def _gain(value: float | None, accuracy_pct: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}× ({accuracy_pct:.2f} %)"
 
 
 def write_messages(settings: Sequence[Setting], out_dir: Path) -> tuple[list[Path], str]:

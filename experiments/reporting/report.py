@@ -9,7 +9,8 @@ writes to ``--out``:
 
 * ``table1.md/.csv``, ``table2`` and ``table3`` where their methods ran
   (``experiments.reporting.tables``), and ``runs.csv``, one row per finished run;
-* ``messages.md/.csv``: bytes and bits per weight of one message per direction
+* ``messages.md/.csv``: bytes and bits per weight of one message per direction, final accuracy
+  (mean ± std) and the gain over FP32 on total and on uplink bytes
   (``experiments.reporting.messages``);
 * ``fig4-<setting>.png/.svg``: accuracy against cumulative bytes (``experiments.reporting.plots``);
 * where BQ and UQ both ran, ``rounding-gap-<setting>.png/.svg/.csv``

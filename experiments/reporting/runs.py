@@ -190,6 +190,11 @@ class Run:
     def final_accuracy(self) -> float | None:
         return self.summary.get("final_accuracy")
 
+    @property
+    def uplink_curve(self) -> Curve:
+        """Accuracy against cumulative uplink bytes, at the evaluated rounds."""
+        return Curve(self.uplink.rounds, self.uplink.cum_bytes_up, self.uplink.accuracy)
+
 
 @dataclass(frozen=True)
 class Found:
@@ -278,12 +283,14 @@ def find_runs(dirs: Sequence[Path]) -> Found:
 # ---------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
 class MethodResult:
-    """A method's runs in one setting, its seed-mean curve and its gain over FP32."""
+    """A method's runs in one setting, its seed-mean curve and its gain over FP32, on bytes
+    sent both ways (``gain``, the paper's §5.3) and on uplink bytes only (``uplink_gain``)."""
 
     method: str
     runs: tuple[Run, ...]
     curve: Curve
     gain: Gain | None
+    uplink_gain: Gain | None = None
 
     @property
     def accuracies(self) -> np.ndarray:
@@ -363,14 +370,22 @@ def _method_order(method: str) -> tuple[int, str]:
 
 
 def _results(runs: Sequence[Run]) -> dict[str, MethodResult]:
-    """Per method (FP32 first): its runs by seed, seed-mean curve and gain over FP32."""
+    """Per method (FP32 first): its runs by seed, seed-mean curve and gains over FP32 (on total
+    and on uplink bytes)."""
     by_method: dict[str, list[Run]] = {}
     for run in sorted(runs, key=lambda r: r.seed):
         by_method.setdefault(run.method, []).append(run)
     curves = {m: mean_curve([r.curve for r in rs]) for m, rs in by_method.items()}
-    baseline = curves.get(BASELINE)
+    uplinks = {m: mean_curve([r.uplink_curve for r in rs]) for m, rs in by_method.items()}
+    baseline, baseline_up = curves.get(BASELINE), uplinks.get(BASELINE)
     return {
-        m: MethodResult(m, tuple(by_method[m]), curves[m], communication_gain(baseline, curves[m]))
+        m: MethodResult(
+            m,
+            tuple(by_method[m]),
+            curves[m],
+            communication_gain(baseline, curves[m]),
+            communication_gain(baseline_up, uplinks[m]),
+        )
         for m in sorted(by_method, key=_method_order)
     }
 
