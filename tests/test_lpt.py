@@ -96,6 +96,10 @@ def test_options_choose_components_and_rename_the_method():
         ({"method": "uq", "lpt-bits": "8"}, "lpt-bits applies to the LPT-FL methods only"),
         ({"method": "uq", "moving-average": 1.0}, r"moving-average must be in \[0, 1\)"),
         ({"model": "convnet", "task": "speechcommands"}, "model 'convnet' does not fit"),
+        (
+            {"method": "lpt8", "optimizer": "sgd"},
+            r"lpt8 trains with its quantizer's own adam step .*got 'sgd'",
+        ),
     ],
 )
 def test_bad_option_values_are_named(values, message):
@@ -164,6 +168,16 @@ def test_activations_and_errors_are_quantized_in_training_only():
     model.train()
     logits = model(x)
     assert on_grid(logits, 6, "tensor") and not on_grid(fp32(x), 6, "tensor")
+
+
+@pytest.mark.parametrize(
+    ("method", "optimizer", "resolved"),
+    [("lpt8", "auto", "adam"), ("lpt6", "adam", "adam"), ("fp32", "auto", "sgd")],
+)
+def test_auto_optimizer_is_the_quantizers_own_step(method, optimizer, resolved):
+    """The record names the step that trained: LPT-FL's Adam, never the SGD default."""
+    config = RunConfig.from_mapping({"method": method, "optimizer": optimizer})
+    assert config.optimizer == resolved
 
 
 def test_other_quantizers_keep_the_run_optimizer():

@@ -39,6 +39,7 @@ from fp8fl.methods.registry import (
     component_problems,
     family_keys,
     method_spec,
+    own_optimizer,
 )
 from fp8fl.methods.seams import Components
 from fp8fl.numerics.formats import FloatFormat
@@ -75,7 +76,8 @@ class RunConfig:
     local_steps: int = 0  # > 0 overrides local_epochs
     batch_size: int = 50
     # sgd; adam (constant lr, L2 weight decay: the local step of LPT-FL, for a like-for-like
-    # comparison); adamw with cosine decay over rounds; auto: adamw for kwt1, else sgd
+    # comparison); adamw with cosine decay over rounds; auto: the quantizer's own step where it
+    # has one (adam for LPT-FL), else adamw for kwt1 and sgd for the other models
     optimizer: str = "auto"
     lr: float = 0.1
     weight_decay: float = 1e-3
@@ -145,18 +147,23 @@ class RunConfig:
             ),
             CUSTOMS[spec.family].name,
         )
-        optimizer = self.optimizer
-        if optimizer == "auto":
-            optimizer = "adamw" if self.model == "kwt1" else "sgd"
         config = dataclasses.replace(
-            self, method=method, optimizer=optimizer, options=_default_options() | self.options
+            self, method=method, options=_default_options() | self.options
         )._with(filled)
         problems += config._problems()
-        if not problems:
+        if not problems:  # the components are known once every single value is valid
+            config = dataclasses.replace(config, optimizer=config._optimizer())
             problems += component_problems(config)
         if problems:
             raise ConfigError(_report(problems))
         return config
+
+    def _optimizer(self) -> str:
+        """``optimizer``, with ``auto`` resolved: the quantizer's own local step where it has one
+        (LPT-FL's Adam), else adamw for kwt1 and sgd for the other models."""
+        if self.optimizer != "auto":
+            return self.optimizer
+        return own_optimizer(self) or ("adamw" if self.model == "kwt1" else "sgd")
 
     def _with(self, values: dict[str, Any]) -> RunConfig:
         """A copy with run-config ``values`` (kebab-case keys of fields or options) set."""

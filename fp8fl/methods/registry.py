@@ -81,6 +81,7 @@ __all__ = [
     "component_problems",
     "family_keys",
     "method_spec",
+    "own_optimizer",
 ]
 
 
@@ -88,13 +89,16 @@ __all__ = [
 class ComponentEntry:
     """How to build a component from the run config, and which run-config keys it reads: core
     keys (``reads``) and keys of its own (``options``, validated by their checks); ``validate``
-    finds problems that need more than one value (e.g. a list of bits against the model)."""
+    finds problems that need more than one value (e.g. a list of bits against the model). A
+    quantizer that brings its own local step names its optimizer (``optimizer``): the run's
+    ``optimizer`` must then be ``auto`` (which resolves to it) or that one."""
 
     factory: Callable[..., Any]
     summary: str
     reads: tuple[str, ...] = ()
     options: tuple[Option, ...] = ()
     validate: Callable[[RunConfig], list[str]] | None = None
+    optimizer: str | None = None
 
 
 QUANTIZERS: dict[str, ComponentEntry] = {
@@ -116,6 +120,7 @@ QUANTIZERS: dict[str, ComponentEntry] = {
         reads=("lr", "weight-decay"),
         options=(LPT_BITS_OPTION, LINEAR_BLOCK_OPTION),
         validate=lpt_problems,
+        optimizer="adam",
     ),
     "fp32-deltas": ComponentEntry(
         lambda config: DeltaTraining(),
@@ -397,11 +402,25 @@ def family_keys(family: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(keys))
 
 
+def own_optimizer(config: RunConfig) -> str | None:
+    """The optimizer of the run's quantizer when it brings its own local step, else None."""
+    return QUANTIZERS[config.components.quantizer].optimizer
+
+
 def component_problems(config: RunConfig) -> list[str]:
-    """What the run's components find wrong with it beyond single values."""
+    """What the run's components find wrong with it beyond single values, and an ``optimizer``
+    its quantizer would not use (a silent switch would train with another step than the one
+    the record names)."""
     parts = config.components
     entries = (QUANTIZERS[parts.quantizer], CODECS[parts.codec], AGGREGATORS[parts.aggregator])
-    return [p for e in entries if e.validate is not None for p in e.validate(config)]
+    problems = [p for e in entries if e.validate is not None for p in e.validate(config)]
+    own = own_optimizer(config)
+    if own is not None and config.optimizer != own:
+        problems.append(
+            f"{config.method} trains with its quantizer's own {own} step ({parts.quantizer}): "
+            f"optimizer must be auto or {own}, got {config.optimizer!r}"
+        )
+    return problems
 
 
 @dataclass(frozen=True)
