@@ -146,6 +146,20 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def test_a_regenerated_report_is_byte_identical(tmp_path):
+    """The same runs give the same files, figures included (no date, fixed SVG ids), so a
+    committed report regenerated after new runs changes only where the results changed."""
+    write_paper_grid(tmp_path / "results")
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first = report(tmp_path / "a", tmp_path / "results")
+    second = report(tmp_path / "b", tmp_path / "results")
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert any(p.suffix == ".svg" for p in files) and any(p.suffix == ".png" for p in files)
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    changed = [p for p in files if (first / p).read_bytes() != (second / p).read_bytes()]
+    assert changed == []
+
+
 def test_table1_has_mean_std_over_seeds_and_the_gain(tmp_path):
     write_paper_grid(tmp_path / "results")
     out = report(tmp_path, tmp_path / "results")
@@ -365,8 +379,12 @@ def test_lossless_and_mixed_runs_are_methods_of_their_own_in_the_same_setting():
         METHOD_LABELS["uq"] + " mixed(fp32:0.3,e4m3:0.7) + lossless"
     )
     assert method_label("fp32+ma0.9") == METHOD_LABELS["fp32"] + " + MA λ=0.9"
-    ordered = sorted(["bq", "uq+lossless", "fp32+ma0.9", "fp32", "uq"], key=_method_order)
-    assert ordered == ["fp32", "fp32+ma0.9", "uq", "uq+lossless", "bq"]
+    # UQ+'s own "+" is part of its name, not a suffix
+    assert method_label("uq++lossless") == METHOD_LABELS["uq+"] + " + lossless"
+    ordered = sorted(
+        ["bq", "uq++lossless", "uq+lossless", "fp32+ma0.9", "fp32", "uq"], key=_method_order
+    )
+    assert ordered == ["fp32", "fp32+ma0.9", "uq", "uq+lossless", "uq++lossless", "bq"]
 
 
 def test_a_moving_average_run_joins_the_setting_of_its_plain_twin(tmp_path):
@@ -409,6 +427,30 @@ def test_a_peer_method_shares_the_fp32_setting_and_customs_are_told_apart(tmp_pa
     assert setting.methods["qafel-custom(qsgd8/qsgd8/hidden)"].label == (
         "QAFeL custom (qsgd8/qsgd8/hidden)"
     )
+
+
+def test_a_family_switch_beyond_the_presets_makes_a_variant_in_the_same_setting(tmp_path):
+    """An LPT run with the block-FP downlink (``lpt-downlink``, which no preset sets) is compared
+    with the FP32 run of its sweep, as a variant beside plain LPT; a custom method lists such a
+    switch after its preset switches; the default value names no variant."""
+    peer = {"lpt_bits": "", "lpt_downlink": "fp32", "cq_bits": "", "cq_downlink": "fp32"}
+    write_run(tmp_path, "fp32", 0, [0.1, 0.3, 0.5, 0.6], **peer)
+    write_run(tmp_path, "lpt8", 0, [0.1, 0.2, 0.4, 0.5], **peer | {"lpt_bits": "8"})
+    bfp = peer | {"lpt_bits": "8", "lpt_downlink": "bfp"}
+    write_run(tmp_path, "lpt8", 0, [0.1, 0.2, 0.3, 0.5], name="lpt8-bfp", **bfp)
+    custom = peer | {"cq_bits": "4,2,2,4", "cq_rounding": "nearest", "cq_average": "nk"}
+    write_run(
+        tmp_path, "cq-custom", 0, [0.1, 0.2, 0.3, 0.4], **custom | {"cq_downlink": "quantized"}
+    )
+    (setting,) = group_settings(find_runs([tmp_path]).runs)
+    assert list(setting.methods) == [
+        "fp32",
+        "lpt8",
+        "lpt8(lpt-downlink=bfp)",
+        "cq-custom(4,2,2,4/nearest/nk, cq-downlink=quantized)",
+    ]
+    assert setting.methods["lpt8(lpt-downlink=bfp)"].label == "LPT-FL 8-bit (lpt-downlink=bfp)"
+    assert setting.methods["lpt8(lpt-downlink=bfp)"].gain is not None
 
 
 def test_uploads_to_target_for_buffered_and_synchronous_runs(tmp_path):

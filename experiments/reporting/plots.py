@@ -95,11 +95,14 @@ def draw_band(
 
 
 def save_figure(fig: Figure, stem: Path) -> list[Path]:
-    """``fig`` as ``<stem>.png`` (150 dpi) and ``<stem>.svg`` (text kept as text)."""
+    """``fig`` as ``<stem>.png`` (150 dpi) and ``<stem>.svg`` (text kept as text). Both files
+    carry no date and the SVG's ids are salted by its name, so the same runs give the same
+    bytes and a regenerated report shows in a diff only where a figure changed."""
     paths = [stem.with_name(f"{stem.name}.{ext}") for ext in ("png", "svg")]
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
+    metadata = {"png": {"Software": None}, "svg": {"Date": None}}
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": stem.name}):
         for path in paths:
-            fig.savefig(path, dpi=150)
+            fig.savefig(path, dpi=150, metadata=metadata[path.suffix[1:]])
     return paths
 
 

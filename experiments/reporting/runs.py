@@ -39,7 +39,14 @@ from experiments.reporting.gain import (
 )
 from fp8fl.data.partitioners import DIRICHLET_SCHEMES, SCHEMES
 from fp8fl.federated.results import safe_name
-from fp8fl.methods.registry import CUSTOMS, FAMILIES, METHODS, family_keys
+from fp8fl.methods.registry import (
+    CUSTOMS,
+    FAMILIES,
+    METHODS,
+    family_keys,
+    family_switches,
+    method_spec,
+)
 
 __all__ = [
     "BASELINE",
@@ -94,8 +101,9 @@ NOT_SETTING = frozenset(
         # they modify the method: part of its name (Run.method)
         *("lossless", "client-formats", "moving-average"),
         # the switches a peer family's presets set (cq-bits, lpt-bits, qafel-uplink, …) say which
-        # method ran, so a cq4 run shares its setting with the FP32 baseline
-        *(k for family in FAMILIES for k in family_keys(family)),
+        # method ran, so a cq4 run shares its setting with the FP32 baseline; so do the family's
+        # other switches (lpt-downlink, cq-mse-floor, …), which make a variant of the method
+        *(k for family in FAMILIES for k in (*family_keys(family), *family_switches(family))),
     }
 )
 CUSTOM_SWITCHES = {
@@ -109,7 +117,7 @@ INCOMPLETE = re.compile(r"-incomplete-\d+$")
 LOSSLESS_SUFFIX = "+lossless"
 MA_SUFFIX = "+ma"  # then λ: fp32+ma0.9
 MODIFIED = re.compile(
-    r"^(?P<base>[^(\[+]+?)(?:\((?P<switches>[^)]*)\))?(?:\[(?P<formats>[^\]]*)\])?"
+    r"^(?P<base>.+?)(?:\((?P<switches>[^)]*)\))?(?:\[(?P<formats>[^\]]*)\])?"
     rf"(?:{re.escape(MA_SUFFIX)}(?P<ma>[0-9.]+))?(?P<lossless>{re.escape(LOSSLESS_SUFFIX)})?$"
 )
 CUSTOM_LABELS = {spec.name: spec.label for spec in CUSTOMS.values()}
@@ -163,16 +171,36 @@ class Run:
         """The run-config method; a custom one (``custom``, ``cq-custom``, …) is told apart by its
         family's switches. Mixed client formats, the server moving average and the lossless stage
         are suffixes (``uq[fp32:0.3,e4m3:0.7]``, ``fp32+ma0.9``, ``uq+lossless``), so such a run is
-        a method of its own beside the plain one, in the same setting."""
+        a method of its own beside the plain one, in the same setting. So is a run that changed one
+        of its family's other switches (``lpt8(lpt-downlink=bfp)``)."""
         method = self.config["method"]
-        if method in CUSTOM_SWITCHES:
-            switches = "/".join(str(self.config.get(k)) for k in CUSTOM_SWITCHES[method])
-            method = f"{method}({switches})"
+        switches = [s for s in (self._custom_switches(), self._changed_switches()) if s]
+        if switches:
+            method += f"({', '.join(switches)})"
         if formats := self.config.get("client-formats"):
             method += f"[{formats}]"
         if lam := self.config.get("moving-average"):
             method += f"{MA_SUFFIX}{lam:g}"
         return method + (LOSSLESS_SUFFIX if self.config.get("lossless") else "")
+
+    def _custom_switches(self) -> str:
+        """A custom method's preset switches, as values (``qsgd4/qsgd8/hidden``)."""
+        keys = CUSTOM_SWITCHES.get(self.config["method"], ())
+        return "/".join(str(self.config.get(k)) for k in keys)
+
+    def _changed_switches(self) -> str:
+        """The method family's switches beyond its presets that this run changed from their
+        defaults (``lpt-downlink=bfp``), so such a run is a variant beside the plain method."""
+        try:
+            family = method_spec(self.config["method"]).family
+        except KeyError:  # a method this registry does not know
+            return ""
+        defaults = family_switches(family)
+        return ", ".join(
+            f"{k}={self.config[k]}"
+            for k in defaults
+            if self.config.get(k, defaults[k]) != defaults[k]
+        )
 
     @property
     def key(self) -> Key:

@@ -80,6 +80,7 @@ __all__ = [
     "build",
     "component_problems",
     "family_keys",
+    "family_switches",
     "method_spec",
     "own_optimizer",
 ]
@@ -400,6 +401,17 @@ def family_keys(family: str) -> tuple[str, ...]:
     """The run-config keys the presets of ``family`` set."""
     keys = [k for spec in METHODS.values() if spec.family == family for k in spec.settings]
     return tuple(dict.fromkeys(keys))
+
+
+def family_switches(family: str) -> dict[str, Any]:
+    """The family's own run-config keys that no preset sets (``lpt-downlink``, ``cq-mse-floor``),
+    with their defaults: a run that changes one is a variant of its method, not another setting."""
+    preset = set(family_keys(family))
+    return {
+        key: option.default
+        for key, option in OPTIONS.items()
+        if key.startswith(f"{family}-") and key not in preset
+    }
 
 
 def own_optimizer(config: RunConfig) -> str | None:
