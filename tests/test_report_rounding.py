@@ -151,6 +151,29 @@ def test_files_only_for_settings_where_bq_and_uq_share_a_seed(tmp_path):
     assert (tmp_path / "console.txt").read_text().count("BQ − UQ at round") == 1
 
 
+def test_the_clipped_uniform_pair_gets_its_own_gap_files_beside_bq_uq(tmp_path):
+    """cq4-det − cq4 is the same paired gap, written as ``rounding-gap-cq4-…``; its methods record
+    no unchanged codes (FP32 downlink), so those columns are empty."""
+    root = tmp_path / "r"
+    write_pair(root, BQ, UQ)
+    for method, seeds in (("cq4-det", BQ), ("cq4", UQ)):
+        for seed, accuracy in seeds.items():
+            write_run(root, method, seed, accuracy, cq_bits="4")
+    out = report(tmp_path, root)
+    stem = out / "rounding-gap-cq4-cifar10-lenet-iid"
+    svg = stem.with_suffix(".svg").read_text()
+    assert "cq4-det − cq4, mean over seeds (n=3)" in svg
+    assert "weight codes unchanged" not in svg  # no panel for codes nobody recorded
+    rows = read_csv(stem.with_suffix(".csv"))
+    assert [r["gap_mean"] for r in rows] == ["0.0", "-0.333333", "-3.0", "-2.666667"]
+    assert {(r["cq4-det_unchanged_mean"], r["cq4_unchanged_mean"]) for r in rows} == {("", "")}
+    console = (tmp_path / "console.txt").read_text()
+    assert "cq4-det − cq4 at round 3: −2.7 points (−4.0…−1.0 over 3 seeds); cq4-det falls" in (
+        console
+    )
+    assert console.count("BQ − UQ at round") == 1
+
+
 def test_the_paper_line_under_cifar10_lenet_rows_only(tmp_path):
     root = tmp_path / "r"
     for method in ("fp32", "uq", "uq+", "bq"):

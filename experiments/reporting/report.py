@@ -13,7 +13,8 @@ writes to ``--out``:
   (mean ± std) and the gain over FP32 on total and on uplink bytes
   (``experiments.reporting.messages``);
 * ``fig4-<setting>.png/.svg``: accuracy against cumulative bytes (``experiments.reporting.plots``);
-* where BQ and UQ both ran, ``rounding-gap-<setting>.png/.svg/.csv``
+* where BQ and UQ both ran, ``rounding-gap-<setting>.png/.svg/.csv``, and where cq4-det and cq4
+  did, ``rounding-gap-cq4-<setting>``: the gap of deterministic rounding behind stochastic
   (``experiments.reporting.rounding``);
 * where a buffered method (FedBuff, QAFeL) ran, ``uploads-<setting>.md/.csv`` and
   ``uplink-<setting>.png/.svg``: uploads and MB to a fixed accuracy
@@ -80,7 +81,10 @@ def write_report(
     written += gap_files
     if gap_lines:
         console.print(
-            Markdown("**Rounding gap (BQ − UQ)**\n\n" + "\n".join(f"- {x}" for x in gap_lines))
+            Markdown(
+                "**Rounding gap (deterministic − stochastic rounding)**\n\n"
+                + "\n".join(f"- {x}" for x in gap_lines)
+            )
         )
     upload_files, upload_tables = write_uploads(settings, out_dir, target)
     written += upload_files
