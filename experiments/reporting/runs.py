@@ -39,14 +39,7 @@ from experiments.reporting.gain import (
 )
 from fp8fl.data.partitioners import DIRICHLET_SCHEMES, SCHEMES
 from fp8fl.federated.results import safe_name
-from fp8fl.methods.registry import (
-    CUSTOMS,
-    FAMILIES,
-    METHODS,
-    family_keys,
-    family_switches,
-    method_spec,
-)
+from fp8fl.methods.registry import CUSTOMS, FAMILIES, METHODS, family_keys, family_switches
 
 __all__ = [
     "BASELINE",
@@ -106,6 +99,10 @@ NOT_SETTING = frozenset(
         *(k for family in FAMILIES for k in (*family_keys(family), *family_switches(family))),
     }
 )
+VARIANT_SWITCHES = {
+    spec.name: family_switches(spec.family) for spec in (*METHODS.values(), *CUSTOMS.values())
+}
+"""Per registered method, its family's switches beyond the presets, with their defaults."""
 CUSTOM_SWITCHES = {
     spec.name: ("qat", "wire", "server-opt") if family == "fp8" else family_keys(family)
     for family, spec in CUSTOMS.items()
@@ -191,11 +188,7 @@ class Run:
     def _changed_switches(self) -> str:
         """The method family's switches beyond its presets that this run changed from their
         defaults (``lpt-downlink=bfp``), so such a run is a variant beside the plain method."""
-        try:
-            family = method_spec(self.config["method"]).family
-        except KeyError:  # a method this registry does not know
-            return ""
-        defaults = family_switches(family)
+        defaults = VARIANT_SWITCHES.get(self.config["method"], {})
         return ", ".join(
             f"{k}={self.config[k]}"
             for k in defaults
