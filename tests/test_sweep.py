@@ -149,10 +149,9 @@ seeds = [0]
 
 def test_the_150_round_sweep_file_is_the_issued_setting():
     sweep = load_sweep(ROOT / "experiments" / "configs" / "lenet-cifar10-150.toml")
-    assert len(sweep.runs) == 14
+    assert len(sweep.runs) == 15
     assert {r.config.num_server_rounds for r in sweep.runs} == {150}
     assert {(r.config.split, r.config.method, r.config.seed) for r in sweep.runs} == {
         *(("iid", m, s) for m in ("fp32", "uq", "uq+", "bq") for s in (0, 1, 2)),
-        ("dirichlet", "uq", 0),
-        ("dirichlet", "bq", 0),
+        *(("dirichlet", m, 0) for m in ("uq", "bq", "fp32")),
     }
