@@ -51,7 +51,7 @@ from fp8fl.federated.buffered import AsyncSchedule, Job
 from fp8fl.federated.config import ConfigError, RunConfig
 from fp8fl.federated.protocol import ProtocolError, fit_instructions
 from fp8fl.federated.seeds import derive_seed
-from fp8fl.federated.training import evaluate
+from fp8fl.federated.training import EvaluationSet, evaluate
 from fp8fl.federated.wire import WireError
 from fp8fl.methods.qafel import JOB_KEY, START_CODEC, START_VERSION, BufferedAggregator
 from fp8fl.methods.seams import ClientUpdate
@@ -99,7 +99,9 @@ class BufferedRun:
         self.aggregator.start(initial, self.layout)
         self.aggregator.load_state_dict(self.journal.aggregator_state)
         self.clients = ClientDirectory(config.num_clients)
-        self.eval_rows = evaluation_rows(config, len(self.test))
+        self.evaluation = EvaluationSet.prepare(
+            self.test, config.eval_batch_size, self.device, evaluation_rows(config, len(self.test))
+        )
         self.nodes: dict[int, int] = {}  # partition -> node id
 
     # ------------------------------------------------------------------ clients and messages
@@ -224,9 +226,7 @@ class BufferedRun:
         started = time.perf_counter()
         if server_round == 0 or last or server_round % config.eval_every == 0:
             self.model.load_state_dict(x)
-            evaluation = evaluate(
-                self.model, self.test, config.eval_batch_size, self.device, self.eval_rows
-            )
+            evaluation = evaluate(self.model, self.evaluation)
         digest = model_digest(ndarrays_to_parameters(self.layout.pack(x, SERVER_STATE)))
         record = self.journal.record(
             server_round, evaluation, digest, facts, time.perf_counter() - started

@@ -42,7 +42,7 @@ from fp8fl.data.tasks import load_task_data
 from fp8fl.federated.config import RunConfig
 from fp8fl.federated.results import RunRecorder
 from fp8fl.federated.seeds import derive_seed
-from fp8fl.federated.training import evaluate
+from fp8fl.federated.training import EvaluationSet, evaluate
 from fp8fl.methods.fp8 import Float32Codec
 from strategies.clients import ClientDirectory
 from strategies.journal import RunJournal
@@ -73,7 +73,9 @@ class QuantizedFedAvg(Strategy):
         self.round = SyncRound(
             config, self.built, self.layout, self.clients, self.journal.ledger, groups
         )
-        self.eval_rows = evaluation_rows(config, len(self.test))
+        self.evaluation = EvaluationSet.prepare(
+            self.test, config.eval_batch_size, self.device, evaluation_rows(config, len(self.test))
+        )
         self.record: RoundRecord | None = None  # this round's facts, written once it is evaluated
         self.sent: Broadcast | None = None  # this round's broadcast
         self.round_start_state: dict[str, torch.Tensor] = {}  # the global state it started from
@@ -141,9 +143,7 @@ class QuantizedFedAvg(Strategy):
         state = self._state(parameters)
         if server_round == 0 or last or server_round % self.config.eval_every == 0:
             self.model.load_state_dict(state)
-            evaluation = evaluate(
-                self.model, self.test, self.config.eval_batch_size, self.device, self.eval_rows
-            )
+            evaluation = evaluate(self.model, self.evaluation)
         facts = self.record.to_json() if server_round > 0 and self.record else None
         record = self.journal.record(
             server_round,

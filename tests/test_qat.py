@@ -12,6 +12,7 @@ from torch.func import functional_call
 
 from fp8fl.models.architectures import MODELS, build_model
 from fp8fl.models.attention import SelfAttention
+from fp8fl.models.convolution import conv2d
 from fp8fl.models.qat import (
     MIN_RANGE,
     QConv1d,
@@ -167,7 +168,11 @@ def test_qat_layer_equals_fake_quant_composed_by_hand(fmt, layer, shape):
     a = torch.tensor(alpha, requires_grad=True)
     b = torch.tensor(1.5, requires_grad=True)
     qw = fake_quant(ref.weight, a, fmt)
-    y_ref = functional_call(ref, {"weight": qw, "bias": ref.bias}, (fake_quant(x_ref, b, fmt),))
+    if isinstance(ref, nn.Conv2d):  # QConv2d convolves through fp8fl.models.convolution
+        geometry = (ref.stride, ref.padding, ref.dilation, ref.groups)
+        y_ref = conv2d(fake_quant(x_ref, b, fmt), qw, ref.bias, *geometry)
+    else:
+        y_ref = functional_call(ref, {"weight": qw, "bias": ref.bias}, (fake_quant(x_ref, b, fmt),))
     y = model(x_q)
     assert torch.equal(y, y_ref)
     grad = torch.randn_like(y)

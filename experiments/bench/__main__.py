@@ -13,6 +13,7 @@ TOPICS = {
     "qat": "experiments.bench.qat",
     "data": "experiments.bench.data",
     "scale": "experiments.bench.scale",
+    "round": "experiments.bench.round",
     "bytes": "experiments.bench.bytes",
     "lossless": "experiments.bench.lossless",
 }

@@ -28,6 +28,7 @@ from fp8fl.models.architectures import build_model
 from fp8fl.models.qat import QATModule, clamp_ranges_, range_parameter_names
 
 __all__ = [
+    "EvaluationSet",
     "LocalUpdate",
     "build_run_model",
     "cosine_lr",
@@ -164,25 +165,45 @@ def deterministic_rounding(model: nn.Module) -> Iterator[None]:
             m.qat_config = config
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    data: TaskData,
-    batch_size: int,
-    device: torch.device,
-    indices: np.ndarray | None = None,
-) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` on ``data`` (rows ``indices`` or all)."""
+@dataclass(frozen=True)
+class EvaluationSet:
+    """Rows of a split prepared once as model input, in batches. The server evaluates the same
+    rows every round, so they are decoded, normalised and laid out once, not every round."""
+
+    batches: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+    @classmethod
+    def prepare(
+        cls,
+        data: TaskData,
+        batch_size: int,
+        device: torch.device,
+        indices: np.ndarray | None = None,
+    ) -> EvaluationSet:
+        """Rows ``indices`` of ``data`` (all rows if None) in batches of ``batch_size``."""
+        rows = torch.arange(len(data)) if indices is None else torch.as_tensor(indices)
+        return cls(
+            tuple(
+                data.batch(rows[start : start + batch_size], False, None, device)
+                for start in range(0, len(rows), batch_size)
+            )
+        )
+
+    def __len__(self) -> int:
+        return sum(len(y) for _, y in self.batches)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, evaluation: EvaluationSet) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` on ``evaluation``."""
     model.eval()
-    rows = torch.arange(len(data)) if indices is None else torch.as_tensor(indices)
     loss_sum = correct = 0.0
     with deterministic_rounding(model):
-        for start in range(0, len(rows), batch_size):
-            x, y = data.batch(rows[start : start + batch_size], False, None, device)
+        for x, y in evaluation.batches:
             logits = model(x)
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += float((logits.argmax(1) == y).sum())
-    return loss_sum / len(rows), correct / len(rows)
+    return loss_sum / len(evaluation), correct / len(evaluation)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -14,7 +14,7 @@ holds at most one threshold; a cell look-up then gives ``base + (bits >= next)``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -64,8 +64,18 @@ class GridTables:
     alpha: float  # float32-representable
     magnitudes: np.ndarray  # float32 value of every magnitude code, increasing, last == alpha
     signed: np.ndarray  # float32 value of every full code (sign bit on top), the decode table
-    nearest: CellLookup
-    floor: CellLookup
+
+    # Each look-up is built on first use: QAT learns α and β, so every step rounds at a new α,
+    # and a step rounds either to nearest or stochastically, never both.
+    @cached_property
+    def nearest(self) -> CellLookup:
+        """Counts the round-to-nearest-even thresholds."""
+        return CellLookup.build(nearest_thresholds(self.fmt, self.magnitudes), self.fmt.man_bits)
+
+    @cached_property
+    def floor(self) -> CellLookup:
+        """Counts the grid points above zero (the floor used by stochastic rounding)."""
+        return CellLookup.build(self.magnitudes[1:], self.fmt.man_bits)
 
     @property
     def sign_code(self) -> int:
@@ -94,11 +104,4 @@ def grid_tables(fmt: FloatFormat, alpha: float) -> GridTables:
     """Tables for ``fmt`` at a validated float32 ``alpha`` (see ``formats.as_alpha``). Cached."""
     mags = fmt.magnitudes(alpha)
     signed = np.concatenate([mags, -mags])
-    return GridTables(
-        fmt=fmt,
-        alpha=alpha,
-        magnitudes=mags,
-        signed=signed,
-        nearest=CellLookup.build(nearest_thresholds(fmt, mags), fmt.man_bits),
-        floor=CellLookup.build(mags[1:], fmt.man_bits),
-    )
+    return GridTables(fmt=fmt, alpha=alpha, magnitudes=mags, signed=signed)

@@ -76,10 +76,46 @@ def quantize(
     return result.values.view(x.shape)
 
 
+def memory_order(x: torch.Tensor) -> tuple[int, ...] | None:
+    """The permutation of ``x``'s dimensions that is contiguous in memory (e.g. (0, 2, 3, 1) for a
+    channels-last image batch), or None when ``x`` is contiguous already or not dense."""
+    if x.is_contiguous():
+        return None
+    order = tuple(sorted(range(x.dim()), key=lambda d: (-x.stride(d), d)))
+    return order if x.permute(order).is_contiguous() else None
+
+
+def _in_memory_order(x: torch.Tensor, order: tuple[int, ...] | None) -> torch.Tensor:
+    return x if order is None else x.permute(order)
+
+
+def _back_from(y: torch.Tensor, order: tuple[int, ...] | None) -> torch.Tensor:
+    return y if order is None else y.permute(tuple(order.index(d) for d in range(len(order))))
+
+
+def _fake_quant_values(
+    x: torch.Tensor,
+    alpha: float,
+    fmt: FloatFormat,
+    stochastic: bool,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """``quantize(x)`` in ``x``'s own memory layout (a channels-last activation stays one).
+    Nearest rounding is element-wise, so it runs over the tensor in memory order; stochastic
+    rounding keeps the element-indexed uniform stream of the logical order, so it rounds a
+    contiguous copy and lays the result out as ``x``."""
+    check_float32(x)
+    order = None if stochastic else memory_order(x)
+    flat = _in_memory_order(x, order)
+    values = round_tensor(flat, alpha, fmt, stochastic, generator, False, True).values
+    q = _back_from(values.view(flat.shape), order)
+    return q if stochastic or q.stride() == x.stride() else torch.empty_like(x).copy_(q)
+
+
 class _FakeQuant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, alpha_tensor, alpha, fmt, stochastic, generator):  # type: ignore[override]
-        q = round_tensor(x, alpha, fmt, stochastic, generator, False, True).values.view(x.shape)
+        q = _fake_quant_values(x, alpha, fmt, stochastic, generator)
         ctx.save_for_backward(x, q)
         ctx.alpha = alpha
         return q
@@ -87,7 +123,15 @@ class _FakeQuant(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_q):  # type: ignore[override]
         x, q = ctx.saved_tensors
-        grad_x, grad_alpha = fake_quant_grads(grad_q, x, q, ctx.alpha)
+        # element-wise but for the sum of dL/dα: in x's memory order when q shares its layout
+        order = memory_order(x) if q.stride() == x.stride() else None
+        grad_x, grad_alpha = fake_quant_grads(
+            _in_memory_order(grad_q, order),
+            _in_memory_order(x, order),
+            _in_memory_order(q, order),
+            ctx.alpha,
+        )
+        grad_x = _back_from(grad_x, order)
         alpha_grad = None
         if ctx.needs_input_grad[1]:
             alpha_grad = torch.full((), grad_alpha, dtype=torch.float32, device=x.device)
