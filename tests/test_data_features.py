@@ -97,6 +97,9 @@ def test_prepare_images_normalises_and_augments_train_only() -> None:
         :, None, None
     ]
     assert plain.dtype == torch.float32 and torch.allclose(plain, expected)
+    # the same arithmetic as torchvision's normalize, bit for bit, laid out channels-last
+    assert torch.equal(plain, TF.normalize(x.float() / 255, list(mean), list(std)))
+    assert plain.is_contiguous(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(5)
     train = prepare_images(x, mean, std, train=True, generator=g)
     same_crops = crop_and_flip(x, 4, torch.Generator().manual_seed(5))

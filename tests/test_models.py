@@ -81,6 +81,37 @@ def test_lenet_layers_follow_feddyn():
     assert shapes == [(64, 3, 5, 5), (64, 64, 5, 5), (384, 1600), (192, 384), (10, 192)]
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
+def test_lenet_pools_before_its_relu_with_identical_values_and_gradients(channels_last):
+    """LeNet runs ReLU after max pooling; FedDyn writes it before. Both orders give the same
+    outputs and gradients bit for bit, also where a pooling window holds ties or no positive value."""
+    torch.manual_seed(5)
+    model = build_model("lenet", 10)
+    with torch.no_grad():
+        model.conv1.bias[:8] -= 10.0  # channels whose windows are all negative: ties at 0
+        model.conv1.weight[8:12] = 0.0  # constant channels: ties at a positive value
+        model.conv1.bias[8:12] = 0.5
+    x = torch.randn(6, 3, 32, 32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def feddyn(x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(model.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(model.conv2(x)), 2)
+        x = F.relu(model.fc1(x.flatten(1)))
+        return model.fc3(F.relu(model.fc2(x)))
+
+    outputs, grads = [], []
+    for forward in (model, feddyn):
+        model.zero_grad()
+        y = forward(x)
+        y.square().sum().backward()
+        outputs.append(y)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert torch.equal(outputs[0], outputs[1])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
 def test_resnet18_has_cifar_stem_and_groupnorm():
     model = build_model("resnet18", 10)
     assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)

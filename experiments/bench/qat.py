@@ -23,6 +23,7 @@ from torch import nn
 
 from fp8fl.models.architectures import build_model
 from fp8fl.models.qat import QuantConfig, calibrate, prepare_qat
+from fp8fl.numerics.kernels import set_threads
 
 CASES = (("lenet", 50), ("resnet18", 32))
 LENET_TARGET = 1.5
@@ -57,7 +58,9 @@ def step_times(
 def bench_model(name: str, batch: int, warmup: int, repeats: int) -> dict[str, list[float]]:
     torch.manual_seed(0)
     fp32 = build_model(name, 10)
-    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    # channels-last, as fp8fl.data.features.prepare_images lays out every image batch
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
     qat = prepare_qat(copy.deepcopy(fp32), QuantConfig())
     calibrate(qat, x)
     return step_times(
@@ -74,7 +77,7 @@ def main(argv: list[str]) -> None:
     )
     args = parser.parse_args(argv)
     if args.threads is not None:
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
     table = Table(
         title=f"QAT (E4M3, nearest) vs FP32 training step on CPU, "
         f"{torch.get_num_threads()} threads, {args.repeats} steps each",

@@ -11,19 +11,24 @@ optimizer step, of which fake_quant forward and backward, then encode. FP32 and 
 alternate fit by fit, so drifts in machine load hit both alike. The central evaluation is that of
 the default run: the full 10,000-image test split at ``eval-batch-size`` 500, on the server's
 thread count (torch's default) — its cost is printed beside the default run's round estimate.
+``--rounds R`` also runs R rounds of the 150-round setting in simulation (10 of 100 clients on
+one CPU each), FP32 then the method, and compares their median round times.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -36,6 +41,7 @@ from fp8fl.data.tasks import load_task_data
 from fp8fl.federated.client_data import client_partition
 from fp8fl.federated.config import RunConfig
 from fp8fl.federated.protocol import fit_instructions
+from fp8fl.federated.results import read_rounds
 from fp8fl.federated.seeds import derive_seed, seeded_generator
 from fp8fl.federated.training import (
     EvaluationSet,
@@ -45,6 +51,7 @@ from fp8fl.federated.training import (
     run_layout,
 )
 from fp8fl.methods.registry import build, build_codec, build_downlink_codec
+from fp8fl.numerics.kernels import set_threads
 
 SETTING = {  # lenet-cifar10-150.toml's client
     "task": "cifar10",
@@ -168,13 +175,35 @@ def evaluation_seconds(config: RunConfig, repeats: int) -> tuple[float, float]:
     quantizer = build(config, run_layout(config, model).quantized).quantizer
     if quantizer.calibrates:
         quantizer.calibrate(model, x)
+    evaluation = EvaluationSet.prepare(test, config.eval_batch_size, torch.device("cpu"))
     times, accuracy = [], 0.0
     for _ in range(repeats):
         start = time.perf_counter()
-        evaluation = EvaluationSet.prepare(test, config.eval_batch_size, torch.device("cpu"))
         _, accuracy = evaluate(model, evaluation)
         times.append(time.perf_counter() - start)
     return statistics.median(times), accuracy
+
+
+def simulated_rounds(method: str, rounds: int) -> list[float]:
+    """Wall seconds of rounds 1 … R − 1 of ``rounds`` rounds of the 150-round setting (100
+    clients, 10 per round) run by ``experiments.cli.simulate`` in a child process (the last
+    round also evaluates, so it is left out)."""
+    with tempfile.TemporaryDirectory() as results:
+        config = {
+            **SETTING,
+            "method": method,
+            "num-server-rounds": rounds,
+            "eval-every": rounds,
+            "results-dir": results,
+            "run-name": method,
+        }
+        subprocess.run(
+            [sys.executable, "-m", "experiments.cli.simulate", json.dumps(config)],
+            check=True,
+            capture_output=True,
+        )
+        records = read_rounds(Path(results) / method)
+    return [r["wall_s"] for r in records if 0 < r["round"] < rounds]
 
 
 def main(argv: list[str]) -> None:
@@ -183,13 +212,18 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--threads", type=int, default=1, help="client torch threads (Ray: 1)")
     parser.add_argument("--method", default="uq", help="the method set beside FP32")
     parser.add_argument("--eval-repeats", type=int, default=3)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="also simulate this many rounds of the 150-round setting per method, one method "
+        "after the other, and compare their median round times",
+    )
     args = parser.parse_args(argv)
     server_threads = torch.get_num_threads()
-    if "NUMBA_THREADING_LAYER" not in os.environ:  # as a Ray actor picks it (kernels.py)
-        numba.config.THREADING_LAYER = "workqueue" if args.threads == 1 else "omp"
+    set_threads(args.threads)  # before any kernel runs: the threading layer of a Ray actor
     methods = {"fp32": Method("fp32"), args.method: Method(args.method)}
 
-    torch.set_num_threads(args.threads)
     fits: dict[str, list[float]] = {name: [] for name in methods}
     phases: dict[str, list[Timings]] = {name: [] for name in methods}
     for i in range(args.fits + 1):  # the first fit of each warms caches and compiles kernels
@@ -237,3 +271,11 @@ def main(argv: list[str]) -> None:
         f"{100 * eval_s / round_s:.0f} % of a default round (≈ {round_s:.1f} s: {default_steps} "
         f"client steps at the {args.method} step time above, then the evaluation)"
     )
+    if args.rounds > 1:
+        walls = {name: simulated_rounds(name, args.rounds) for name in methods}
+        fp32, other = (statistics.median(walls[n]) for n in methods)
+        console.print(
+            f"simulated rounds of the 150-round setting (10 of 100 clients, median of rounds 1-"
+            f"{args.rounds - 1}): fp32 {fp32:.2f} s, {args.method} {other:.2f} s, "
+            f"ratio {other / fp32:.2f}x"
+        )

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from fp8fl.data.cache import (
     DatasetCorruptError,
@@ -26,9 +24,11 @@ from fp8fl.data.cache import (
 )
 
 JPEG_ARCHIVE = "cifar10-jpeg.tar.gz"
+# torchvision's data set class and the folder it reads; torchvision itself is imported only to
+# build a cache (it costs seconds of start-up in every client process otherwise)
 TORCHVISION = {
-    "cifar10": (torchvision.datasets.CIFAR10, "cifar-10-batches-py"),
-    "cifar100": (torchvision.datasets.CIFAR100, "cifar-100-python"),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py"),
+    "cifar100": ("CIFAR100", "cifar-100-python"),
 }
 SPLITS = ("train", "test")
 Split = tuple[torch.Tensor, np.ndarray, np.ndarray]  # inputs, labels, ids
@@ -36,7 +36,7 @@ Split = tuple[torch.Tensor, np.ndarray, np.ndarray]  # inputs, labels, ids
 
 def locate(name: str, root: Path) -> Source:
     """Find ``name`` under ``root`` (torchvision's root, its inner folder, or the JPEG archive's folder)."""
-    cls, folder = TORCHVISION[name]
+    cls_name, folder = TORCHVISION[name]
     if root.name == folder:
         root = root.parent
     if (root / folder).is_dir():
@@ -45,7 +45,7 @@ def locate(name: str, root: Path) -> Source:
     archive = root / JPEG_ARCHIVE
     if name == "cifar10" and archive.is_file():
         return Source((archive,), partial(build_jpeg, archive))
-    layout = f"torchvision's {cls.__name__} root, i.e. <root>/{folder}/ with its batch files"
+    layout = f"torchvision's {cls_name} root, i.e. <root>/{folder}/ with its batch files"
     searched = [root / folder]
     if name == "cifar10":
         layout += f", or <root>/{JPEG_ARCHIVE} (train|test/<class>/NNNN.jpg)"
@@ -55,7 +55,9 @@ def locate(name: str, root: Path) -> Source:
 
 def build_torchvision(name: str, root: Path, out: Path) -> None:
     """Convert torchvision's pickled batches (integrity-checked by torchvision) into the cache."""
-    cls, _ = TORCHVISION[name]
+    import torchvision
+
+    cls = getattr(torchvision.datasets, TORCHVISION[name][0])
     splits: dict[str, Split] = {}
     for split in SPLITS:
         try:
@@ -75,6 +77,8 @@ def build_torchvision(name: str, root: Path, out: Path) -> None:
 
 def build_jpeg(archive: Path, out: Path) -> None:
     """Checksum, read and batch-decode the JPEG archive ``train|test/<class>/NNNN.jpg``."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     members = read_archive("cifar10", archive)
     bad = [
         str(p)

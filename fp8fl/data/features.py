@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchaudio
-from torchvision.transforms.v2.functional import normalize
 
 from fp8fl.data.cache import build_once, load_array, new_array, split_file
 from fp8fl.data.dataset import Dataset
@@ -143,8 +142,16 @@ def prepare_images(
     each layer's output keeps it."""
     if train:
         x = crop_and_flip(x, padding, generator)
-    x = normalize(x.float() / 255, list(mean), list(std))
+    x = normalize(x.float() / 255, mean, std)
     return x.contiguous(memory_format=torch.channels_last)
+
+
+def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(x − mean) / std per channel of B×C×H×W ``x``: the arithmetic of torchvision's
+    ``normalize``, written out so that a client never imports torchvision (seconds of start-up)."""
+    mean_t = torch.as_tensor(mean, dtype=x.dtype).view(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=x.dtype).view(-1, 1, 1)
+    return x.sub(mean_t).div_(std_t)
 
 
 def crop_and_flip(x: torch.Tensor, padding: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -14,17 +14,10 @@ client process after the first loads it in milliseconds.
 from __future__ import annotations
 
 import hashlib
+from importlib.metadata import version
 from pathlib import Path
 
-import flwr_datasets
 import numpy as np
-from datasets import Dataset as HFDataset
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    IidPartitioner,
-    NaturalIdPartitioner,
-    Partitioner,
-)
 
 from fp8fl.data.cache import build_once
 from fp8fl.data.dataset import Dataset
@@ -62,7 +55,7 @@ def partition(
         name += f"-a{dirichlet_alpha}-m{min_partition_size}"
     if scheme == "dirichlet-balanced":
         name += f"-a{dirichlet_alpha}"
-    folder = ds.cache_dir / "partitions" / f"{name}-flwr_datasets{flwr_datasets.__version__}"
+    folder = ds.cache_dir / "partitions" / f"{name}-flwr_datasets{version('flwr-datasets')}"
     args = (ds, scheme, num_partitions, seed, dirichlet_alpha, min_partition_size)
     build_once(folder, lambda tmp: save(tmp, compute(*args)))
     indices, offsets = np.load(folder / "indices.npy"), np.load(folder / "offsets.npy")
@@ -95,7 +88,16 @@ def compute(
     min_partition_size: int,
 ) -> list[np.ndarray]:
     """Run the partitioner for ``scheme`` (flwr-datasets', or ``balanced_dirichlet``) and map its
-    rows back to ``ds`` rows."""
+    rows back to ``ds`` rows. flwr-datasets (with pandas and Hugging Face datasets) is imported
+    only here, on a cache miss: it costs seconds of start-up in every client process otherwise."""
+    from datasets import Dataset as HFDataset
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        NaturalIdPartitioner,
+        Partitioner,
+    )
+
     if scheme == "dirichlet-balanced":
         return balanced_dirichlet(ds.labels.numpy(), num_partitions, dirichlet_alpha, seed)
     if scheme == "speaker":

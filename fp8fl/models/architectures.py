@@ -29,7 +29,6 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock, ResNet
 
 from fp8fl.models.attention import SelfAttention
 
@@ -59,8 +58,10 @@ class LeNet(nn.Module):
         self.fc3 = nn.Linear(192, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        # relu(max_pool(x)) = max_pool(relu(x)) exactly, gradients included (ReLU is monotone and
+        # passes no gradient at or below 0), and the ReLU then runs on a quarter of the elements
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = F.relu(F.max_pool2d(self.conv2(x), 2))
         x = F.relu(self.fc1(x.flatten(1)))
         return self.fc3(F.relu(self.fc2(x)))
 
@@ -88,12 +89,15 @@ class ConvNet(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-def resnet18(num_classes: int, norm_groups: int = 2) -> ResNet:
+def resnet18(num_classes: int, norm_groups: int = 2) -> nn.Module:
     """torchvision's ResNet18 for 32×32 inputs: 3×3 stride-1 stem, no max pool, GroupNorm.
 
     Two groups per GroupNorm, as in FedDyn's ResNet18 and Hsieh et al. 2020, who found G = 2 the
     best setting under skewed client data. The norm layers keep torchvision's names (``bn1`` …).
+    torchvision is imported here, not with the module: the other models never need it.
     """
+    from torchvision.models.resnet import BasicBlock, ResNet
+
     model = ResNet(
         BasicBlock,
         [2, 2, 2, 2],

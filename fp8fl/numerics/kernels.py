@@ -30,6 +30,7 @@ __all__ = [
     "expected_squared_error",
     "fake_quant_grads",
     "round_to_grid",
+    "set_threads",
     "uniform_stream",
 ]
 
@@ -168,8 +169,16 @@ def _fake_quant_backward_kernel(g, x, q, alpha, gx):
 # with the training itself, and two such actors ran 3.5x slower. There the workqueue layer, whose
 # threads sleep, is used instead; it must not be entered by two threads at once, hence the lock.
 # NUMBA_THREADING_LAYER overrides the choice.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue" if torch.get_num_threads() == 1 else "omp"
+def set_threads(threads: int) -> None:
+    """Use ``threads`` torch threads, and the numba threading layer a process started with that
+    many picks (it takes effect before the first parallel kernel runs; a benchmark that times
+    one-CPU clients calls this first)."""
+    torch.set_num_threads(threads)
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER = "workqueue" if threads == 1 else "omp"
+
+
+set_threads(torch.get_num_threads())
 _LAUNCH = threading.Lock()
 
 
