@@ -64,6 +64,39 @@ def test_numba_and_torch_backends_are_bit_identical(fmt):
         assert torch.equal(fast.values.view(torch.int32), ref.values.view(torch.int32))
 
 
+@pytest.fixture
+def one_thread():
+    """A one-CPU process, as a Ray actor is: the kernels that run on the calling thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("fmt", NAMED, ids=str)
+def test_one_thread_nearest_values_and_gradients_match_the_other_kernels(fmt, one_thread):
+    from fp8fl.numerics.kernels import fake_quant_grads
+
+    x = hard_inputs(fmt, 2.5, random_count=20_000, seed=4)
+    tables = grid_tables(fmt, 2.5)
+    fast = round_to_grid(x, tables, False, key=0, want_codes=False, want_values=True)
+    ref = round_to_grid(
+        x, tables, False, key=0, want_codes=False, want_values=True, force_torch=True
+    )
+    assert fast.nonfinite == ref.nonfinite
+    assert torch.equal(fast.values.view(torch.int32), ref.values.view(torch.int32))
+    finite = x[torch.isfinite(x)]
+    q, g = quantize(finite, 2.5, fmt), torch.randn(finite.shape, generator=seeded(6))
+    gx, ga = fake_quant_grads(g, finite, q, 2.5)
+    gx_ref, ga_ref = fake_quant_grads(g, finite, q, 2.5, force_torch=True)
+    assert torch.equal(gx, gx_ref)
+    # the same float32 terms summed in float64 in another order: |Δ| <= 2·n·2^-53·Σ|terms|
+    bound = 2 * finite.numel() * 2.0**-53 * float((g.double() * (q - finite).double()).abs().sum())
+    assert abs(ga - ga_ref) <= bound + 2 * finite.numel() * 2.0**-53 * float(g.abs().sum())
+    with pytest.raises(ValueError, match="non-finite"):
+        quantize(torch.tensor([1.0, float("nan")]), 2.5, fmt)
+
+
 def test_uniform_stream_torch_matches_kernel_and_is_uniform():
     from fp8fl.numerics.kernels import _uniform24
 

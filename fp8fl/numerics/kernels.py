@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+from functools import partial
 
 import numba
 import numpy as np
@@ -109,16 +110,34 @@ def _codes_kernel(x, key, stochastic, shift, kmin, base, nxt, mags, sign_code, c
     return nonfinite
 
 
+@njit(inline="always")
+def _value_at(x, xbits, i, key, stochastic, shift, kmin, base, nxt, mags, values):
+    """Round x[i] to its grid value, into values[i]; 1 if x[i] is not finite, else 0."""
+    v = mags[_magnitude_code(x, xbits, i, key, stochastic, shift, kmin, base, nxt, mags)]
+    values[i] = -v if xbits[i] < 0 else v
+    return 1 if (xbits[i] & _ABS_MASK) >= _INF_BITS else 0
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _values_kernel(x, key, stochastic, shift, kmin, base, nxt, mags, values):
     """Round float32 ``x`` (1-D) to grid values; returns the number of non-finite inputs."""
     xbits = x.view(np.int32)
     nonfinite = 0
     for i in prange(x.size):
-        if (xbits[i] & _ABS_MASK) >= _INF_BITS:
-            nonfinite += 1
-        v = mags[_magnitude_code(x, xbits, i, key, stochastic, shift, kmin, base, nxt, mags)]
-        values[i] = -v if xbits[i] < 0 else v
+        nonfinite += _value_at(x, xbits, i, key, stochastic, shift, kmin, base, nxt, mags, values)
+    return nonfinite
+
+
+@njit(cache=True, nogil=True)
+def _nearest_values_serial(x, shift, kmin, base, nxt, mags, values):
+    """``_values_kernel`` with nearest rounding, on the calling thread: for a one-thread process,
+    where a parallel launch costs about 0.1 ms whatever the size (QAT makes ten a step)."""
+    xbits = x.view(np.int32)
+    nonfinite = 0
+    for i in range(x.size):
+        nonfinite += _value_at(
+            x, xbits, i, np.uint64(0), False, shift, kmin, base, nxt, mags, values
+        )
     return nonfinite
 
 
@@ -149,18 +168,34 @@ def _decode_kernel(codes, table, out):
         out[i] = table[codes[i]]
 
 
+@njit(inline="always")
+def _ste_at(g, x, q, alpha, inv_alpha, gx, i):
+    """dL/dx of element i into gx[i]; returns its term of dL/dα."""
+    xi = x[i]
+    gi = g[i]
+    inside = abs(xi) <= alpha
+    gx[i] = gi if inside else np.float32(0.0)
+    d = (q[i] - xi) * inv_alpha if inside else (np.float32(1.0) if xi > 0 else np.float32(-1.0))
+    return np.float64(gi * d)
+
+
 @njit(parallel=True, cache=True, nogil=True, fastmath=True)
 def _fake_quant_backward_kernel(g, x, q, alpha, gx):
     """STE backward; returns dL/dα (see ``quant.fake_quant`` for the derivative)."""
     inv_alpha = np.float32(1.0) / alpha
     acc = 0.0
     for i in prange(x.size):
-        xi = x[i]
-        gi = g[i]
-        inside = abs(xi) <= alpha
-        gx[i] = gi if inside else np.float32(0.0)
-        d = (q[i] - xi) * inv_alpha if inside else (np.float32(1.0) if xi > 0 else np.float32(-1.0))
-        acc += np.float64(gi * d)
+        acc += _ste_at(g, x, q, alpha, inv_alpha, gx, i)
+    return acc
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _fake_quant_backward_serial(g, x, q, alpha, gx):
+    """``_fake_quant_backward_kernel`` on the calling thread (see ``_nearest_values_serial``)."""
+    inv_alpha = np.float32(1.0) / alpha
+    acc = 0.0
+    for i in range(x.size):
+        acc += _ste_at(g, x, q, alpha, inv_alpha, gx, i)
     return acc
 
 
@@ -182,10 +217,14 @@ set_threads(torch.get_num_threads())
 _LAUNCH = threading.Lock()
 
 
+def _threads() -> int:
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
 def _launch(kernel, *args):  # type: ignore[no-untyped-def]
     """Run a parallel kernel on as many threads as torch uses (one in a one-CPU Ray actor)."""
     with _LAUNCH:
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        numba.set_num_threads(_threads())
         return kernel(*args)
 
 
@@ -212,24 +251,20 @@ def round_to_grid(
     flat = x.detach().reshape(-1)
     if x.device.type != "cpu" or force_torch:
         return _round_torch(flat, tables, stochastic, key, want_codes, want_values)
-    flat = flat.contiguous()
+    flat = flat.contiguous().numpy()
     lookup = tables.floor if stochastic else tables.nearest
-    args = (
-        flat.numpy(),
-        np.uint64(key),
-        stochastic,
-        lookup.shift,
-        lookup.kmin,
-        lookup.base,
-        lookup.next,
-        tables.magnitudes,
-    )
+    grid = (lookup.shift, lookup.kmin, lookup.base, lookup.next, tables.magnitudes)
     codes = values = None
+    if want_values and not want_codes and not stochastic and _threads() == 1:
+        values = torch.empty(flat.size, dtype=torch.float32)
+        nonfinite = _nearest_values_serial(flat, *grid, values.numpy())
+        return RoundResult(None, values, int(nonfinite))
+    args = (flat, np.uint64(key), stochastic, *grid)
     if want_codes:
-        codes = torch.empty(flat.numel(), dtype=torch.uint8)
+        codes = torch.empty(flat.size, dtype=torch.uint8)
         nonfinite = _launch(_codes_kernel, *args, tables.sign_code, codes.numpy())
     if want_values:
-        values = torch.empty(flat.numel(), dtype=torch.float32)
+        values = torch.empty(flat.size, dtype=torch.float32)
         nonfinite = _launch(_values_kernel, *args, values.numpy())
     return RoundResult(codes, values, int(nonfinite))
 
@@ -308,8 +343,10 @@ def fake_quant_grads(
         return gx, float((g.double() * d.double()).sum())
     g_flat = g.detach().reshape(-1).contiguous()
     gx = torch.empty_like(g_flat)
-    galpha = _launch(
-        _fake_quant_backward_kernel,
+    serial = _threads() == 1
+    galpha = (
+        _fake_quant_backward_serial if serial else partial(_launch, _fake_quant_backward_kernel)
+    )(
         g_flat.numpy(),
         x.reshape(-1).contiguous().numpy(),
         q.reshape(-1).contiguous().numpy(),
