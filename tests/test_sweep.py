@@ -155,3 +155,36 @@ def test_the_150_round_sweep_file_is_the_issued_setting():
         *(("iid", m, s) for m in ("fp32", "uq", "uq+", "bq") for s in (0, 1, 2)),
         *(("dirichlet", m, 0) for m in ("uq", "bq", "fp32")),
     }
+
+
+def test_the_paper_budget_sweep_file_is_the_papers_setting():
+    """Issue 30: §5.1's CIFAR-10 budget, 500,000 client steps per run, in the issued order."""
+    sweep = load_sweep(ROOT / "experiments" / "configs" / "lenet-cifar10-paper.toml")
+    assert [(r.config.method, r.config.seed) for r in sweep.runs] == [
+        ("fp32", 0),
+        ("uq", 0),
+        ("bq", 0),
+        ("uq+", 0),
+        ("fp32", 1),
+        ("uq", 1),
+    ]
+    for run in sweep.runs:
+        c = run.config
+        assert (c.task, c.model, c.split, c.num_clients, c.clients_per_round) == (
+            "cifar10",
+            "lenet",
+            "iid",
+            100,
+            0.1,
+        )
+        assert (c.num_server_rounds, c.local_epochs, c.batch_size, c.lr, c.weight_decay) == (
+            1000,
+            5,
+            50,
+            0.1,
+            1e-3,
+        )
+        assert (c.eval_every, c.eval_samples, c.optimizer) == (25, 0, "sgd")
+        # 10 clients a round × 5 epochs × 500 / 50 steps × 1000 rounds
+        steps = c.clients_per_round_count * c.local_epochs * (50_000 // 100 // c.batch_size)
+        assert steps * c.num_server_rounds == 500_000
