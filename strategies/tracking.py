@@ -15,6 +15,7 @@ tracker that cannot start, or fails later, gives one warning and is dropped (doc
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -124,6 +125,8 @@ class MLflowTracker:
         from mlflow import MlflowClient
         from mlflow.entities import Param
 
+        # the store's schema set-up logs at INFO on every new store: not worth a line of output
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         root, self.run_dir = run_dir.parent, run_dir
         uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
         self.client = MlflowClient(tracking_uri=uri)

@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from experiments.cli.run_outcome import ANSI
+
 __all__ = [
     "ROUND_LINE",
     "QuietEcho",
@@ -29,7 +31,6 @@ __all__ = [
     "quiet_flower_logs",
 ]
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 FLOWER_INFO = re.compile(r"^(INFO|DEBUG)\s*:\s?(?P<message>.*)$")
 ROUND_LINE = re.compile(
     r"\[(?P<run>[^\]\s]+)\] round (?P<round>\d+)/(?P<total>\d+): (?P<facts>.*)$"
