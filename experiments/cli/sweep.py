@@ -182,6 +182,7 @@ def _execute(run: SweepRun, results_dir: Path, bar: Progress, task: Any) -> str:
         "run",
         str(PROJECT),
         "--stream",
+        "--verbose",  # the run's log file keeps Flower's whole log
         "--run-config",
         str(config_file),
         "--federation-config",
