@@ -8,6 +8,7 @@ import logging
 
 from rich.console import Console
 
+from experiments.cli.flwr_cli import verbose_flag
 from experiments.cli.terminal import (
     ROUND_LINE,
     QuietEcho,
@@ -116,3 +117,8 @@ def test_in_process_runs_leave_out_flowers_info_unless_verbose():
         flower.removeHandler(handler)
         flower.setLevel(level)
     assert caught == ["fp8fl: resuming r after round 2", "a warning", "[ROUND 2]"]
+
+
+def test_verbose_is_fp8fl_flwrs_own_flag_and_not_passed_to_flwr():
+    assert verbose_flag(["run", ".", "--verbose", "--stream"]) == (True, ["run", ".", "--stream"])
+    assert verbose_flag(["run", "."]) == (False, ["run", "."])

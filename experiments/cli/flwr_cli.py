@@ -79,6 +79,11 @@ def streamed(args: list[str]) -> list[str]:
     return args
 
 
+def verbose_flag(args: list[str]) -> tuple[bool, list[str]]:
+    """fp8fl-flwr's own ``--verbose`` (show Flower's whole log), and the arguments for ``flwr``."""
+    return "--verbose" in args, [a for a in args if a != "--verbose"]
+
+
 def app_dir(args: list[str]) -> Path:
     """The app folder of ``run [APP]`` (``.`` when omitted)."""
     return Path(args[1]) if len(args) > 1 and not args[1].startswith("-") else Path(".")
@@ -87,9 +92,8 @@ def app_dir(args: list[str]) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """Run ``flwr``; for ``run``, the exit code says whether the run finished (``summary.json``),
     never only what ``flwr run`` returned."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    verbose = "--verbose" in args
-    args = streamed(with_default_federation([a for a in args if a != "--verbose"]))
+    verbose, args = verbose_flag(list(sys.argv[1:] if argv is None else argv))
+    args = streamed(with_default_federation(args))
     env = flower_env()
     before = superlink_pids(env["FLWR_HOME"])
     try:
