@@ -2,6 +2,7 @@
 
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -11,7 +12,8 @@ HOME = Path.home()
 def machine_paths() -> re.Pattern[str]:
     """This checkout, the folder that holds it (and so other checkouts beside it) and the home
     folder (where other checkouts and runs lived), as path prefixes."""
-    prefixes = {f"{folder}/" for folder in (ROOT, ROOT.parent, HOME) if folder != Path("/")}
+    shared = {Path("/"), Path("/tmp"), Path(tempfile.gettempdir())}  # examples name /tmp/...
+    prefixes = {f"{folder}/" for folder in (ROOT, ROOT.parent, HOME) if folder not in shared}
     return re.compile("|".join(re.escape(p) for p in sorted(prefixes)))
 
 
