@@ -8,6 +8,7 @@ import time
 import torch
 from flwr.common import Config, NDArrays, Scalar
 
+from clients.placement import placement_metrics
 from clients.quantized_client import QuantizedClient
 from fp8fl.federated.protocol import ProtocolError, check_instructions, update_metrics
 from fp8fl.federated.seeds import derive_seed, seeded_generator
@@ -50,4 +51,4 @@ class BufferedClient(QuantizedClient):
         factor = slowdowns(run.option("client-slowdown")).get(self.partition_id, 1.0)
         time.sleep((factor - 1.0) * (time.perf_counter() - started))  # a slower device
         metrics = update_metrics(run, self.partition_id, stats, time.perf_counter() - started)
-        return update, len(self.indices), {**metrics, JOB_KEY: job}
+        return update, len(self.indices), {**metrics, JOB_KEY: job, **placement_metrics()}

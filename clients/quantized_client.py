@@ -10,6 +10,7 @@ import torch
 from flwr.client import NumPyClient
 from flwr.common import Config, NDArrays, Scalar
 
+from clients.placement import placement_metrics
 from fp8fl.data.tasks import load_task_data
 from fp8fl.federated.client_data import client_partition
 from fp8fl.federated.client_formats import partition_config
@@ -64,4 +65,4 @@ class QuantizedClient(NumPyClient):
         stats["train-seconds"] = time.perf_counter() - training
         update = layout.pack(model.cpu().state_dict(), self.codec, generator)
         metrics = update_metrics(run, self.partition_id, stats, time.perf_counter() - started)
-        return update, len(self.indices), metrics
+        return update, len(self.indices), metrics | placement_metrics()

@@ -59,7 +59,7 @@ from strategies.clients import ClientDirectory
 from strategies.journal import RunJournal
 from strategies.ledger import fitins_bytes
 from strategies.quantized_fedavg import SERVER_STATE, evaluation_rows, model_digest
-from strategies.rounds import RoundRecord, check_sender
+from strategies.rounds import RoundRecord, check_sender, ray_nodes
 from strategies.server_model import build_server_model
 
 __all__ = [
@@ -191,6 +191,7 @@ class BufferedRun:
         record.failed_partitions = sorted(set(record.sampled) - replied)
         record.fit_seconds = {str(u.partition): _metric(u, "fit-seconds") for u in updates}
         record.train_seconds = {str(u.partition): _metric(u, "train-seconds") for u in updates}
+        record.nodes = ray_nodes(updates)
         if updates:
             record.train_loss = sum(_metric(u, "train-loss") for u in updates) / len(updates)
         staleness: list[int] = []

@@ -18,14 +18,15 @@ from fp8fl.federated.checkpoint import (
     save_checkpoint,
 )
 from fp8fl.federated.config import ConfigError, RunConfig
-from fp8fl.federated.results import RunRecorder, resolve_results_dir
+from fp8fl.federated.results import RunRecorder, portable_path, resolve_results_dir
 from strategies.ledger import Ledger, format_totals
 from strategies.progress import RunProgress
+from strategies.tracking import Trackers
 
 __all__ = ["RESUMABLE_CHANGES", "RunJournal"]
 
-RESUMABLE_CHANGES = {"resume", "num-server-rounds", "run-name"}
-"""Run-config keys a resumed run may change (more rounds; how it is named and resumed)."""
+RESUMABLE_CHANGES = {"resume", "num-server-rounds", "run-name", "tracking"}
+"""Run-config keys a resumed run may change (more rounds; how it is named, resumed, tracked)."""
 
 EMPTY_BYTES = {
     "bytes_up": 0,
@@ -39,10 +40,11 @@ EMPTY_BYTES = {
 
 
 class RunJournal:
-    """Records (``rounds.jsonl``, ``summary.json``), the byte ledger, progress and the checkpoint
-    of one run. With ``config.resume`` it reopens that run and restores what its checkpoint holds:
-    the global state and the aggregator's (``resume_state``, ``aggregator_state``), the ledger,
-    the records up to the checkpoint and the global RNG states."""
+    """Records (``rounds.jsonl``, ``summary.json``), the byte ledger, progress, experiment
+    trackers (``strategies.tracking``) and the checkpoint of one run. With ``config.resume`` it
+    reopens that run and restores what its checkpoint holds: the global state and the
+    aggregator's (``resume_state``, ``aggregator_state``), the ledger, the records up to the
+    checkpoint and the global RNG states."""
 
     def __init__(
         self,
@@ -64,6 +66,7 @@ class RunJournal:
         else:
             self.recorder = recorder or RunRecorder(config)
         self.progress = progress or RunProgress(self.recorder.run_id, config.num_server_rounds)
+        self.trackers = Trackers(config, self.recorder.run_dir)
         self.round_started = self.run_started = time.perf_counter()
 
     def _check_resumable(self, checkpoint: Checkpoint) -> None:
@@ -134,6 +137,7 @@ class RunJournal:
         record["eval_s"] = eval_seconds
         self.recorder.round(record)
         self.history.append(record)
+        self.trackers.log_round(record)
         return record
 
     def checkpoint(
@@ -172,10 +176,11 @@ class RunJournal:
             "bytes_down": self.ledger.down,
             "total_bytes": self.ledger.up + self.ledger.down,
             "wall_s": time.perf_counter() - self.run_started,
-            "results_dir": str(self.recorder.run_dir),
+            "results_dir": portable_path(self.recorder.run_dir),
         }
         by_format = format_totals(self.history)
         if by_format:
             summary["bytes_by_format"] = by_format
         self.recorder.summary(summary)
+        self.trackers.finish(summary, self.history)
         self.progress.finish(summary)

@@ -21,7 +21,10 @@ from flwr.common import FitIns, FitRes, Parameters
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
+from fp8fl.federated.protocol import RAY_NODE
+
 __all__ = [
+    "PLACEMENT_METRICS",
     "Ledger",
     "array_bytes",
     "fitins_bytes",
@@ -30,6 +33,8 @@ __all__ = [
     "payload_bytes",
 ]
 
+PLACEMENT_METRICS = frozenset({RAY_NODE})
+"""Update metrics that say where a simulated client ran (``clients.placement``), not counted."""
 GROUP_TOTALS = ("clients", "bytes_up", "bytes_down", "array_bytes_up", "array_bytes_down")
 """What a format group's entry of ``bytes_by_format`` sums over the round (or the run)."""
 
@@ -87,7 +92,11 @@ class Ledger:
             entry["bytes_down_per_client"] = self.per_client_down
 
     def received(self, res: FitRes, sender: str, group: str = "") -> None:
-        """The update of client ``sender`` (of format ``group``), valid or not."""
+        """The update of client ``sender`` (of format ``group``), valid or not; a simulation's
+        placement metrics (``PLACEMENT_METRICS``) are not the method's bytes and are not counted."""
+        if PLACEMENT_METRICS & res.metrics.keys():
+            metrics = {k: v for k, v in res.metrics.items() if k not in PLACEMENT_METRICS}
+            res = FitRes(res.status, res.parameters, res.num_examples, metrics)
         self.per_client_up[sender] = fitres_bytes(res)
         arrays = array_bytes(res.parameters)
         self.round_up += self.per_client_up[sender]

@@ -1,5 +1,6 @@
 """Progress of a run: a live rich bar on a terminal, one line per round otherwise (e.g. in
-``flwr run --stream`` logs), and a short summary table at the end."""
+``flwr run --stream`` logs: round, accuracy, bytes sent, clients, time and the estimated time
+left), and a short summary table at the end."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-__all__ = ["RunProgress", "format_bytes"]
+__all__ = ["RunProgress", "format_bytes", "format_duration"]
 
 
 def format_bytes(count: float) -> str:
@@ -18,6 +19,16 @@ def format_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.2f} {unit}"
         count /= 1000
     return f"{count:.2f} GB"
+
+
+def format_duration(seconds: float) -> str:
+    """``1h 02m``, ``3m 05s`` or ``42s``."""
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
 def _describe(record: dict[str, Any]) -> str:
@@ -47,16 +58,24 @@ class RunProgress:
             self.task = self.progress.add_task("starting", total=total_rounds)
             self.progress.start()
         self.total_rounds = total_rounds
+        self.rounds_done = 0  # in this process (a resumed run starts later)
 
     def round_done(self, record: dict[str, Any]) -> None:
+        self.rounds_done += 1
         if self.progress is not None:
             self.progress.update(
                 self.task, completed=record["round"], description=_describe(record)
             )
         else:
-            self.console.print(
+            left = (self.total_rounds - record["round"]) * (
+                record.get("elapsed_s", 0) / self.rounds_done
+            )
+            # plain text (no rich markup: the run id in brackets is not a style)
+            self.console.out(
                 f"[{self.run_id}] round {record['round']}/{self.total_rounds}: "
-                f"{_describe(record)} · {record.get('wall_s', 0):.1f} s"
+                f"{_describe(record)} · {record.get('wall_s', 0):.1f} s · "
+                f"{format_duration(left)} left",
+                highlight=False,
             )
 
     def finish(self, summary: dict[str, Any]) -> None:

@@ -21,7 +21,12 @@ from flwr.server.client_proxy import ClientProxy
 
 from fp8fl.federated.client_formats import client_config, partition_formats
 from fp8fl.federated.config import RunConfig
-from fp8fl.federated.protocol import ProtocolError, check_update_metrics, fit_instructions
+from fp8fl.federated.protocol import (
+    RAY_NODE,
+    ProtocolError,
+    check_update_metrics,
+    fit_instructions,
+)
 from fp8fl.federated.seeds import seeded_generator
 from fp8fl.federated.training import build_run_model, run_layout
 from fp8fl.federated.wire import StateLayout, WireError
@@ -40,6 +45,7 @@ __all__ = [
     "SyncRound",
     "check_sender",
     "format_groups",
+    "ray_nodes",
 ]
 
 OPTIONAL = (
@@ -49,6 +55,7 @@ OPTIONAL = (
     "unchanged_codes_per_client",
     "clipped",
     "formats",
+    "nodes",
 )
 """Record keys written only when they apply."""
 
@@ -76,6 +83,7 @@ class RoundRecord:
     unchanged_codes_per_client: dict[str, float] | None = None
     clipped: dict[str, dict[str, Any]] | None = None  # the robust rule's, per partition clipped
     formats: dict[str, str] | None = None  # mixed precision: each sampled partition's format
+    nodes: dict[str, str] | None = None  # Ray simulation: the node that ran each accepted update
 
     def to_json(self) -> dict[str, Any]:
         entry = dataclasses.asdict(self)
@@ -249,6 +257,7 @@ class SyncRound:
         record.failed_partitions = sorted(set(record.sampled) - replied)
         record.fit_seconds = {str(u.partition): _metric(u, "fit-seconds") for u in accepted}
         record.train_seconds = {str(u.partition): _metric(u, "train-seconds") for u in accepted}
+        record.nodes = ray_nodes(accepted)
         if self.groups.of_partition:
             record.formats = {str(pid): self.groups.of(pid).name for pid in record.sampled}
         per_client = {
@@ -310,6 +319,12 @@ def check_sender(res: FitRes, pid: int, config: RunConfig, partition_size: int) 
             f"num_examples = {n!r}, but partition {pid} holds {partition_size} examples"
         )
     return n
+
+
+def ray_nodes(updates: list[ClientUpdate]) -> dict[str, str] | None:
+    """The Ray node that trained each update, by partition (None outside a Ray simulation)."""
+    nodes = {str(u.partition): u.metrics[RAY_NODE] for u in updates if RAY_NODE in u.metrics}
+    return nodes or None
 
 
 def _metric(update: ClientUpdate, key: str) -> float:

@@ -303,10 +303,10 @@ def test_a_repeated_seed_counts_once_the_latest_run(tmp_path):
     out = report(tmp_path, tmp_path / "a", tmp_path / "b")
     assert table_row((out / "table1.md").read_text(), "CIFAR10")[-1] == "80.0 (n=1) / —"
     rows = read_csv(out / "runs.csv")
-    kept = (tmp_path / "b" / "uq-s0").resolve()
-    assert [(r["final_accuracy_pct"], r["note"]) for r in rows] == [
-        ("50.0", f"not counted: same setting, method and seed as {kept}"),
-        ("80.0", ""),
+    # two folders given: paths are relative to the folder that holds both
+    assert [(r["final_accuracy_pct"], r["path"], r["note"]) for r in rows] == [
+        ("50.0", "a/uq-s0", "not counted: same setting, method and seed as b/uq-s0"),
+        ("80.0", "b/uq-s0", ""),
     ]
 
 
@@ -324,6 +324,16 @@ def test_runs_csv_has_one_row_per_run(tmp_path):
         first["wall_s"],
     ) == ("fp32", "0", "80.0", str(12 * MB), "3", "12.5")
     assert first["setting"] == "CIFAR10 · LeNet · i.i.d."
+    assert first["path"] == "fp32-s0"  # relative to the folder given
+
+
+def test_no_report_file_holds_a_path_of_this_machine(tmp_path):
+    """Reports are portable: every path in them is relative to the folder given."""
+    write_paper_grid(tmp_path / "r")
+    out = report(tmp_path, tmp_path / "r")
+    for path in out.iterdir():
+        if path.suffix in (".csv", ".md", ".svg"):
+            assert str(tmp_path) not in path.read_text(), path.name
 
 
 def test_rounds_without_evaluation_are_skipped(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fp8fl.federated.config import RunConfig
-from fp8fl.federated.results import RunRecorder, public_argv
+from fp8fl.federated.results import RunRecorder, portable_path, public_argv, resolve_results_dir
 
 
 def test_public_argv_redacts_token_in_both_spellings() -> None:
@@ -45,3 +45,17 @@ def test_config_json_and_resume_record_no_token(
     document = json.loads(text)
     assert document["command"] == ["flwr-simulation", "--token", "<redacted>", "--insecure"]
     assert document["resumed"][0]["command"] == document["command"]
+
+
+def test_paths_below_the_results_base_are_stored_relative(tmp_path, monkeypatch) -> None:
+    """A results folder records no absolute path of this machine where it can avoid one."""
+    monkeypatch.setenv("FP8FL_RESULTS_ROOT", str(tmp_path))
+    assert portable_path(tmp_path / "sweeps" / "a") == "sweeps/a"
+    assert (
+        resolve_results_dir(portable_path(tmp_path / "sweeps" / "a")) == tmp_path / "sweeps" / "a"
+    )
+    assert portable_path("/elsewhere/x") == "/elsewhere/x"  # outside: kept as given
+    assert public_argv([str(tmp_path / ".venv/bin/flwr-simulation"), "--insecure"]) == [
+        ".venv/bin/flwr-simulation",
+        "--insecure",
+    ]

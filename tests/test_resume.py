@@ -25,7 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def untimed(records):
-    return [{k: v for k, v in r.items() if not k.endswith(("_s", "_seconds"))} for r in records]
+    """Records without what says when and where they ran: wall times (…_s, …_seconds) and the Ray
+    node of each client (``nodes``: each Ray instance has new ids)."""
+    return [
+        {k: v for k, v in r.items() if not k.endswith(("_s", "_seconds")) and k != "nodes"}
+        for r in records
+    ]
 
 
 def kill_after_round(config, run_dir: Path, last_round: int, timeout_s: float = 300) -> int:

@@ -13,6 +13,7 @@ from fp8fl.models.architectures import build_model
 from fp8fl.models.qat import QuantConfig, prepare_qat
 from tests.faults import CRASH, faulty_client_app
 from tests.simulation import simulate, tiny_config
+from tests.test_resume import untimed
 
 pytestmark = pytest.mark.integration  # starts Ray, Flower or TLS processes
 
@@ -127,9 +128,6 @@ def test_fp32_to_uq_weight_payload_ratio_is_what_the_model_split_predicts(uq_run
 def test_same_seed_same_results(uq_run, tmp_path):
     _, first = uq_run
     _, again = simulate(tiny_config(tmp_path, method="uq"))
-
-    def untimed(records):  # wall times (…_s, …_seconds) are the only fields allowed to differ
-        return [{k: v for k, v in r.items() if not k.endswith(("_s", "_seconds"))} for r in records]
 
     assert untimed(first) == untimed(again)
 

@@ -16,6 +16,7 @@ TOPICS = {
     "round": "experiments.bench.round",
     "bytes": "experiments.bench.bytes",
     "lossless": "experiments.bench.lossless",
+    "tracking": "experiments.bench.tracking",
 }
 
 

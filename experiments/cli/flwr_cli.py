@@ -1,6 +1,7 @@
 """``fp8fl-flwr``: Flower's own ``flwr`` command, set up for this project.
 
     fp8fl-flwr run . --stream                                   # the default: 10 virtual clients
+    fp8fl-flwr run . --verbose                                  # with every line of Flower's log
     fp8fl-flwr run . --stream --federation-config "num-supernodes=100" \\
         --run-config "num-clients=100 clients-per-round=0.1 local-epochs=5"
 
@@ -16,7 +17,9 @@ It runs ``flwr`` with
 
 and stops the local SuperLink that ``flwr run`` started, which would otherwise keep running.
 ``run`` always streams, and exits non-zero unless the run wrote its ``summary.json`` (Flower's
-``flwr run --stream`` returns 0 even when the ServerApp crashed), printing the cause.
+``flwr run --stream`` returns 0 even when the ServerApp crashed), printing the cause. Its output is
+quiet: fp8fl's round lines, summary table, warnings and errors, without Flower's INFO lines
+(``experiments.cli.terminal``); ``--verbose`` (fp8fl-flwr's own flag) shows everything.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import time
 from pathlib import Path
 
 from experiments.cli.run_outcome import run_watched
+from experiments.cli.terminal import echo_for
 
 PROJECT = Path(__file__).resolve().parents[2]
 CONNECTIONS = PROJECT / "experiments" / "configs" / "flower-config.toml"
@@ -75,6 +79,11 @@ def streamed(args: list[str]) -> list[str]:
     return args
 
 
+def verbose_flag(args: list[str]) -> tuple[bool, list[str]]:
+    """fp8fl-flwr's own ``--verbose`` (show Flower's whole log), and the arguments for ``flwr``."""
+    return "--verbose" in args, [a for a in args if a != "--verbose"]
+
+
 def app_dir(args: list[str]) -> Path:
     """The app folder of ``run [APP]`` (``.`` when omitted)."""
     return Path(args[1]) if len(args) > 1 and not args[1].startswith("-") else Path(".")
@@ -83,12 +92,17 @@ def app_dir(args: list[str]) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """Run ``flwr``; for ``run``, the exit code says whether the run finished (``summary.json``),
     never only what ``flwr run`` returned."""
-    args = streamed(with_default_federation(list(sys.argv[1:] if argv is None else argv)))
+    verbose, args = verbose_flag(list(sys.argv[1:] if argv is None else argv))
+    args = streamed(with_default_federation(args))
     env = flower_env()
     before = superlink_pids(env["FLWR_HOME"])
     try:
         if args[:1] == ["run"]:
-            return run_watched(["flwr", *args], app_dir(args).resolve(), env, Path.cwd())
+            echo = echo_for(verbose)
+            try:
+                return run_watched(["flwr", *args], app_dir(args).resolve(), env, Path.cwd(), echo)
+            finally:
+                echo.close()
         return subprocess.run(["flwr", *args], env=env, check=False).returncode
     finally:
         stop_superlinks(superlink_pids(env["FLWR_HOME"]) - before, env["FLWR_HOME"])

@@ -15,7 +15,7 @@ import sys
 import time
 import tomllib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,8 +123,16 @@ def reported_failure(log: Path) -> str | None:
     return causes[-1] if causes else None
 
 
-def run_watched(command: list[str], app_dir: Path, env: dict[str, str], cwd: Path) -> int:
-    """Run ``command`` (a ``flwr run``), echo its output, and return 0 only if the run finished."""
+def run_watched(
+    command: list[str],
+    app_dir: Path,
+    env: dict[str, str],
+    cwd: Path,
+    echo: Callable[[str], None] | None = None,
+) -> int:
+    """Run ``command`` (a ``flwr run``), pass each line of its output to ``echo`` (default: print
+    it), and return 0 only if the run finished."""
+    echo = echo or sys.stdout.write
     expected = expected_run(app_dir, run_config_args(command))
     started = time.time()
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
@@ -133,8 +141,7 @@ def run_watched(command: list[str], app_dir: Path, env: dict[str, str], cwd: Pat
     ) as process:
         assert process.stdout is not None
         for line in process.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
+            echo(line)
             tail.append(line)
     if expected is not None and expected.finished_since(started):
         return 0

@@ -42,7 +42,7 @@ from rich.table import Table
 from experiments.cli.run_outcome import reported_failure
 from fp8fl.federated.checkpoint import CHECKPOINT_FILE
 from fp8fl.federated.config import ConfigError, RunConfig
-from fp8fl.federated.results import read_rounds, resolve_results_dir, safe_name
+from fp8fl.federated.results import portable_path, read_rounds, resolve_results_dir, safe_name
 
 __all__ = ["Sweep", "SweepRun", "load_sweep", "main", "run_sweep"]
 
@@ -96,7 +96,7 @@ def load_sweep(
                     **base,
                     **dict(zip(keys, values)),
                     "seed": seed,
-                    "results-dir": str(results_dir),
+                    "results-dir": portable_path(results_dir),
                     "run-name": run_name,
                 }
                 try:
@@ -182,6 +182,7 @@ def _execute(run: SweepRun, results_dir: Path, bar: Progress, task: Any) -> str:
         "run",
         str(PROJECT),
         "--stream",
+        "--verbose",  # the run's log file keeps Flower's whole log
         "--run-config",
         str(config_file),
         "--federation-config",

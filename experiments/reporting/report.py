@@ -8,7 +8,8 @@ Finds the finished runs below the given folders and groups them into settings
 writes to ``--out``:
 
 * ``table1.md/.csv``, ``table2`` and ``table3`` where their methods ran
-  (``experiments.reporting.tables``), and ``runs.csv``, one row per finished run;
+  (``experiments.reporting.tables``), and ``runs.csv``, one row per finished run, its path
+  relative to the folder given (with several, to the folder that holds them all);
 * ``messages.md/.csv``: bytes and bits per weight of one message per direction, final accuracy
   (mean ± std) and the gain over FP32 on total and on uplink bytes
   (``experiments.reporting.messages``);
@@ -24,6 +25,7 @@ writes to ``--out``:
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,7 +73,7 @@ def write_report(
         write_csv(out_dir / f"{spec.name}.csv", csv_table(spec, settings))
         written += [out_dir / f"{spec.name}.md", out_dir / f"{spec.name}.csv"]
         console.print(Markdown(text))
-    write_csv(out_dir / "runs.csv", run_rows(found, settings))
+    write_csv(out_dir / "runs.csv", run_rows(found, settings, report_base(dirs)))
     written.append(out_dir / "runs.csv")
     message_files, _ = write_messages(settings, out_dir)
     written += message_files
@@ -95,6 +97,12 @@ def write_report(
         f"{len(written)} files to {out_dir}"
     )
     return written
+
+
+def report_base(dirs: Sequence[Path]) -> Path:
+    """The folder that the report's paths are relative to: the one given, or the folder that
+    holds all of those given."""
+    return Path(os.path.commonpath([Path(d).resolve() for d in dirs]))
 
 
 def _print_found(found: Found, console: Console) -> None:

@@ -91,6 +91,7 @@ NOT_SETTING = frozenset(
         "data-root",
         "device",
         "resume",
+        "tracking",
         # they modify the method: part of its name (Run.method)
         *("lossless", "client-formats", "moving-average"),
         # the switches a peer family's presets set (cq-bits, lpt-bits, qafel-uplink, …) say which

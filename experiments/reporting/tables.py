@@ -12,6 +12,7 @@ Beside the measured rows of CIFAR10 · LeNet (i.i.d., or Dirichlet with the pape
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -334,15 +335,21 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def run_rows(found: Found, settings: Sequence[Setting]) -> list[dict[str, Any]]:
-    """One row per finished run; a duplicate says which run counts instead."""
+def run_rows(found: Found, settings: Sequence[Setting], base: Path) -> list[dict[str, Any]]:
+    """One row per finished run; a duplicate says which run counts instead. Paths are relative to
+    ``base`` (the folder given to ``fp8fl-report``), so that the file holds no path of this
+    machine."""
+
+    def where(path: Path) -> str:
+        return Path(os.path.relpath(Path(path).resolve(), Path(base).resolve())).as_posix()
+
     labels: dict[Path, list[str]] = {}
     for setting in settings:
         for result in setting.methods.values():
             for run in result.runs:
                 labels.setdefault(run.path, []).append(setting.label)
     notes = {
-        run.path: f"not counted: same setting, method and seed as {kept.path}"
+        run.path: f"not counted: same setting, method and seed as {where(kept.path)}"
         for run, kept in found.duplicates
     }
     rows = []
@@ -365,7 +372,7 @@ def run_rows(found: Found, settings: Sequence[Setting]) -> list[dict[str, Any]]:
                 "bytes_up": s.get("bytes_up", ""),
                 "bytes_down": s.get("bytes_down", ""),
                 "wall_s": _number(s.get("wall_s")),
-                "path": str(run.path),
+                "path": where(run.path),
                 "note": notes.get(run.path, ""),
             }
         )

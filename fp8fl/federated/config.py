@@ -44,12 +44,13 @@ from fp8fl.methods.registry import (
 from fp8fl.methods.seams import Components
 from fp8fl.numerics.formats import FloatFormat
 
-__all__ = ["QAT_MODES", "SERVER_OPTS", "WIRE_MODES", "ConfigError", "RunConfig"]
+__all__ = ["QAT_MODES", "SERVER_OPTS", "TRACKERS", "WIRE_MODES", "ConfigError", "RunConfig"]
 
 QAT_MODES = ("none", "nearest", "stochastic")
 WIRE_MODES = ("fp32", "nearest", "stochastic")
 SERVER_OPTS = ("average", "mse")
 OPTIMIZERS = ("auto", "sgd", "adam", "adamw")
+TRACKERS = ("tensorboard", "mlflow", "wandb")
 
 
 class ConfigError(ValueError):
@@ -98,6 +99,8 @@ class RunConfig:
     data_root: str = ""
     device: str = "auto"
     resume: str = ""  # a run id in results-dir: continue it from its last completed round
+    # experiment trackers, comma-separated: tensorboard, mlflow, wandb, or none (docs/tracking.md)
+    tracking: str = "tensorboard"
     options: dict[str, Any] = field(default_factory=lambda: _default_options())
     """The components' own keys (``OPTIONS``) and their values."""
 
@@ -188,6 +191,12 @@ class RunConfig:
     def option(self, key: str) -> Any:
         """The value of a component's own run-config key."""
         return self.options[key]
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        """The experiment trackers of ``tracking`` (empty for "none")."""
+        names = [n.strip() for n in self.tracking.split(",") if n.strip()]
+        return tuple(dict.fromkeys(n for n in names if n != "none"))
 
     @property
     def clients_per_round_count(self) -> int:
@@ -285,6 +294,12 @@ class RunConfig:
         need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         p += client_formats_problems(self, family)
         need(bool(self.results_dir), "results-dir must not be empty")
+        unknown = [n for n in self.trackers if n not in TRACKERS]
+        need(
+            not unknown and bool(self.tracking.strip()),
+            f"tracking must be none or a comma-separated list of {', '.join(TRACKERS)}, "
+            f"got {self.tracking!r}",
+        )
         need(
             self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"),
             f"device must be auto, cpu or cuda[:n], got {self.device!r}",

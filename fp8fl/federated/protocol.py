@@ -15,6 +15,7 @@ from fp8fl.federated.config import RunConfig
 from fp8fl.federated.wire import WIRE_VERSION
 
 __all__ = [
+    "RAY_NODE",
     "ProtocolError",
     "check_instructions",
     "check_update_metrics",
@@ -25,6 +26,9 @@ __all__ = [
 
 Scalar = bool | int | float | str | bytes
 VERSION_KEY = "fp8fl-version"
+RAY_NODE = "ray-node"
+"""Update metric of a Ray simulation's client: the node that ran it (``clients.placement``). A fact
+of the simulation, not of the method: the byte ledger leaves it out."""
 
 
 class ProtocolError(ValueError):

@@ -23,6 +23,7 @@ from fp8fl.federated.config import RunConfig
 
 __all__ = [
     "RunRecorder",
+    "portable_path",
     "public_argv",
     "read_rounds",
     "resolve_results_dir",
@@ -46,8 +47,11 @@ PACKAGES = (
 
 def public_argv(argv: list[str] | None = None) -> list[str]:
     """The process's command line with credential values (the run token Flower passes to
-    ``flwr-simulation``) replaced by ``<redacted>``, fit to be stored in a results folder."""
+    ``flwr-simulation``) replaced by ``<redacted>`` and the program portable (``portable_path``),
+    fit to be stored in a results folder."""
     args = list(sys.argv if argv is None else argv)
+    if args and Path(args[0]).is_absolute():
+        args[0] = portable_path(args[0])
     for i, arg in enumerate(args):
         flag, eq, _ = arg.partition("=")
         if flag in SECRET_FLAGS and eq:
@@ -69,14 +73,26 @@ def resolve_results_dir(results_dir: str) -> Path:
     (The ServerApp runs in a process started by the SuperLink, whose working directory is not the
     one ``flwr run`` was typed in.)"""
     path = Path(results_dir).expanduser()
-    if path.is_absolute():
-        return path
+    return path if path.is_absolute() else results_base() / path
+
+
+def results_base() -> Path:
+    """What a relative ``results-dir`` is relative to (``resolve_results_dir``)."""
     if os.environ.get(RESULTS_ROOT_ENV):
-        return Path(os.environ[RESULTS_ROOT_ENV]).expanduser() / path
+        return Path(os.environ[RESULTS_ROOT_ENV]).expanduser()
     checkout = Path(fp8fl.__file__).resolve().parents[1]
     if (checkout / "pyproject.toml").is_file() and (checkout / "fp8fl").is_dir():
-        return checkout / path
-    return Path.cwd() / path
+        return checkout
+    return Path.cwd()
+
+
+def portable_path(path: Path | str) -> str:
+    """``path`` relative to ``results_base()`` when it lies below it (so that results folders
+    hold no absolute path of this machine), else as given; ``resolve_results_dir`` undoes it."""
+    try:
+        return Path(path).resolve().relative_to(results_base().resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def write_json_atomic(path: Path, document: Any) -> None:
