@@ -15,6 +15,7 @@ TOPICS = {
     "scale": "experiments.bench.scale",
     "bytes": "experiments.bench.bytes",
     "lossless": "experiments.bench.lossless",
+    "grids": "experiments.bench.grids",
 }
 
 
