@@ -1,6 +1,7 @@
-"""Records made before issue 34 read as the grids they ran: a cq run without ``cq-grid`` is the
-two's-complement grid, a QAFeL min–max run without ``qafel-minmax`` the anchored grid, and both
-are labelled apart from new runs of the same preset (the committed records are the test data)."""
+"""Records made before issue 34 read as what they ran: a cq run without ``cq-grid`` is the
+two's-complement grid, a QAFeL min–max run without ``qafel-minmax`` the anchored grid, an LPT-FL
+run without ``lpt-points`` the conv/linear input-output points, and each is labelled apart from
+new runs of the same preset (the committed records are the test data)."""
 
 import json
 import shutil
@@ -28,6 +29,13 @@ def test_the_committed_minmax_run_reads_as_the_anchored_grid_and_qsgd_runs_are_u
     assert runs["qafel-custom-qsgd8-qsgd8-hidden-s0"].method == "qafel-custom(qsgd8/qsgd8/hidden)"
 
 
+def test_committed_lpt_runs_read_as_the_points_before_issue_34():
+    runs = {r.run_id: r for r in find_runs([RESULTS / "lenet-cifar10-lpt"]).runs}
+    assert runs["0.16-lpt8-s0"].method == "lpt8(lpt-points=conv-linear-io)"
+    assert runs["0.04-lpt8-noma-s0"].method == "lpt8-noma(lpt-points=conv-linear-io)"
+    assert runs["0.16-fp32-s0"].method == "fp32"
+
+
 def test_a_new_run_of_the_same_preset_is_a_method_of_its_own_in_the_same_setting(tmp_path):
     for name, grid in (("old", None), ("new", "symmetric")):
         folder = tmp_path / name
@@ -42,6 +50,12 @@ def test_a_new_run_of_the_same_preset_is_a_method_of_its_own_in_the_same_setting
 
 
 def test_keys_a_record_holds_are_read_as_written():
-    new = {"method": "qafel-custom", "qafel-uplink": "minmax4", "qafel-minmax": "flsim"}
-    assert upgrade_config({**new, "cq-grid": "symmetric"}) == {**new, "cq-grid": "symmetric"}
+    new = {
+        "method": "qafel-custom",
+        "qafel-uplink": "minmax4",
+        "qafel-minmax": "flsim",
+        "cq-grid": "symmetric",
+        "lpt-points": "authors",
+    }
+    assert upgrade_config(new) == new
     assert "qafel-minmax" not in upgrade_config({"method": "qafel", "qafel-uplink": "qsgd4"})

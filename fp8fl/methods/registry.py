@@ -49,6 +49,9 @@ from fp8fl.methods.lpt import (
     lpt_components,
     lpt_problems,
 )
+from fp8fl.methods.lpt import (
+    POINTS_OPTION as LPT_POINTS_OPTION,
+)
 from fp8fl.methods.moving_average import MOVING_AVERAGE_OPTION, MovingAverage
 from fp8fl.methods.qafel import AGGREGATOR_OPTIONS as BUFFERED_OPTIONS
 from fp8fl.methods.qafel import CODEC_OPTIONS as QAFEL_CODEC_OPTIONS
@@ -121,7 +124,7 @@ QUANTIZERS: dict[str, ComponentEntry] = {
         block_fp_training_from,
         "block floating-point local training, no FP32 master copy (Li et al., NeurIPS 2024)",
         reads=("lr", "weight-decay"),
-        options=(LPT_BITS_OPTION, LINEAR_BLOCK_OPTION),
+        options=(LPT_BITS_OPTION, LINEAR_BLOCK_OPTION, LPT_POINTS_OPTION),
         validate=lpt_problems,
         optimizer="adam",
     ),
