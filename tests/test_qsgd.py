@@ -259,12 +259,28 @@ def test_minmax_clamps_an_end_of_range_tie_that_torch_leaves_outside_the_n_bit_r
     assert minmax_decode(stream, scale, zero_point, v.shape, 4).tolist() == [[-2.0, 13.0]]
 
 
-def test_minmax_keeps_low_rank_tensors_fp32_and_rejects_bad_side_information() -> None:
+@pytest.mark.parametrize(
+    "grid",
+    [
+        (minmax_quantize, minmax_encode, minmax_decode, minmax_nbytes),
+        (
+            anchored_minmax_quantize,
+            anchored_minmax_encode,
+            anchored_minmax_decode,
+            anchored_minmax_nbytes,
+        ),
+    ],
+)
+def test_both_minmax_grids_keep_low_rank_tensors_fp32(grid) -> None:
+    quantize, encode, decode, nbytes = grid
     for v in (torch.randn(17), torch.tensor(3.25), torch.zeros(0)):
-        assert torch.equal(minmax_quantize(v, 4), v)
-        codes, scale, zero_point = minmax_encode(v, 4)
-        assert codes.nbytes == minmax_nbytes(v.shape, 4) == 4 * v.numel()
-        assert torch.equal(minmax_decode(codes, scale, zero_point, v.shape, 4), v)
+        assert torch.equal(quantize(v, 4), v)
+        codes, first, second = encode(v, 4)
+        assert codes.nbytes == nbytes(v.shape, 4) == 4 * v.numel()
+        assert torch.equal(decode(codes, first, second, v.shape, 4), v)
+
+
+def test_minmax_rejects_bad_side_information() -> None:
     codes, scale, zero_point = minmax_encode(torch.randn(4, 4), 4)
     for bad_scale, bad_zero, match in ((0.0, 0, "scale"), (np.inf, 0, "scale"), (1.0, 8, "zero")):
         with pytest.raises(ValueError, match=match):
@@ -292,12 +308,7 @@ def test_anchored_minmax_round_trip_and_error_bound(bits: int, shape: tuple[int,
     assert q.min() >= lo and q.max() <= hi
 
 
-def test_anchored_minmax_keeps_low_rank_tensors_fp32_and_handles_constants() -> None:
-    for v in (torch.randn(17), torch.tensor(3.25), torch.zeros(0)):
-        assert torch.equal(anchored_minmax_quantize(v, 4), v)
-        codes, lo, hi = anchored_minmax_encode(v, 4)
-        assert codes.nbytes == anchored_minmax_nbytes(v.shape, 4) == 4 * v.numel()
-        assert torch.equal(anchored_minmax_decode(codes, lo, hi, v.shape, 4), v)
+def test_anchored_minmax_handles_constants() -> None:
     const = torch.full((3, 4), -1.5)
     assert torch.equal(anchored_minmax_quantize(const, 2), const)
     codes, lo, hi = anchored_minmax_encode(const, 2)

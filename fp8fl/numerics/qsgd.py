@@ -307,9 +307,7 @@ def minmax_decode(
     bits: int,
 ) -> torch.Tensor:
     """Inverse of ``minmax_encode``: a float32 tensor of ``shape``."""
-    _check_bits(bits)
-    shape = tuple(int(d) for d in shape)
-    count = math.prod(shape)
+    shape, count = _decoded_shape(shape, bits)
     if len(shape) <= 1:
         return _raw_decode(codes, count, shape)
     stream = _check_stream(codes, packed_length(count, bits))
@@ -346,6 +344,12 @@ def _flsim_values(codes: torch.Tensor, scale: np.float32, zero_point: int) -> to
 def _raw_float32(v: torch.Tensor) -> np.ndarray:
     raw = _float_input(v).to(torch.float32).cpu().numpy().astype("<f4")
     return raw.view(np.uint8).copy()
+
+
+def _decoded_shape(shape: tuple[int, ...] | torch.Size, bits: int) -> tuple[tuple[int, ...], int]:
+    _check_bits(bits)
+    shape = tuple(int(d) for d in shape)
+    return shape, math.prod(shape)
 
 
 def _raw_decode(codes: np.ndarray, count: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -393,9 +397,7 @@ def anchored_minmax_decode(
     bits: int,
 ) -> torch.Tensor:
     """Inverse of ``anchored_minmax_encode``: a float32 tensor of ``shape``."""
-    _check_bits(bits)
-    shape = tuple(int(d) for d in shape)
-    count = math.prod(shape)
+    shape, count = _decoded_shape(shape, bits)
     if len(shape) <= 1:
         return _raw_decode(codes, count, shape)
     stream = _check_stream(codes, packed_length(count, bits))
