@@ -160,6 +160,19 @@ def test_a_corrupt_delta_is_a_wire_error():
         layout.unpack([arrays[0][:-1], *arrays[1:]], codec)
 
 
+@pytest.mark.parametrize(("array", "value", "message"), [(1, 0.0, "scale"), (2, 8, "zero point")])
+def test_a_bad_minmax_scale_or_zero_point_is_a_wire_error_naming_the_tensor(array, value, message):
+    config = _config(**{"qafel-uplink": "minmax4"})
+    layout, state = _layout(config)
+    codec = delta_codec("minmax4", config)
+    arrays = layout.pack(state, codec, None)
+    assert [a.dtype for a in arrays[1:3]] == [np.float32, np.int8]  # scale, zero point per tensor
+    arrays[array] = arrays[array].copy()
+    arrays[array][0] = value
+    with pytest.raises(WireError, match=f"0.weight: min–max {message}"):
+        layout.unpack(arrays, codec)
+
+
 # ------------------------------------------------------------------------------ aggregator
 
 
