@@ -14,7 +14,7 @@ from fp8fl.methods.clipped_uniform import MSE_SUFFIX, ClippedUniformCodec, Unifo
 from fp8fl.methods.registry import build
 from fp8fl.methods.seams import ClientUpdate
 from fp8fl.models.architectures import build_model
-from fp8fl.numerics.uniform import octav_clip, quantize_uniform
+from fp8fl.numerics.uniform import GRIDS, octav_clip, quantize_uniform
 from tests.simulation import declared_bytes, simulate, tiny_config
 
 LENET_WEIGHTS = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"]
@@ -61,6 +61,7 @@ def test_a_changed_setting_renames_the_method_within_its_family():
         ({"method": "cq4", "cq-bits": "four"}, "integers separated by commas"),
         ({"method": "cq4", "cq-rounding": "up"}, "cq-rounding must be one of"),
         ({"method": "cq4", "cq-mse-floor": 0.0}, "cq-mse-floor must be > 0"),
+        ({"method": "cq4", "cq-grid": "midtread"}, "cq-grid must be one of symmetric, twos"),
         ({"method": "cq4", "wire": "nearest"}, "wire applies to the FP8 methods only"),
     ],
 )
@@ -76,12 +77,26 @@ def test_bits_per_layer_follow_the_list():
     assert run_layout(config, model).quantized == tuple(LENET_WEIGHTS)
 
 
-def test_qat_forward_uses_the_octav_clipped_weights_and_trains():
+def test_the_grid_is_symmetric_unless_cq_grid_says_twos_complement():
+    for method in ("cq8", "cq4", "cq4-det", "cq2"):
+        config = RunConfig.from_mapping({"method": method})
+        assert config.option("cq-grid") == "symmetric" and config.method == method
+        model = build_run_model(config, 10)
+        assert {m.uq_grid for m in model.modules() if hasattr(m, "uq_grid")} == {"symmetric"}
+        layout = run_layout(config, model)
+        assert build(config, layout.quantized).codec.grid == "symmetric"
+    old = RunConfig.from_mapping({"method": "cq4", "cq-grid": "twos-complement"})
+    assert old.method == "cq4"  # a variant of the preset, as the report labels it
+    assert build(old, ("w",)).codec.grid == "twos-complement"
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_qat_forward_uses_the_octav_clipped_weights_and_trains(grid):
     torch.manual_seed(0)
-    model = UniformQAT((4,)).prepare(build_model("lenet", 10))
+    model = UniformQAT((4,), grid).prepare(build_model("lenet", 10))
     fc3 = model.fc3
     w = fc3.weight.detach()
-    _, expected = quantize_uniform(w, octav_clip(w, 4), 4, stochastic=False)
+    _, expected = quantize_uniform(w, octav_clip(w, 4, grid=grid), 4, False, grid=grid)
     x = torch.randn(3, 192)
     torch.testing.assert_close(fc3(x), torch.nn.functional.linear(x, expected, fc3.bias))
     loss = model(torch.randn(2, 3, 32, 32)).sum()
@@ -89,9 +104,10 @@ def test_qat_forward_uses_the_octav_clipped_weights_and_trains():
     assert fc3.weight.grad is not None and fc3.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("grid", GRIDS)
 @pytest.mark.parametrize("bits", ["2", "3", "4", "8", "8,4,2,3,4"])
-def test_the_codec_round_trips_and_states_its_exact_size(bits):
-    config = RunConfig.from_mapping({"method": "cq4-det", "cq-bits": bits})
+def test_the_codec_round_trips_and_states_its_exact_size(bits, grid):
+    config = RunConfig.from_mapping({"method": "cq4-det", "cq-bits": bits, "cq-grid": grid})
     torch.manual_seed(1)
     model = build_run_model(config, 10)
     layout = run_layout(config, model)
@@ -106,18 +122,20 @@ def test_the_codec_round_trips_and_states_its_exact_size(bits):
     decoded, side = layout.unpack_with_side(arrays, codec)
     for name, b in zip(LENET_WEIGHTS, per_layer):
         w = state[name]
-        clip = float(np.float32(octav_clip(w, b)))
-        assert torch.equal(decoded[name], quantize_uniform(w, clip, b, False)[1].view(w.shape))
+        clip = float(np.float32(octav_clip(w, b, grid=grid)))
+        expected = quantize_uniform(w, clip, b, False, grid=grid)[1]
+        assert torch.equal(decoded[name], expected.view(w.shape))
         error = float(side[name + MSE_SUFFIX])
         assert error == pytest.approx(float((w - decoded[name]).double().pow(2).mean()), rel=1e-5)
 
 
-def test_nearest_rounding_decodes_to_the_grid_point():
-    codec = ClippedUniformCodec((4,), stochastic=False)
+@pytest.mark.parametrize("grid", GRIDS)
+def test_nearest_rounding_decodes_to_the_grid_point(grid):
+    codec = ClippedUniformCodec((4,), stochastic=False, grid=grid)
     w = torch.randn(1000)
     (stream, clips, errors) = codec.encode({"w": w}, {}, None)
     out = codec.decode([stream, clips, errors], {"w": (1000,)}, {})
-    _, expected = quantize_uniform(w, float(clips[0]), 4, stochastic=False)
+    _, expected = quantize_uniform(w, float(clips[0]), 4, stochastic=False, grid=grid)
     assert torch.equal(out["w"], expected)
 
 

@@ -15,7 +15,12 @@ from fp8fl.federated.wire import StateLayout, WireError
 from fp8fl.methods.qafel import START_VERSION, BufferedAggregator, delta_codec
 from fp8fl.methods.registry import build, build_quantizer
 from fp8fl.methods.seams import ClientUpdate
-from fp8fl.numerics.qsgd import minmax_quantize, qsgd_levels, qsgd_quantize
+from fp8fl.numerics.qsgd import (
+    anchored_minmax_quantize,
+    minmax_quantize,
+    qsgd_levels,
+    qsgd_quantize,
+)
 
 PRESETS = {
     "fedbuff": ("fp32", "fp32", "hidden"),
@@ -91,10 +96,22 @@ def test_keys_are_validated_together_and_name_themselves():
 
 @pytest.mark.parametrize(
     "wire",
-    ["fp32", "fp8", "qsgd2", "qsgd4", "qsgd8", "qsgd4b64", "qsgd8b512", "minmax4", "minmax8"],
+    [
+        "fp32",
+        "fp8",
+        "qsgd2",
+        "qsgd4",
+        "qsgd8",
+        "qsgd4b64",
+        "qsgd8b512",
+        "minmax4",
+        "minmax8",
+        "minmax4:anchored",
+    ],
 )
 def test_delta_codecs_send_exactly_what_they_declare_and_decode_their_quantizer(wire):
-    config = _config(**{"qafel-uplink": wire})
+    wire, _, grid = wire.partition(":")
+    config = _config(**{"qafel-uplink": wire, "qafel-minmax": grid or "flsim"})
     layout, state = _layout(config)
     assert layout.dense == () and layout.scales == ()  # every tensor goes through the codec
     codec = delta_codec(wire, config)
@@ -108,7 +125,8 @@ def test_delta_codecs_send_exactly_what_they_declare_and_decode_their_quantizer(
         levels, g = qsgd_levels(int(bits_text)), seeded_generator(0, "t")
         expected = {k: qsgd_quantize(v, levels, g, bucket) for k, v in delta.items()}
     elif wire.startswith("minmax"):
-        expected = {k: minmax_quantize(v, int(wire[6:])) for k, v in delta.items()}
+        quantize = anchored_minmax_quantize if grid == "anchored" else minmax_quantize
+        expected = {k: quantize(v, int(bits_text)) for k, v in delta.items()}
     else:
         expected = delta if wire == "fp32" else None
     for name, value in delta.items():
@@ -140,6 +158,19 @@ def test_a_corrupt_delta_is_a_wire_error():
         layout.unpack(arrays, codec)
     with pytest.raises(WireError, match="truncated"):
         layout.unpack([arrays[0][:-1], *arrays[1:]], codec)
+
+
+@pytest.mark.parametrize(("array", "value", "message"), [(1, 0.0, "scale"), (2, 8, "zero point")])
+def test_a_bad_minmax_scale_or_zero_point_is_a_wire_error_naming_the_tensor(array, value, message):
+    config = _config(**{"qafel-uplink": "minmax4"})
+    layout, state = _layout(config)
+    codec = delta_codec("minmax4", config)
+    arrays = layout.pack(state, codec, None)
+    assert [a.dtype for a in arrays[1:3]] == [np.float32, np.int8]  # scale, zero point per tensor
+    arrays[array] = arrays[array].copy()
+    arrays[array][0] = value
+    with pytest.raises(WireError, match=f"0.weight: min–max {message}"):
+        layout.unpack(arrays, codec)
 
 
 # ------------------------------------------------------------------------------ aggregator

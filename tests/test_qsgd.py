@@ -8,13 +8,19 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.ao.quantization.observer import MinMaxObserver
 
 from fp8fl.numerics.codec import packed_length
 from fp8fl.numerics.qsgd import (
     QSGD_NORM_THRESHOLD,
+    anchored_minmax_decode,
+    anchored_minmax_encode,
+    anchored_minmax_nbytes,
+    anchored_minmax_quantize,
     minmax_decode,
     minmax_encode,
     minmax_nbytes,
+    minmax_qparams,
     minmax_quantize,
     qsgd_code_bits,
     qsgd_decode,
@@ -177,17 +183,123 @@ def test_qsgd_decode_rejects_corrupt_streams() -> None:
         qsgd_quantize(torch.tensor([1.0, float("nan")]), 7, _gen(0))
 
 
+def _flsim_channel(v: torch.Tensor, bits: int) -> torch.Tensor:
+    """FLSim's ScalarQuantizationChannel._quantize + dequantize (per tensor, affine), written out
+    with torch's own observer and quantizer: the reference the min–max grid must match."""
+    observer = MinMaxObserver(
+        dtype=torch.qint8,
+        qscheme=torch.per_tensor_affine,
+        quant_min=-(2 ** (bits - 1)),
+        quant_max=2 ** (bits - 1) - 1,
+        reduce_range=False,
+    )
+    observer.reset_min_max_vals()
+    observer(v)
+    scale, zero_point = observer.calculate_qparams()
+    return torch.quantize_per_tensor(v, float(scale), int(zero_point), dtype=torch.qint8)
+
+
+def _battery(shape: tuple[int, ...], gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Tensors of many kinds: Gaussian, heavy-tailed, sparse, one-signed, constant, tiny, huge."""
+    g = torch.randn(shape, generator=gen)
+    student = torch.distributions.StudentT(2.0).sample(shape)
+    return {
+        "gaussian": 0.02 * g + 0.003,
+        "student-t(2)": 0.01 * student,
+        "sparse": torch.where(torch.rand(shape, generator=gen) < 0.7, 0.0, g),
+        "positive": g.abs() + 0.5,
+        "negative": -g.abs() - 1e-3,
+        "constant": torch.full(shape, -1.25),
+        "constant positive": torch.full(shape, 3.0),
+        "zeros": torch.zeros(shape),
+        "tiny range": 1e-9 * g,  # scale clamped at float32 eps
+        "huge": 1e30 * g,
+        "uint-like": torch.randint(-9, 9, shape, generator=gen).float(),  # ties at half steps
+    }
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("shape", [(2, 1), (4, 6), (3, 3, 5), (16, 33), (8, 3, 5, 5)])
+def test_minmax_is_flsim_scalar_quantization_bit_for_bit(bits: int, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(100 * bits + len(shape))
+    quant_min, quant_max = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    for kind, v in _battery(shape, _gen(bits)).items():
+        reference = _flsim_channel(v, bits)
+        codes = reference.int_repr()
+        assert quant_min <= codes.min() and codes.max() <= quant_max, kind  # no end-of-range tie
+        q = minmax_quantize(v, bits)
+        assert torch.equal(q.view(torch.int32), reference.dequantize().view(torch.int32)), kind
+        scale, zero_point = minmax_qparams(v, bits)
+        assert (scale, zero_point) == (reference.q_scale(), reference.q_zero_point()), kind
+        stream, sent_scale, sent_zero = minmax_encode(v, bits)
+        assert stream.nbytes + 5 == minmax_nbytes(v.shape, bits), kind
+        assert minmax_nbytes(v.shape, bits) == packed_length(v.numel(), bits) + 4 + 1
+        decoded = minmax_decode(stream, sent_scale, sent_zero, v.shape, bits)
+        assert torch.equal(decoded.view(torch.int32), q.view(torch.int32)), kind
+        assert (decoded[v == 0] == 0).all(), kind  # the range includes 0 on the grid
+
+
+def test_minmax_keeps_every_exact_zero_where_the_anchored_grid_loses_them() -> None:
+    v = torch.randn(64, 52, generator=_gen(3))
+    v[torch.rand(v.shape, generator=_gen(4)) < 0.7] = 0.0
+    zeros = v == 0
+    for bits in (2, 4, 8):
+        assert (minmax_quantize(v, bits)[zeros] == 0).all()
+        assert (anchored_minmax_quantize(v, bits)[zeros] == 0).sum() < zeros.sum()
+
+
+def test_minmax_clamps_an_end_of_range_tie_that_torch_leaves_outside_the_n_bit_range() -> None:
+    """scale = 1, zero point = −8 − round(−1.5) = −6; torch rounds 13.5 to 14 → code 8, which 4 bits
+    cannot carry: it is clamped to 7 (the one documented deviation from torch's path)."""
+    v = torch.tensor([[-1.5, 13.5]])
+    assert _flsim_channel(v, 4).int_repr().tolist() == [[-8, 8]]
+    assert minmax_qparams(v, 4) == (1.0, -6)
+    assert minmax_quantize(v, 4).tolist() == [[-2.0, 13.0]]
+    stream, scale, zero_point = minmax_encode(v, 4)
+    assert minmax_decode(stream, scale, zero_point, v.shape, 4).tolist() == [[-2.0, 13.0]]
+
+
+@pytest.mark.parametrize(
+    "grid",
+    [
+        (minmax_quantize, minmax_encode, minmax_decode, minmax_nbytes),
+        (
+            anchored_minmax_quantize,
+            anchored_minmax_encode,
+            anchored_minmax_decode,
+            anchored_minmax_nbytes,
+        ),
+    ],
+)
+def test_both_minmax_grids_keep_low_rank_tensors_fp32(grid) -> None:
+    quantize, encode, decode, nbytes = grid
+    for v in (torch.randn(17), torch.tensor(3.25), torch.zeros(0)):
+        assert torch.equal(quantize(v, 4), v)
+        codes, first, second = encode(v, 4)
+        assert codes.nbytes == nbytes(v.shape, 4) == 4 * v.numel()
+        assert torch.equal(decode(codes, first, second, v.shape, 4), v)
+
+
+def test_minmax_rejects_bad_side_information() -> None:
+    codes, scale, zero_point = minmax_encode(torch.randn(4, 4), 4)
+    for bad_scale, bad_zero, match in ((0.0, 0, "scale"), (np.inf, 0, "scale"), (1.0, 8, "zero")):
+        with pytest.raises(ValueError, match=match):
+            minmax_decode(codes, bad_scale, bad_zero, (4, 4), 4)
+    with pytest.raises(ValueError, match="bytes"):
+        minmax_decode(codes[:-1], scale, zero_point, (4, 4), 4)
+
+
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
 @pytest.mark.parametrize("shape", [(4, 6), (3, 3, 5), (2, 1), (16, 33)])
-def test_minmax_round_trip_and_error_bound(bits: int, shape: tuple[int, ...]) -> None:
+def test_anchored_minmax_round_trip_and_error_bound(bits: int, shape: tuple[int, ...]) -> None:
     torch.manual_seed(bits)
     v = torch.randn(shape) * 2 + 0.5
-    q = minmax_quantize(v, bits)
-    codes, lo, hi = minmax_encode(v, bits)
-    assert codes.nbytes == minmax_nbytes(v.shape, bits) - 8
-    assert minmax_nbytes(v.shape, bits) == packed_length(v.numel(), bits) + 8
+    q = anchored_minmax_quantize(v, bits)
+    codes, lo, hi = anchored_minmax_encode(v, bits)
+    assert codes.nbytes == anchored_minmax_nbytes(v.shape, bits) - 8
+    assert anchored_minmax_nbytes(v.shape, bits) == packed_length(v.numel(), bits) + 8
     assert lo == v.min().item() and hi == v.max().item()
-    decoded = minmax_decode(codes, lo, hi, v.shape, bits)
+    decoded = anchored_minmax_decode(codes, lo, hi, v.shape, bits)
     assert torch.equal(decoded.view(torch.int32), q.view(torch.int32))
     # round to nearest: |q − v| ≤ (max − min)/(2(2ⁿ − 1)) exactly, plus one float32 rounding
     # of the reconstruction (half an ulp of |q| ≤ max|v|, bounded by 2⁻²⁴·max|v|)
@@ -196,21 +308,16 @@ def test_minmax_round_trip_and_error_bound(bits: int, shape: tuple[int, ...]) ->
     assert q.min() >= lo and q.max() <= hi
 
 
-def test_minmax_keeps_low_rank_tensors_fp32_and_handles_constants() -> None:
-    for v in (torch.randn(17), torch.tensor(3.25), torch.zeros(0)):
-        assert torch.equal(minmax_quantize(v, 4), v)
-        codes, lo, hi = minmax_encode(v, 4)
-        assert codes.nbytes == minmax_nbytes(v.shape, 4) == 4 * v.numel()
-        assert torch.equal(minmax_decode(codes, lo, hi, v.shape, 4), v)
+def test_anchored_minmax_handles_constants() -> None:
     const = torch.full((3, 4), -1.5)
-    assert torch.equal(minmax_quantize(const, 2), const)
-    codes, lo, hi = minmax_encode(const, 2)
-    assert torch.equal(minmax_decode(codes, lo, hi, const.shape, 2), const)
+    assert torch.equal(anchored_minmax_quantize(const, 2), const)
+    codes, lo, hi = anchored_minmax_encode(const, 2)
+    assert torch.equal(anchored_minmax_decode(codes, lo, hi, const.shape, 2), const)
 
 
-def test_minmax_is_deterministic_and_hits_the_endpoints() -> None:
+def test_anchored_minmax_is_deterministic_and_hits_the_endpoints() -> None:
     v = torch.randn(8, 8)
-    q1, q2 = minmax_quantize(v, 3), minmax_quantize(v, 3)
+    q1, q2 = anchored_minmax_quantize(v, 3), anchored_minmax_quantize(v, 3)
     assert torch.equal(q1, q2)
     assert q1.min() == v.min() and q1.max() == v.max()
     assert q1.unique().numel() <= 8

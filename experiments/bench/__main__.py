@@ -17,6 +17,7 @@ TOPICS = {
     "bytes": "experiments.bench.bytes",
     "lossless": "experiments.bench.lossless",
     "tracking": "experiments.bench.tracking",
+    "grids": "experiments.bench.grids",
 }
 
 

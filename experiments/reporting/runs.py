@@ -37,6 +37,7 @@ from experiments.reporting.gain import (
     series_from_rounds,
     uplink_from_rounds,
 )
+from experiments.reporting.legacy import upgrade_config
 from fp8fl.data.partitioners import DIRICHLET_SCHEMES, SCHEMES
 from fp8fl.federated.results import safe_name
 from fp8fl.methods.registry import CUSTOMS, FAMILIES, METHODS, family_keys, family_switches
@@ -251,7 +252,7 @@ def _read_run(folder: Path) -> Run:
     records = [json.loads(line) for line in lines if line.strip()]
     return Run(
         folder,
-        document["config"],
+        upgrade_config(document["config"]),
         summary,
         curve_from_rounds(records),
         str(document.get("started", "")),

@@ -1,6 +1,7 @@
 """Clipped uniform integer quantization (Bozorgasl & Chen, arXiv:2405.13365) as components.
 
-* quantizer ``uniform-qat``: QAT of every conv/linear weight on the B-bit grid clipped at the OCTAV
+* quantizer ``uniform-qat``: QAT of every conv/linear weight on the B-bit grid (``cq-grid``:
+  symmetric, 2^B − 1 levels with top and bottom ±s, or two's complement) clipped at the OCTAV
   fixed point of the current weights (fake-quant forward with nearest rounding, straight-through
   backward; biases and norms stay FP32, as in the FP8 method);
 * codec ``clipped-uniform``: per layer the packed B-bit codes, the clip s and the layer's
@@ -44,6 +45,7 @@ from fp8fl.models.architectures import build_model
 from fp8fl.models.qat import ConvOp, LinearOp
 from fp8fl.numerics.codec import packed_length
 from fp8fl.numerics.uniform import (
+    GRIDS,
     MAX_BITS,
     MIN_BITS,
     decode_uniform,
@@ -63,6 +65,7 @@ __all__ = [
     "AVERAGE_OPTIONS",
     "BITS_OPTION",
     "CODEC_OPTIONS",
+    "GRID_OPTION",
     "ClippedUniformCodec",
     "InverseMSEAverage",
     "UniformQAT",
@@ -107,12 +110,13 @@ class _UniformWeightLayer(nn.Module, ABC):
     """A conv/linear whose forward uses its weight fake-quantized on the OCTAV-clipped grid."""
 
     uq_bits: int
+    uq_grid: str
     weight: nn.Parameter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        clip = octav_clip(w.detach(), self.uq_bits)
-        return self.apply_weight(x, fake_quant_uniform(w, clip, self.uq_bits))
+        clip = octav_clip(w.detach(), self.uq_bits, grid=self.uq_grid)
+        return self.apply_weight(x, fake_quant_uniform(w, clip, self.uq_bits, grid=self.uq_grid))
 
     @abstractmethod
     def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -143,6 +147,7 @@ class UniformQAT:
     """QAT on the clipped uniform grid: every conv/linear weight, B bits per layer."""
 
     bits: tuple[int, ...]
+    grid: str
     name: ClassVar[str] = "uniform-qat"
     calibrates: ClassVar[bool] = False
 
@@ -155,6 +160,7 @@ class UniformQAT:
         for name, module in layers:
             module.__class__ = UQ_CLASSES[type(module)]
             module.uq_bits = per_layer[_weight(name)]  # type: ignore[assignment]
+            module.uq_grid = self.grid  # type: ignore[assignment]
         return model
 
     def quantized_names(self, model: nn.Module) -> list[str]:
@@ -177,6 +183,7 @@ class ClippedUniformCodec:
 
     bits: tuple[int, ...]
     stochastic: bool
+    grid: str
     name: ClassVar[str] = "clipped-uniform"
 
     def _bits(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
@@ -202,9 +209,9 @@ class ClippedUniformCodec:
         streams, clips, errors = [np.empty(0, np.uint8)], [], []
         for name, w in weights.items():
             bits, x = per_layer[name], w.detach().float().cpu()
-            clip = float(np.float32(octav_clip(x, bits)))  # the value the receiver sees
-            codes, values = quantize_uniform(x, clip, bits, self.stochastic, generator)
-            streams.append(encode_uniform(codes, bits))
+            clip = float(np.float32(octav_clip(x, bits, grid=self.grid)))  # what the receiver sees
+            codes, values = quantize_uniform(x, clip, bits, self.stochastic, generator, self.grid)
+            streams.append(encode_uniform(codes, bits, self.grid))
             clips.append(clip)
             errors.append(quantization_mse(x, values))
         return [
@@ -226,11 +233,12 @@ class ClippedUniformCodec:
             bits, count = per_layer[name], math.prod(shape)
             size = packed_length(count, bits)
             try:
-                codes = decode_uniform(stream[offset : offset + size], count, bits)
+                codes = decode_uniform(stream[offset : offset + size], count, bits, self.grid)
             except ValueError as err:
                 raise ValueError(f"{name}: {err}") from None
             offset += size
-            out[name] = dequantize_uniform(torch.from_numpy(codes), clip, bits).view(shape)
+            out[name] = dequantize_uniform(torch.from_numpy(codes), clip, bits, self.grid)
+            out[name] = out[name].view(shape)
             out[name + MSE_SUFFIX] = torch.tensor(error, dtype=torch.float32)
         return out
 
@@ -269,6 +277,12 @@ def _bits_problem(value: str) -> str | None:
 
 BITS_OPTION = Option(
     "cq-bits", "", "bits per quantized layer: one B, or one per layer (4,2,2,4)", _bits_problem
+)
+GRID_OPTION = Option(
+    "cq-grid",
+    "symmetric",
+    "grid: symmetric (2^B − 1 levels, ±s included) or twos-complement (2^B levels, top s − Δ)",
+    one_of("cq-grid", GRIDS),
 )
 CODEC_OPTIONS = (
     Option(
@@ -309,23 +323,27 @@ def layer_problems(config: RunConfig) -> list[str]:
     if len(bits) == 1:
         return []
     try:
-        UniformQAT(bits).prepare(build_model(config.model, 10))
+        UniformQAT(bits, config.option("cq-grid")).prepare(build_model(config.model, 10))
     except ValueError as err:
         return [str(err)]
     return []
 
 
 def uniform_qat_from(config: RunConfig) -> UniformQAT:
-    return UniformQAT(parse_bits(config.option("cq-bits")))
+    return UniformQAT(parse_bits(config.option("cq-bits")), config.option("cq-grid"))
 
 
 def uplink_codec_from(config: RunConfig) -> ClippedUniformCodec:
     stochastic = config.option("cq-rounding") == "stochastic"
-    return ClippedUniformCodec(parse_bits(config.option("cq-bits")), stochastic)
+    return ClippedUniformCodec(
+        parse_bits(config.option("cq-bits")), stochastic, config.option("cq-grid")
+    )
 
 
 def downlink_codec_from(config: RunConfig) -> ClippedUniformCodec:
-    return ClippedUniformCodec(parse_bits(config.option("cq-bits")), stochastic=True)
+    return ClippedUniformCodec(
+        parse_bits(config.option("cq-bits")), stochastic=True, grid=config.option("cq-grid")
+    )
 
 
 def cq_components(config: RunConfig) -> Components:

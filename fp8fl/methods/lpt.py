@@ -2,8 +2,11 @@
 Learning", NeurIPS 2024; code digbangbang/LPT-FL) as components.
 
 * quantizer ``block-fp-training``: SWALP-style block floating point (``fp8fl.numerics.blockfp``)
-  with no FP32 master copy. In training mode the input and output of every conv/linear are put on
-  a per-tensor grid, forward (activations) and backward (errors), stochastically; each local step
+  with no FP32 master copy. In training mode activations are put on a per-tensor grid forward and
+  their errors backward, stochastically, at the authors' points (``lpt-points = "authors"``: after
+  every conv, activation and pooling call and after the classifier, never the raw input; see
+  ``ActivationPoints``) or, as before issue 34, at the input and output of every conv/linear
+  (``"conv-linear-io"``); each local step
   quantizes the gradients, takes an FP32 Adam step (moments FP32, fresh every round) and puts the
   weights back on their grid with stochastic rounding. Every parameter is quantized: conv weights
   one exponent per kernel, Linear weights one per element (``lpt-linear-block = "element"``, what
@@ -30,7 +33,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from fp8fl.federated.aggregation import weighted_average
 from fp8fl.methods.moving_average import lambda_problem
@@ -63,6 +68,8 @@ __all__ = [
     "BITS_OPTION",
     "CODEC_OPTIONS",
     "LINEAR_BLOCK_OPTION",
+    "POINTS_OPTION",
+    "ActivationPoints",
     "BlockFPCodec",
     "BlockFPTraining",
     "LowPrecisionAdam",
@@ -74,6 +81,23 @@ __all__ = [
 
 BITS = (2, 16)
 LINEAR_BLOCKS = ("element", "row")
+POINTS = ("authors", "conv-linear-io")
+CONVOLUTIONS = frozenset({F.conv1d, F.conv2d, F.conv3d})
+ACTIVATIONS = frozenset(
+    {F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, torch.sigmoid, torch.tanh}
+)
+POOLINGS = frozenset(
+    {
+        F.max_pool1d,
+        F.max_pool2d,
+        F.avg_pool1d,
+        F.avg_pool2d,
+        F.adaptive_max_pool1d,
+        F.adaptive_max_pool2d,
+        F.adaptive_avg_pool1d,
+        F.adaptive_avg_pool2d,
+    }
+)
 
 
 def weight_block(shape: Sequence[int], linear_block: str) -> str:
@@ -110,6 +134,51 @@ def _quantize_output(quant: BFPQuant) -> Any:
     return hook
 
 
+class ActivationPoints(TorchFunctionMode):
+    """LPT-FL's quantization points (digbangbang/LPT-FL ``models.py``: their ConvNet is conv →
+    Q → norm → activation → Q → pool → Q per stage, then the classifier → Q). While a prepared
+    model runs its training forward, every call of a convolution, activation or pooling function
+    (``CONVOLUTIONS``, ``ACTIVATIONS``, ``POOLINGS``; module or functional form alike, since the
+    modules call them) returns its output through ``quant``, which puts it on the per-tensor grid
+    and its error on the way back; the model's own output (the classifier's) is quantized by
+    ``leave``. The raw input goes to the first layer untouched. ``points`` counts the calls of the
+    last forward, by function name."""
+
+    def __init__(self, quant: nn.Module) -> None:
+        super().__init__()
+        self.quant = quant
+        self.points: list[str] = []
+        self._entered = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and (
+            func in CONVOLUTIONS or func in ACTIVATIONS or func in POOLINGS
+        ):
+            self.points.append(func.__name__)
+            return self.quant(out)
+        return out
+
+    def enter(self, module: nn.Module, args: Any) -> None:
+        """Forward pre-hook of the model: in training mode, intercept its calls."""
+        if module.training:
+            self.points = []
+            self.__enter__()
+            self._entered = True
+
+    def leave(self, module: nn.Module, args: Any, output: Any) -> Any:
+        """Forward hook of the model (also run when the forward raises): stop intercepting, then
+        quantize the output after the classifier."""
+        if not self._entered:
+            return None
+        self.__exit__(None, None, None)
+        self._entered = False
+        if not isinstance(output, torch.Tensor):
+            return None
+        self.points.append("output")
+        return self.quant(output)
+
+
 class LowPrecisionAdam:
     """Adam on block-FP weights without an FP32 master copy: Q(g), FP32 step, w ← Q(w) (SWALP, as
     Li et al. 2024 train each client). Rounding is stochastic from torch's global generator, which
@@ -141,16 +210,22 @@ class BlockFPTraining:
 
     bits: int
     linear_block: str
+    points: str = "authors"
     name: ClassVar[str] = "block-fp-training"
     calibrates: ClassVar[bool] = False
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Hooks quantizing the input and output (activations and errors) of every conv/linear in
-        training mode; no state entry changes."""
+        """Hooks quantizing activations and errors in training mode at ``points``; no state entry
+        changes."""
         quant = BFPQuant(self.bits, self.bits, stochastic=True)
         layers = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
         if not layers:
             raise ValueError("model has no nn.Conv1d, nn.Conv2d or nn.Linear to quantize")
+        if self.points == "authors":
+            points = ActivationPoints(quant)
+            model.register_forward_pre_hook(points.enter)
+            model.register_forward_hook(points.leave, always_call=True)
+            return model
         for module in layers:
             module.register_forward_pre_hook(_quantize_input(quant))
             module.register_forward_hook(_quantize_output(quant))
@@ -282,6 +357,14 @@ LINEAR_BLOCK_OPTION = Option(
     "exponents of a Linear weight: one per element (the authors' code) or per output row",
     one_of("lpt-linear-block", LINEAR_BLOCKS),
 )
+POINTS_OPTION = Option(
+    "lpt-points",
+    "authors",
+    "where activations and errors are quantized: authors (after every conv, activation and "
+    "pooling and after the classifier) or conv-linear-io (input and output of every conv/linear, "
+    "before issue 34)",
+    one_of("lpt-points", POINTS),
+)
 CODEC_OPTIONS = (
     LINEAR_BLOCK_OPTION,
     Option(
@@ -318,7 +401,11 @@ def lpt_problems(config: RunConfig) -> list[str]:
 
 
 def block_fp_training_from(config: RunConfig) -> BlockFPTraining:
-    return BlockFPTraining(int(config.option("lpt-bits")), config.option("lpt-linear-block"))
+    return BlockFPTraining(
+        int(config.option("lpt-bits")),
+        config.option("lpt-linear-block"),
+        config.option("lpt-points"),
+    )
 
 
 def block_fp_codec_from(config: RunConfig) -> BlockFPCodec:

@@ -6,7 +6,9 @@ and FedBuff (Nguyen et al., arXiv:2106.06639) as components; the maths is ``fede
 * codecs ``qafel-uplink`` (Q_c, for Δ) and ``qafel-downlink`` (Q_s, for x − x̂), each one of:
   ``fp32``; ``qsgd<b>`` (QSGD, b bits per element: s = 2^(b−1) − 1 levels, per tensor, stochastic);
   ``qsgd<b>b<n>`` (the same with a norm per bucket of n elements, e.g. ``qsgd8b512``);
-  ``minmax<b>`` (FLSim's deterministic per-tensor min–max, 1-D tensors FP32); ``fp8`` (this app's
+  ``minmax<b>`` (deterministic per-tensor min–max, 1-D tensors FP32: FLSim's channel, range
+  including 0, or with ``qafel-minmax = "anchored"`` the grid anchored at the tensor's minimum
+  that this app used before issue 34); ``fp8`` (this app's
   minifloat codes in the run's ``format``, stochastic rounding, α = max|v| per tensor).
 * aggregator ``buffered``: the buffered server step x ← x + (η_g/K)·Σ Q_c(Δ_k), q = Q_s(x − x̂),
   x̂ ← x̂ + q (``BufferedServer``), plus the start models of the versions jobs still train from.
@@ -46,6 +48,9 @@ from fp8fl.methods.seams import (
 )
 from fp8fl.numerics.codec import decode, encode, packed_length
 from fp8fl.numerics.qsgd import (
+    anchored_minmax_decode,
+    anchored_minmax_encode,
+    anchored_minmax_nbytes,
     minmax_decode,
     minmax_encode,
     minmax_nbytes,
@@ -65,6 +70,7 @@ __all__ = [
     "ASYNC_MODES",
     "CODEC_OPTIONS",
     "JOB_KEY",
+    "MINMAX_OPTION",
     "START_CODEC",
     "START_OPTION",
     "START_VERSION",
@@ -88,7 +94,7 @@ START_VERSION = "start-version"
 ``aggregate`` the start version of an update."""
 JOB_KEY = "job"
 """Instruction and metric key of a job's index: it seeds the job; the server checks the echo."""
-UINT8, FLOAT32 = np.dtype(np.uint8), np.dtype(np.float32)
+UINT8, INT8, FLOAT32 = np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.float32)
 
 
 # ---------------------------------------------------------------------------- quantizer
@@ -167,45 +173,65 @@ class QSGDCodec:
 
 @dataclass(frozen=True)
 class MinMaxCodec:
-    """FLSim's deterministic per-tensor min–max codes (``bits`` bits) with min and max as float32;
-    tensors with ndim ≤ 1 travel as raw float32."""
+    """Per-tensor min–max codes (``bits`` bits) of FLSim's channel, with each tensor's float32 scale
+    and int8 zero point; ``anchored``: the grid anchored at the tensor's min, with min and max as
+    float32 (``qafel-minmax = "anchored"``). Tensors with ndim ≤ 1 travel as raw float32 and carry no side
+    information."""
 
     bits: int
+    anchored: bool = False
     name: ClassVar[str] = "minmax"
 
     def _sizes(self, shapes: Mapping[str, tuple[int, ...]]) -> list[int]:
-        return [minmax_nbytes(s, self.bits) - (8 if len(s) > 1 else 0) for s in shapes.values()]
+        nbytes = anchored_minmax_nbytes if self.anchored else minmax_nbytes
+        side = 8 if self.anchored else 5
+        return [nbytes(s, self.bits) - (side if len(s) > 1 else 0) for s in shapes.values()]
 
     def array_specs(self, shapes: Mapping[str, tuple[int, ...]]) -> list[ArraySpec]:
         ranged = sum(1 for s in shapes.values() if len(s) > 1)
-        return [
-            ArraySpec("codes", UINT8, sum(self._sizes(shapes))),
-            ArraySpec("ranges", FLOAT32, 2 * ranged),
-        ]
+        codes = ArraySpec("codes", UINT8, sum(self._sizes(shapes)))
+        if self.anchored:
+            return [codes, ArraySpec("ranges", FLOAT32, 2 * ranged)]
+        return [codes, ArraySpec("scales", FLOAT32, ranged), ArraySpec("zero_points", INT8, ranged)]
 
     def encode(
         self, weights: Mapping[str, torch.Tensor], state: State, generator: torch.Generator | None
     ) -> list[np.ndarray]:
-        streams, ranges = [np.empty(0, np.uint8)], []
+        encode_one = anchored_minmax_encode if self.anchored else minmax_encode
+        streams, first, second = [np.empty(0, np.uint8)], [], []
         for w in weights.values():
-            codes, lo, hi = minmax_encode(w, self.bits)
+            codes, a, b = encode_one(w, self.bits)
             streams.append(codes)
             if w.dim() > 1:
-                ranges += [lo, hi]
-        return [np.concatenate(streams), np.array(ranges, dtype=np.float32)]
+                first.append(a)
+                second.append(b)
+        if self.anchored:  # min, max of each tensor in turn
+            ranges = np.array([v for pair in zip(first, second) for v in pair], dtype=np.float32)
+            return [np.concatenate(streams), ranges]
+        return [
+            np.concatenate(streams),
+            np.array(first, dtype=np.float32),
+            np.array(second, dtype=np.int8),
+        ]
 
     def decode(
         self, arrays: Sequence[np.ndarray], shapes: Mapping[str, tuple[int, ...]], state: State
     ) -> State:
-        codes, ranges = arrays
+        codes, *side = arrays
+        if self.anchored:
+            pairs = side[0].reshape(-1, 2).tolist()
+            decode_one = anchored_minmax_decode
+        else:
+            pairs = list(zip(side[0].tolist(), side[1].tolist()))
+            decode_one = minmax_decode
         out, r = {}, 0
         for (name, shape), (lo, hi) in zip(shapes.items(), _offsets(self._sizes(shapes))):
-            low = high = 0.0
+            first, second = (0.0, 0.0) if self.anchored else (1.0, 0)
             if len(shape) > 1:
-                low, high = ranges[r], ranges[r + 1]
-                r += 2
+                first, second = pairs[r]
+                r += 1
             try:
-                out[name] = minmax_decode(codes[lo:hi], low, high, shape, self.bits)
+                out[name] = decode_one(codes[lo:hi], first, second, shape, self.bits)
             except ValueError as err:
                 raise ValueError(f"{name}: {err}") from None
         return out
@@ -282,7 +308,7 @@ def delta_codec(wire: str, config: RunConfig) -> Codec:
     if match.group(2):
         return QSGDCodec(int(match.group(2)), int(match.group(3)) if match.group(3) else None)
     if match.group(4):
-        return MinMaxCodec(int(match.group(4)))
+        return MinMaxCodec(int(match.group(4)), config.option("qafel-minmax") == "anchored")
     return ScaledMinifloatCodec(Rounding(config.fmt, True)) if wire == "fp8" else Float32Codec()
 
 
@@ -299,6 +325,14 @@ CODEC_OPTIONS = (
         "Q_s of the broadcast x − x̂: fp32, fp8, qsgd<b>, qsgd<b>b<n> (buckets of n), minmax<b>",
         _wire_problem("qafel-downlink"),
     ),
+)
+MINMAX_GRIDS = ("flsim", "anchored")
+MINMAX_OPTION = Option(
+    "qafel-minmax",
+    "flsim",
+    "grid of minmax<b>: flsim (FLSim's channel: range including 0, scale and zero point) or "
+    "anchored (the tensor's own [min, max], this app's grid before issue 34)",
+    one_of("qafel-minmax", MINMAX_GRIDS),
 )
 START_OPTION = Option(
     "qafel-start",

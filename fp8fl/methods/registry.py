@@ -20,6 +20,7 @@ from fp8fl.methods.clipped_uniform import (
     AVERAGE_OPTIONS,
     BITS_OPTION,
     CODEC_OPTIONS,
+    GRID_OPTION,
     InverseMSEAverage,
     cq_components,
     downlink_codec_from,
@@ -48,10 +49,14 @@ from fp8fl.methods.lpt import (
     lpt_components,
     lpt_problems,
 )
+from fp8fl.methods.lpt import (
+    POINTS_OPTION as LPT_POINTS_OPTION,
+)
 from fp8fl.methods.moving_average import MOVING_AVERAGE_OPTION, MovingAverage
 from fp8fl.methods.qafel import AGGREGATOR_OPTIONS as BUFFERED_OPTIONS
 from fp8fl.methods.qafel import CODEC_OPTIONS as QAFEL_CODEC_OPTIONS
 from fp8fl.methods.qafel import (
+    MINMAX_OPTION,
     START_OPTION,
     DeltaTraining,
     buffered_aggregator_from,
@@ -112,14 +117,14 @@ QUANTIZERS: dict[str, ComponentEntry] = {
     "uniform-qat": ComponentEntry(
         uniform_qat_from,
         "QAT on the B-bit OCTAV-clipped uniform grid (Bozorgasl & Chen, arXiv:2405.13365)",
-        options=(BITS_OPTION,),
+        options=(BITS_OPTION, GRID_OPTION),
         validate=layer_problems,
     ),
     "block-fp-training": ComponentEntry(
         block_fp_training_from,
         "block floating-point local training, no FP32 master copy (Li et al., NeurIPS 2024)",
         reads=("lr", "weight-decay"),
-        options=(LPT_BITS_OPTION, LINEAR_BLOCK_OPTION),
+        options=(LPT_BITS_OPTION, LINEAR_BLOCK_OPTION, LPT_POINTS_OPTION),
         validate=lpt_problems,
         optimizer="adam",
     ),
@@ -138,13 +143,13 @@ CODECS: dict[str, ComponentEntry] = {
     "clipped-uniform": ComponentEntry(
         uplink_codec_from,
         "B-bit codes, clip s and quantization MSE per layer (Bozorgasl & Chen, arXiv:2405.13365)",
-        reads=("cq-bits",),
+        reads=("cq-bits", "cq-grid"),
         options=CODEC_OPTIONS,
     ),
     "clipped-uniform-down": ComponentEntry(
         downlink_codec_from,
         "the clipped-uniform codec with stochastic rounding, for a quantized downlink",
-        reads=("cq-bits", "cq-downlink"),
+        reads=("cq-bits", "cq-downlink", "cq-grid"),
     ),
     "block-fp": ComponentEntry(
         block_fp_codec_from,
@@ -156,12 +161,12 @@ CODECS: dict[str, ComponentEntry] = {
         lambda config: delta_codec(config.option("qafel-uplink"), config),
         "Q_c of a client's Δ: fp32, QSGD, min-max or FP8 (Ortega & Jafarkhani, arXiv:2410.00242)",
         reads=("format",),
-        options=(QAFEL_CODEC_OPTIONS[0],),
+        options=(QAFEL_CODEC_OPTIONS[0], MINMAX_OPTION),
     ),
     "qafel-downlink": ComponentEntry(
         lambda config: delta_codec(config.option("qafel-downlink"), config),
         "Q_s of the broadcast x - x̂ (Ortega & Jafarkhani, arXiv:2410.00242)",
-        reads=("format",),
+        reads=("format", "qafel-minmax"),
         options=(QAFEL_CODEC_OPTIONS[1], START_OPTION),
     ),
 }

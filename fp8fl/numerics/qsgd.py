@@ -23,16 +23,33 @@ b − 1 bits of ℓ ∈ [0, s], so b is exactly the bits per element on the wire
 "log₂ s bits" (s = 8 → "3-bit"), which needs 2 + log₂ s bits per element once sign and ℓ = s are
 counted; use ``qsgd_levels`` for the honest mapping and pass ``levels`` directly for theirs.
 
-**Min–max scalar** (FLSim's ``ScalarQuantizationChannel`` as QAFeL's neural-net experiments use it):
-deterministic, per tensor, n bits,
+**Min–max scalar** (``minmax<b>``): FLSim's ``ScalarQuantizationChannel`` as QAFeL's neural-net
+experiments use it (facebookresearch/FLSim and the fork TomasOrtega/FLSim,
+``flsim/channels/scalar_quantization_channel.py``): deterministic, per tensor, n bits, through
+torch's own quantization path,
+
+    observer = MinMaxObserver(qint8, per_tensor_affine, quant_min = −2ⁿ⁻¹, quant_max = 2ⁿ⁻¹ − 1)
+    scale = max((max(v, 0) − min(v, 0)) / (2ⁿ − 1), eps_float32),   zp = qmin − round(min(v, 0)/scale)
+    q = torch.quantize_per_tensor(v, scale, zp, qint8),   v̂ = q.dequantize() = (q − zp)·scale
+
+so the range always includes 0 (an exact zero is sent as q = zp and comes back as 0) and rounding
+is torch's (round half to even of v·(1/scale) in float32). Tensors with ndim ≤ 1 (biases, norm
+scales) stay FP32 and travel as raw little-endian float32, as in FLSim. Wire: the codes q − qmin as
+unsigned n-bit fields (``codec.pack_codes``), the float32 scale (the observer's, exactly) and the
+zero point as int8 (it lies in [qmin, qmax]): 5 bytes per tensor, where FLSim counts 12 (a float64
+scale and an int32 zero point). One deviation from torch, forced by the n-bit wire: torch clamps
+codes to int8, not to [qmin, qmax], so a tensor whose range ends fall on rounding ties can get a
+code one outside it (v = [[−1.5, 13.5]] at 4 bits: scale 1, zp −6, codes −8 and 8); here such a
+code is clamped to [qmin, qmax]. Every other tensor is bit-identical to torch's path, and at 8 bits
+all are.
+
+**Anchored min–max** (``minmaxa<b>``, the grid this app used before issue 34): the tensor's own
+[min, max] with min on the grid,
 
     q = round((v − min) / (max − min) · (2ⁿ − 1)),   v̂ = min + q · (max − min) / (2ⁿ − 1),
 
-round half to even, sent with min and max as float32 (8 bytes). |v̂ − v| ≤ (max − min)/(2(2ⁿ − 1))
-plus one float32 rounding. Tensors with ndim ≤ 1 (biases, norm scales) stay FP32 and travel as raw
-little-endian float32, as in FLSim. Two deliberate differences from FLSim: its ``MinMaxObserver``
-widens the range to include 0 and sends a float64 scale + int32 zero point (12 bytes per tensor);
-here the range is the tensor's own [min, max] and the side information is two float32 (8 bytes).
+round half to even, sent with min and max as float32 (8 bytes). It loses exact zeros and is biased
+on heavy-tailed tensors; it is kept to compare with the records made with it.
 """
 
 from __future__ import annotations
@@ -41,14 +58,21 @@ import math
 
 import numpy as np
 import torch
+from torch.ao.quantization.observer import MinMaxObserver
 
 from fp8fl.numerics.codec import pack_codes, packed_length, unpack_codes
 
 __all__ = [
     "QSGD_NORM_THRESHOLD",
+    "anchored_minmax_decode",
+    "anchored_minmax_encode",
+    "anchored_minmax_nbytes",
+    "anchored_minmax_quantize",
+    "minmax_code_range",
     "minmax_decode",
     "minmax_encode",
     "minmax_nbytes",
+    "minmax_qparams",
     "minmax_quantize",
     "qsgd_code_bits",
     "qsgd_decode",
@@ -219,11 +243,126 @@ def _qsgd_values(
 
 
 # -------------------------------------------------------------------------------------- min–max
+def minmax_code_range(bits: int) -> tuple[int, int]:
+    """(quant_min, quant_max) = (−2ⁿ⁻¹, 2ⁿ⁻¹ − 1), FLSim's integer range for n bits."""
+    _check_bits(bits)
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
 def minmax_nbytes(shape: tuple[int, ...] | torch.Size, bits: int) -> int:
-    """Bytes ``minmax_encode`` sends for a tensor of ``shape``: packed codes + min + max (float32),
-    or 4 bytes per element for a tensor with ndim ≤ 1 (kept FP32, no min/max sent)."""
+    """Bytes ``minmax_encode`` sends for a tensor of ``shape``: packed codes, the float32 scale and
+    the int8 zero point, or 4 bytes per element for a tensor with ndim ≤ 1 (kept FP32)."""
+    _check_bits(bits)
+    count = math.prod(shape)
+    if len(shape) <= 1:
+        return 4 * count
+    return packed_length(count, bits) + 5
+
+
+def minmax_qparams(v: torch.Tensor, bits: int) -> tuple[np.float32, int]:
+    """(scale, zero point) of torch's ``MinMaxObserver`` on ``v`` as FLSim configures it; an empty
+    tensor gets (1, 0), the observer's default."""
+    flat = _float_input(v).to(torch.float32)
+    if flat.numel() == 0:
+        return np.float32(1.0), 0
+    quant_min, quant_max = minmax_code_range(bits)
+    observer = MinMaxObserver(
+        dtype=torch.qint8,
+        qscheme=torch.per_tensor_affine,
+        quant_min=quant_min,
+        quant_max=quant_max,
+        reduce_range=False,
+    )
+    observer(flat)
+    scale, zero_point = observer.calculate_qparams()
+    return np.float32(scale.item()), int(zero_point.item())
+
+
+def minmax_quantize(v: torch.Tensor, bits: int) -> torch.Tensor:
+    """FLSim's per-tensor min–max quantization to ``bits`` bits (torch's observer, quantizer and
+    dequantizer); ndim ≤ 1 returned as FP32."""
+    _check_bits(bits)
+    if v.dim() <= 1:
+        return _float_input(v).to(torch.float32).view(v.shape)
+    codes, scale, zero_point = _flsim_codes(v, bits)
+    return _flsim_values(codes, scale, zero_point).view(v.shape)
+
+
+def minmax_encode(v: torch.Tensor, bits: int) -> tuple[np.ndarray, np.float32, int]:
+    """(packed codes q − qmin, scale, zero point). For ndim ≤ 1 the bytes are the raw little-endian
+    float32 values and scale = 1, zero point = 0 are placeholders that are not sent."""
+    _check_bits(bits)
+    if v.dim() <= 1:
+        return _raw_float32(v), np.float32(1.0), 0
+    codes, scale, zero_point = _flsim_codes(v, bits)
+    offset = (codes.to(torch.int64) - minmax_code_range(bits)[0]).to(torch.uint8)
+    return pack_codes(offset.cpu().numpy(), bits), scale, zero_point
+
+
+def minmax_decode(
+    codes: np.ndarray,
+    scale: np.float32 | float,
+    zero_point: int,
+    shape: tuple[int, ...] | torch.Size,
+    bits: int,
+) -> torch.Tensor:
+    """Inverse of ``minmax_encode``: a float32 tensor of ``shape``."""
+    shape, count = _decoded_shape(shape, bits)
+    if len(shape) <= 1:
+        return _raw_decode(codes, count, shape)
+    stream = _check_stream(codes, packed_length(count, bits))
+    scale32 = np.float32(scale)
+    if not (np.isfinite(scale32) and scale32 > 0):
+        raise ValueError(f"min–max scale must be finite and > 0, got {scale}")
+    quant_min, quant_max = minmax_code_range(bits)
+    if not quant_min <= int(zero_point) <= quant_max:
+        raise ValueError(
+            f"min–max zero point must lie in [{quant_min}, {quant_max}], got {zero_point}"
+        )
+    offset = torch.from_numpy(unpack_codes(stream, count, bits).astype(np.int64))
+    codes8 = (offset + quant_min).to(torch.int8)
+    return _flsim_values(codes8, scale32, int(zero_point)).view(shape)
+
+
+def _flsim_codes(v: torch.Tensor, bits: int) -> tuple[torch.Tensor, np.float32, int]:
+    """int8 codes of ``torch.quantize_per_tensor`` with the observer's qparams, clamped to the
+    n-bit range (see the module docstring), with the scale and zero point."""
+    scale, zero_point = minmax_qparams(v, bits)
+    flat = _float_input(v).to(torch.float32)
+    if flat.numel() == 0:
+        return torch.zeros(0, dtype=torch.int8), scale, zero_point
+    quantized = torch.quantize_per_tensor(flat, float(scale), zero_point, torch.qint8)
+    return quantized.int_repr().clamp_(*minmax_code_range(bits)), scale, zero_point
+
+
+def _flsim_values(codes: torch.Tensor, scale: np.float32, zero_point: int) -> torch.Tensor:
+    """torch's own dequantization of int8 ``codes`` (bit for bit what FLSim's receiver gets)."""
+    quantized = torch._make_per_tensor_quantized_tensor(codes, float(scale), zero_point)
+    return quantized.dequantize()
+
+
+def _raw_float32(v: torch.Tensor) -> np.ndarray:
+    raw = _float_input(v).to(torch.float32).cpu().numpy().astype("<f4")
+    return raw.view(np.uint8).copy()
+
+
+def _decoded_shape(shape: tuple[int, ...] | torch.Size, bits: int) -> tuple[tuple[int, ...], int]:
+    _check_bits(bits)
+    shape = tuple(int(d) for d in shape)
+    return shape, math.prod(shape)
+
+
+def _raw_decode(codes: np.ndarray, count: int, shape: tuple[int, ...]) -> torch.Tensor:
+    stream = _check_stream(codes, 4 * count)
+    return torch.from_numpy(stream.view("<f4").astype(np.float32)).view(shape)
+
+
+# ---------------------------------------------------------------------------- anchored min–max
+
+
+def anchored_minmax_nbytes(shape: tuple[int, ...] | torch.Size, bits: int) -> int:
+    """Bytes ``anchored_minmax_encode`` sends for a tensor of ``shape``: packed codes + min + max
+    (float32), or 4 bytes per element for a tensor with ndim ≤ 1 (kept FP32, no min/max sent)."""
     _check_bits(bits)
     count = math.prod(shape)
     if len(shape) <= 1:
@@ -231,46 +370,42 @@ def minmax_nbytes(shape: tuple[int, ...] | torch.Size, bits: int) -> int:
     return packed_length(count, bits) + 8
 
 
-def minmax_quantize(v: torch.Tensor, bits: int) -> torch.Tensor:
-    """Deterministic per-tensor min–max quantization to ``bits`` bits; ndim ≤ 1 returned as FP32."""
+def anchored_minmax_quantize(v: torch.Tensor, bits: int) -> torch.Tensor:
+    """The anchored per-tensor min–max grid (before issue 34); ndim ≤ 1 returned as FP32."""
     _check_bits(bits)
     if v.dim() <= 1:
         return _float_input(v).to(torch.float32).view(v.shape)
-    codes, lo, hi = _minmax_codes(v, bits)
-    return _minmax_values(codes, lo, hi, bits).view(v.shape)
+    codes, lo, hi = _anchored_codes(v, bits)
+    return _anchored_values(codes, lo, hi, bits).view(v.shape)
 
 
-def minmax_encode(v: torch.Tensor, bits: int) -> tuple[np.ndarray, np.float32, np.float32]:
+def anchored_minmax_encode(v: torch.Tensor, bits: int) -> tuple[np.ndarray, np.float32, np.float32]:
     """(packed codes, min, max). For ndim ≤ 1 the bytes are the raw little-endian float32 values
-    and min = max = 0 are placeholders that are not sent (see ``minmax_nbytes``)."""
+    and min = max = 0 are placeholders that are not sent (see ``anchored_minmax_nbytes``)."""
     _check_bits(bits)
     if v.dim() <= 1:
-        raw = _float_input(v).to(torch.float32).cpu().numpy().astype("<f4")
-        return raw.view(np.uint8).copy(), np.float32(0), np.float32(0)
-    codes, lo, hi = _minmax_codes(v, bits)
+        return _raw_float32(v), np.float32(0), np.float32(0)
+    codes, lo, hi = _anchored_codes(v, bits)
     return pack_codes(codes.to(torch.uint8).cpu().numpy(), bits), np.float32(lo), np.float32(hi)
 
 
-def minmax_decode(
+def anchored_minmax_decode(
     codes: np.ndarray,
     lo: np.float32 | float,
     hi: np.float32 | float,
     shape: tuple[int, ...] | torch.Size,
     bits: int,
 ) -> torch.Tensor:
-    """Inverse of ``minmax_encode``: a float32 tensor of ``shape``."""
-    _check_bits(bits)
-    shape = tuple(int(d) for d in shape)
-    count = math.prod(shape)
+    """Inverse of ``anchored_minmax_encode``: a float32 tensor of ``shape``."""
+    shape, count = _decoded_shape(shape, bits)
     if len(shape) <= 1:
-        stream = _check_stream(codes, 4 * count)
-        return torch.from_numpy(stream.view("<f4").astype(np.float32)).view(shape)
+        return _raw_decode(codes, count, shape)
     stream = _check_stream(codes, packed_length(count, bits))
     lo32, hi32 = np.float32(lo), np.float32(hi)
     if not (np.isfinite(lo32) and np.isfinite(hi32) and lo32 <= hi32):
         raise ValueError(f"min–max range must be finite with min <= max, got [{lo}, {hi}]")
     q = torch.from_numpy(unpack_codes(stream, count, bits).astype(np.int64))
-    return _minmax_values(q, float(lo32), float(hi32), bits).view(shape)
+    return _anchored_values(q, float(lo32), float(hi32), bits).view(shape)
 
 
 def _check_bits(bits: int) -> None:
@@ -278,7 +413,7 @@ def _check_bits(bits: int) -> None:
         raise ValueError(f"min–max bits must be an int in [1, 8], got {bits!r}")
 
 
-def _minmax_codes(v: torch.Tensor, bits: int) -> tuple[torch.Tensor, float, float]:
+def _anchored_codes(v: torch.Tensor, bits: int) -> tuple[torch.Tensor, float, float]:
     flat = _float_input(v)
     if flat.numel() == 0:
         return torch.zeros(0, dtype=torch.int64), 0.0, 0.0
@@ -292,7 +427,7 @@ def _minmax_codes(v: torch.Tensor, bits: int) -> tuple[torch.Tensor, float, floa
     return q.to(torch.int64), lo, hi
 
 
-def _minmax_values(q: torch.Tensor, lo: float, hi: float, bits: int) -> torch.Tensor:
+def _anchored_values(q: torch.Tensor, lo: float, hi: float, bits: int) -> torch.Tensor:
     step = (hi - lo) / (2**bits - 1)
     return (lo + q.to(torch.float64) * step).to(torch.float32)
 

@@ -6,25 +6,32 @@ clipped at an MSE-optimal s, uploads the codes, s and its quantization MSE e, an
 average with weights 1/e. The clip is the OCTAV fixed point (Sakr et al., "Optimal Clipping and
 Magnitude-aware Differentiation for Improved Quantization-aware Training", ICML 2022).
 
-Grid (B bits, 2 <= B <= 8, clip s > 0)::
+Grids (B bits, 2 <= B <= 8, clip s > 0), ``grid``:
 
-    Δ = s·2^(1−B),   code c ∈ [−2^(B−1), 2^(B−1) − 1],   value = c·Δ
+    "symmetric" (the default):   Δ = s/(2^(B−1) − 1),  code c ∈ [−(2^(B−1) − 1), 2^(B−1) − 1]
+    "twos-complement":           Δ = s·2^(1−B),        code c ∈ [−2^(B−1), 2^(B−1) − 1]
 
-exactly 2^B levels. The paper's midtread form clip(Δ·round(x/Δ), −s, s) would have 2^B + 1 levels
-and not fit in B bits, so the top code is dropped: the grid is asymmetric by one level, bottom −s,
-top s − Δ (the usual two's-complement range).
+and value = c·Δ. The paper's midtread quantizer Q(x; s) = clip(s·2^(1−B)·round(x·2^(B−1)/s), −s, s)
+has the 2^B + 1 levels −s, …, 0, …, s: one more than B bits can name. The symmetric grid keeps the
+top and bottom ±s and zero and drops one level by widening the step (2^B − 1 levels): it is odd
+(Q(−x) = −Q(x) under nearest rounding) and stochastic rounding is unbiased on all of [−s, s]. The
+two's-complement grid keeps the paper's step and drops the top level +s (2^B levels, bottom −s,
+top s − Δ): nearest rounding is then not odd and is biased (−0.084σ at B = 2 on a Gaussian), and
+stochastic rounding is biased above s − Δ; it is what this app used before issue 34, kept for
+comparison (``cq-grid = "twos-complement"``).
 
 Choices where the paper is silent:
 
 * Nearest rounding: round half to even of x/Δ (computed in float64), then clamp the code.
 * Stochastic rounding: floor(x/Δ + u), u ~ U[0,1) from ``torch.rand`` with the caller's
-  generator, then clamp. E[value] = x for −s <= x <= s − Δ (both neighbours are codes); above
-  s − Δ the clamp makes it biased downwards, as any clip does.
+  generator, then clamp. E[value] = x wherever both neighbours are codes: all of [−s, s] on the
+  symmetric grid, [−s, s − Δ] on the two's-complement one.
 * The clip is one s per tensor, from s0 = max|w|, in float64; iteration stops when the relative
   change is below ``tol`` or after ``max_iter`` updates. An all-zero tensor gets
   ``ZERO_TENSOR_CLIP`` (any positive clip quantizes zeros exactly, to code 0).
 * Wire: each code is sent as offset binary, c + 2^(B−1) as an unsigned B-bit field, packed densely
   MSB first by ``codec.pack_codes`` (zero padding bits, checked on decode); s and e travel apart.
+  On the symmetric grid the field 0 is never sent, and decoding refuses it.
 * The QAT op's backward is the straight-through estimator, 1 inside [−s, s] and 0 outside; s is a
   constant there (it is re-estimated by OCTAV, not learned).
 * Inverse-MSE averaging floors each error at a caller-chosen ``floor`` > 0, so a client whose
@@ -42,6 +49,7 @@ import torch
 from fp8fl.numerics.codec import pack_codes, packed_length, unpack_codes
 
 __all__ = [
+    "GRIDS",
     "MAX_BITS",
     "MIN_BITS",
     "ZERO_TENSOR_CLIP",
@@ -53,10 +61,14 @@ __all__ = [
     "octav_clip",
     "quantization_mse",
     "quantize_uniform",
+    "uniform_code_range",
+    "uniform_step",
 ]
 
 MIN_BITS = 2
 MAX_BITS = 8
+SYMMETRIC, TWOS_COMPLEMENT = "symmetric", "twos-complement"
+GRIDS = (SYMMETRIC, TWOS_COMPLEMENT)
 ZERO_TENSOR_CLIP = 1.0
 """Clip returned by ``octav_clip`` for an all-zero tensor: J(s) = 0 for every s > 0 there."""
 
@@ -105,47 +117,63 @@ def _check_tensor(x: object, what: str) -> torch.Tensor:
     return x
 
 
-def _code_range(bits: int) -> tuple[int, int]:
+def _check_grid(grid: object) -> str:
+    if grid not in GRIDS:
+        raise ValueError(f"grid must be one of {', '.join(GRIDS)}, got {grid!r}")
+    return str(grid)
+
+
+def uniform_code_range(bits: int, grid: str = SYMMETRIC) -> tuple[int, int]:
+    """(lowest, highest) code of the B-bit ``grid``."""
+    bits, grid = _check_bits(bits), _check_grid(grid)
     half = 1 << (bits - 1)
-    return -half, half - 1
+    return (-(half - 1) if grid == SYMMETRIC else -half), half - 1
 
 
-def _step(s: float, bits: int) -> float:
+def uniform_step(s: float, bits: int, grid: str = SYMMETRIC) -> float:
+    """The grid's step Δ for clip ``s``: s/(2^(B−1) − 1) (symmetric) or s·2^(1−B)."""
+    bits = _check_bits(bits)
+    if _check_grid(grid) == SYMMETRIC:
+        return s / ((1 << (bits - 1)) - 1)
     return s * 2.0 ** (1 - bits)  # exact: a power-of-two scaling of a float64
 
 
 # ----------------------------------------------------------------------------- OCTAV clip
 
 
-def octav_clip(w: torch.Tensor, bits: int, tol: float = 1e-4, max_iter: int = 30) -> float:
-    """The OCTAV clip for B-bit symmetric uniform quantization of ``w`` (one s per tensor).
+def octav_clip(
+    w: torch.Tensor, bits: int, tol: float = 1e-4, max_iter: int = 30, grid: str = SYMMETRIC
+) -> float:
+    """The OCTAV clip for B-bit uniform quantization of ``w`` on ``grid`` (one s per tensor).
 
     OCTAV minimises the modelled mean squared error
 
-        J(s) = (4^−B/3)·s²·P(|w| <= s) + E[(|w| − s)²·1{|w| > s}]
+        J(s) = c·s²·P(|w| <= s) + E[(|w| − s)²·1{|w| > s}],   c·s² = Δ²/12
 
-    (rounding noise Δ²/12 with Δ = s·2^(1−B) inside the clip, clipping noise outside) by the
-    fixed-point iteration, from s0 = max|w|,
+    (rounding noise Δ²/12 with the grid's step Δ inside the clip, clipping noise outside:
+    c = 1/(12·(2^(B−1) − 1)²) on the symmetric grid, 4^−B/3 on the two's-complement one, whose
+    step s·2^(1−B) is OCTAV's own) by the fixed-point iteration, from s0 = max|w|,
 
-        s_{n+1} = E[|w|·1{|w| > s_n}] / ((4^−B/3)·P(|w| <= s_n) + P(|w| > s_n)),
+        s_{n+1} = E[|w|·1{|w| > s_n}] / (c·P(|w| <= s_n) + P(|w| > s_n)),
 
     with expectations over the elements of ``w``, in float64. It stops when
     |s_{n+1} − s_n| < tol·s_n or after ``max_iter`` updates. The iteration is OCTAV's
     Newton step on dJ/ds that drops the terms in the density of |w| at s; the fixed point
-    therefore lies slightly above the exact minimiser of J when 4^−B is not small: for Gaussian
-    weights by about 3 % at B = 2, 1.2 % at B = 3, 0.5 % at B = 4 (J itself is within 0.4 %).
+    therefore lies slightly above the exact minimiser of J when c is not small: for Gaussian
+    weights by about 3 % at B = 2, 1.2 % at B = 3, 0.5 % at B = 4 on the two's-complement grid
+    (J itself is within 0.4 %).
 
     Nothing lies strictly above s0 = max|w|, so the map sends s0 to 0, which is no usable clip;
     whenever the map gives 0 the map at 0 is taken instead,
-    s1 = E|w| / ((4^−B/3)·P(w = 0) + P(w ≠ 0)) > 0. So every iterate is > 0 and nothing divides
-    by a zero clip (the map's own denominator is >= 4^−B/3 > 0).
+    s1 = E|w| / (c·P(w = 0) + P(w ≠ 0)) > 0. So every iterate is > 0 and nothing divides
+    by a zero clip (the map's own denominator is >= c > 0).
 
     An all-zero ``w`` returns ``ZERO_TENSOR_CLIP`` (every positive clip quantizes it exactly).
     Raises ValueError for an empty or non-finite ``w``, bits outside 2..8, tol <= 0 or
     max_iter < 1.
     """
     _check_tensor(w, "w")
-    bits = _check_bits(bits)
+    bits, grid = _check_bits(bits), _check_grid(grid)
     if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
         raise ValueError(f"tol must be finite and > 0, got {tol!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
@@ -156,7 +184,7 @@ def octav_clip(w: torch.Tensor, bits: int, tol: float = 1e-4, max_iter: int = 30
     s = float(a.max())
     if s == 0.0:
         return ZERO_TENSOR_CLIP
-    noise = 4.0**-bits / 3.0
+    noise = _octav_noise(bits, grid)
     n = a.numel()
     for _ in range(max_iter):
         new = _octav_update(a, s, noise, n)
@@ -167,6 +195,13 @@ def octav_clip(w: torch.Tensor, bits: int, tol: float = 1e-4, max_iter: int = 30
         if converged:
             break
     return s
+
+
+def _octav_noise(bits: int, grid: str) -> float:
+    """c with c·s² = Δ²/12, the rounding noise of the grid's step Δ."""
+    if grid == SYMMETRIC:
+        return 1.0 / (12.0 * ((1 << (bits - 1)) - 1) ** 2)
+    return 4.0**-bits / 3.0
 
 
 def _octav_update(a: torch.Tensor, s: float, noise: float, n: int) -> float:
@@ -186,43 +221,74 @@ def quantize_uniform(
     bits: int,
     stochastic: bool,
     generator: torch.Generator | None = None,
+    grid: str = SYMMETRIC,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantize ``x`` onto the B-bit grid clipped at ``s``; returns (int16 codes, float32 values).
+    """Quantize ``x`` onto the B-bit ``grid`` clipped at ``s``; returns (int16 codes, float32
+    values).
 
-    Grid: Δ = s·2^(1−B), codes in [−2^(B−1), 2^(B−1) − 1] (2^B levels, bottom −s, top s − Δ),
-    value = code·Δ. Nearest: round half to even of x/Δ, then clamp. Stochastic:
-    floor(x/Δ + u), u ~ U[0,1) drawn by ``torch.rand`` from ``generator``, then clamp; unbiased
-    for −s <= x <= s − Δ. Both have the shape of ``x``; no autograd.
+    Codes in ``uniform_code_range(bits, grid)``, value = code·Δ (``uniform_step``). Nearest: round
+    half to even of x/Δ, then clamp. Stochastic: floor(x/Δ + u), u ~ U[0,1) drawn by
+    ``torch.rand`` from ``generator``, then clamp; unbiased on [−s, s] (symmetric) or
+    [−s, s − Δ] (two's complement). On the symmetric grid s is taken as float32(s), what the wire
+    carries, x/Δ is x·(2^(B−1) − 1)/s, and nearest rounding is exact for float32 x (the code of
+    the nearest level c·s/(2^(B−1) − 1), ties to even); on the other grid x/Δ is an exact
+    power-of-two scaling. Both have the shape of ``x``; no autograd.
     """
     _check_tensor(x, "x")
     s = _check_clip(s)
-    bits = _check_bits(bits)
-    low, high = _code_range(bits)
-    scaled = x.detach().to(torch.float64) / _step(s, bits)
+    bits, grid = _check_bits(bits), _check_grid(grid)
+    low, high = uniform_code_range(bits, grid)
+    x64 = x.detach().to(torch.float64)
+    if grid == SYMMETRIC:
+        s = float(np.float32(s))
+        scaled = x64 * float(high) / s
+    else:
+        scaled = x64 / uniform_step(s, bits, grid)
     if stochastic:
         u = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
         rounded = torch.floor(scaled + u)
     else:
         rounded = torch.round(scaled)  # half to even
+        if grid == SYMMETRIC:
+            rounded = _exact_nearest(rounded, x64 * (2 * high), s)
     codes = rounded.clamp_(low, high).to(_CODE_DTYPE)
-    return codes, dequantize_uniform(codes, s, bits)
+    return codes, dequantize_uniform(codes, s, bits, grid)
 
 
-def dequantize_uniform(codes: torch.Tensor, s: float, bits: int) -> torch.Tensor:
-    """Values of integer ``codes`` on the grid: float32(code·Δ), the product taken in float64."""
+def _exact_nearest(q: torch.Tensor, twice_scaled: torch.Tensor, s: float) -> torch.Tensor:
+    """Correct round(x·k/s) where its one rounding moved x across a midpoint: the nearest code
+    is decided by 2·x·k against the midpoints (2q ± 1)·s, all exact in float64 for float32 x and s
+    (at most 32 significant bits each), ties to the even code."""
+    upper, lower = (2 * q + 1) * s, (2 * q - 1) * s
+    even = torch.remainder(q, 2) == 0
+    up = (twice_scaled > upper) | ((twice_scaled == upper) & ~even)
+    down = (twice_scaled < lower) | ((twice_scaled == lower) & ~even)
+    return q + up.to(q.dtype) - down.to(q.dtype)
+
+
+def dequantize_uniform(
+    codes: torch.Tensor, s: float, bits: int, grid: str = SYMMETRIC
+) -> torch.Tensor:
+    """Values of integer ``codes`` on the grid, in float64 then rounded to float32:
+    (code·s)/(2^(B−1) − 1) on the symmetric grid (so that ±code give ± the same value and the
+    top code gives s exactly), code·s·2^(1−B) on the two's-complement grid."""
     if not isinstance(codes, torch.Tensor):
         raise TypeError(f"codes must be a torch.Tensor, got {type(codes).__name__}")
     if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
         raise TypeError(f"codes must be an integer tensor, got {codes.dtype}")
     s = _check_clip(s)
-    bits = _check_bits(bits)
-    return (codes.to(torch.float64) * _step(s, bits)).to(torch.float32)
+    bits, grid = _check_bits(bits), _check_grid(grid)
+    c = codes.to(torch.float64)
+    if grid == SYMMETRIC:
+        s32 = float(np.float32(s))
+        return (c * s32 / float(uniform_code_range(bits, grid)[1])).to(torch.float32)
+    return (c * uniform_step(s, bits, grid)).to(torch.float32)
 
 
 class _FakeQuantUniform(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, s, bits, stochastic, generator):  # type: ignore[override]
-        _, values = quantize_uniform(x, s, bits, stochastic, generator)
+    def forward(ctx, x, s, bits, stochastic, generator, grid):  # type: ignore[override]
+        _, values = quantize_uniform(x, s, bits, stochastic, generator, grid)
         ctx.save_for_backward(x.detach().to(torch.float64).abs() <= s)  # s exactly, not float32(s)
         return values.to(x.dtype)
 
@@ -230,7 +296,7 @@ class _FakeQuantUniform(torch.autograd.Function):
     def backward(ctx, grad_q):  # type: ignore[override]
         (inside,) = ctx.saved_tensors
         grad_x = grad_q * inside.to(grad_q.dtype) if ctx.needs_input_grad[0] else None
-        return grad_x, None, None, None, None
+        return grad_x, None, None, None, None, None
 
 
 def fake_quant_uniform(
@@ -239,24 +305,28 @@ def fake_quant_uniform(
     bits: int,
     stochastic: bool = False,
     generator: torch.Generator | None = None,
+    grid: str = SYMMETRIC,
 ) -> torch.Tensor:
     """QAT op: forward = ``quantize_uniform`` values (in x's dtype); backward = straight-through
     estimator, dq/dx = 1 for |x| <= s and 0 outside. ``s`` is a float and gets no gradient."""
     s = _check_clip(s)
-    bits = _check_bits(bits)
-    return _FakeQuantUniform.apply(x, s, bits, bool(stochastic), generator)
+    bits, grid = _check_bits(bits), _check_grid(grid)
+    return _FakeQuantUniform.apply(x, s, bits, bool(stochastic), generator, grid)
 
 
 # ----------------------------------------------------------------------------- wire
 
 
-def encode_uniform(codes: torch.Tensor | np.ndarray, bits: int) -> np.ndarray:
+def encode_uniform(
+    codes: torch.Tensor | np.ndarray, bits: int, grid: str = SYMMETRIC
+) -> np.ndarray:
     """Pack integer codes (flattened in C order) as offset-binary B-bit fields, MSB first.
 
-    Each code c becomes the unsigned value c + 2^(B−1); ``codec.pack_codes`` packs them densely
-    (``packed_length(count, bits)`` bytes, zero padding bits). Returns a 1-D uint8 array.
+    Each code c (in ``uniform_code_range(bits, grid)``) becomes the unsigned value c + 2^(B−1);
+    ``codec.pack_codes`` packs them densely (``packed_length(count, bits)`` bytes, zero padding
+    bits). Returns a 1-D uint8 array.
     """
-    bits = _check_bits(bits)
+    bits, grid = _check_bits(bits), _check_grid(grid)
     if isinstance(codes, torch.Tensor):
         codes = codes.detach().cpu().numpy()
     if not isinstance(codes, np.ndarray):
@@ -264,23 +334,23 @@ def encode_uniform(codes: torch.Tensor | np.ndarray, bits: int) -> np.ndarray:
     if not np.issubdtype(codes.dtype, np.integer):
         raise TypeError(f"codes must have an integer dtype, got {codes.dtype}")
     flat = codes.reshape(-1).astype(np.int64)
-    low, high = _code_range(bits)
+    low, high = uniform_code_range(bits, grid)
     if flat.size and (flat.min() < low or flat.max() > high):
         raise ValueError(
-            f"codes must lie in [{low}, {high}] for {bits} bits, got values in "
-            f"[{flat.min()}, {flat.max()}]"
+            f"codes must lie in [{low}, {high}] for {bits} bits on the {grid} grid, got values "
+            f"in [{flat.min()}, {flat.max()}]"
         )
-    offset = (flat - low).astype(np.uint8)
+    offset = (flat + (1 << (bits - 1))).astype(np.uint8)
     return np.ascontiguousarray(pack_codes(offset, bits))
 
 
-def decode_uniform(stream: np.ndarray, count: int, bits: int) -> np.ndarray:
+def decode_uniform(stream: np.ndarray, count: int, bits: int, grid: str = SYMMETRIC) -> np.ndarray:
     """Inverse of ``encode_uniform``: ``count`` int16 codes from a packed uint8 stream.
 
-    Raises ValueError when the stream's length is not ``packed_length(count, bits)`` or its
-    padding bits are not zero (a corrupt or truncated upload).
+    Raises ValueError when the stream's length is not ``packed_length(count, bits)``, its
+    padding bits are not zero, or it holds a code outside the grid (a corrupt or truncated upload).
     """
-    bits = _check_bits(bits)
+    bits, grid = _check_bits(bits), _check_grid(grid)
     if not isinstance(stream, np.ndarray):
         raise TypeError(f"stream must be a numpy array, got {type(stream).__name__}")
     if stream.dtype != np.uint8:
@@ -295,8 +365,11 @@ def decode_uniform(stream: np.ndarray, count: int, bits: int) -> np.ndarray:
             f"stream has {flat.size} bytes but {count} codes of {bits} bits need {expected}: "
             "it is truncated or has trailing bytes"
         )
-    offset = unpack_codes(flat, count, bits)
-    return offset.astype(np.int16) + np.int16(_code_range(bits)[0])
+    codes = unpack_codes(flat, count, bits).astype(np.int16) - np.int16(1 << (bits - 1))
+    low = uniform_code_range(bits, grid)[0]
+    if codes.size and codes.min() < low:
+        raise ValueError(f"stream holds code {codes.min()}, below {low} of the {grid} grid")
+    return codes
 
 
 # ----------------------------------------------------------------------------- errors, averaging
