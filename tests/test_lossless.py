@@ -322,3 +322,31 @@ def test_models_are_bit_identical_with_context_coding(tmp_path):
         assert a.get("unchanged_codes") == b.get("unchanged_codes")
     for a, b in zip(plain[1:], coded[1:]):
         assert b["bytes_up"] < 0.5 * a["bytes_up"] and b["bytes_down"] < 0.9 * a["bytes_down"]
+
+
+def test_context_coding_with_mixed_client_formats_decodes_each_group_against_its_downlink(
+    tmp_path,
+):
+    """Two format groups (E2M1 and E4M3 clients) and FP32 clients: each update is decoded against
+    the downlink of its sender's group; the models match lossless = false round by round."""
+    from clients.quantized_client import QuantizedClient
+    from tests.inprocess import run_in_process
+    from tests.simulation import tiny_config
+
+    records = {}
+    for lossless in (False, "context"):
+        run = tiny_config(
+            tmp_path / str(lossless),
+            method="uq",
+            num_clients=6,
+            clients_per_round=6,
+            client_formats="fp32:0.34,e4m3:0.33,e2m1:0.33",
+            lossless=lossless,
+        )
+        _, records[lossless] = run_in_process(
+            run, lambda pid, run=run: QuantizedClient(run, pid, run.num_clients).to_client()
+        )
+    for plain, coded in zip(records[False], records["context"], strict=True):
+        assert plain["model_sha256"] == coded["model_sha256"]
+        assert coded.get("clients_rejected", 0) == 0
+    assert records["context"][-1]["bytes_up"] < 0.8 * records[False][-1]["bytes_up"]

@@ -1,9 +1,11 @@
 """Cost and gain of the lossless stage (``lossless = true``) on LeNet's messages, in one run.
 
     python -m experiments.bench lossless [--run RUN_DIR] [--repeats 5] [--local-steps 0]
+        [--num-clients 10]
 
 1. It trains one client round of the default run (CIFAR-10, LeNet, FP8FedAvg-UQ: partition 0 of
-   10, one local epoch at batch 50, β calibrated first as the server does) and times it.
+   10, one local epoch at batch 50, β calibrated first as the server does) and times it
+   (``--num-clients 100 --local-steps 20``: a round of the 150-round setting, 2 epochs of 500).
 2. From those trained weights, or from the global model in a run folder's ``checkpoint.pt``
    (``--run``, e.g. a finished 150-round run: realistic code statistics), it encodes
    LeNet's message with each codec family and times the stage: compress + decompress of the
@@ -135,21 +137,31 @@ def context_coding(
     config: RunConfig, trained: dict[str, torch.Tensor], downlink: list, repeats: int
 ) -> tuple[float, float, float, float]:
     """Bits per weight of the downlink's codes, of the uplink's coded alone and against the
-    downlink (lossless = "context"), and the median seconds of the context stage: the client's
-    reference, the uplink's compress, the server's decompress."""
+    downlink (lossless = "context"), and the median seconds of the context stage on the codec's
+    arrays: the client's reference (the downlink decoded from the stage), the uplink's compress
+    against it, the server's decompress (the codec's own encoding is not the stage's)."""
     torch.manual_seed(0)
     layout = dataclasses.replace(run_layout(config, build_run_model(config, 10)), lossless=True)
     codec = build(config, layout.quantized).codec
-    count = layout.numel(layout.quantized)
+    specs = layout.array_specs(codec)
+    runs = code_runs(codec, specs, layout.quantized_shapes)
+    arrays = dataclasses.replace(layout, lossless=False).pack(
+        trained, codec, torch.Generator().manual_seed(0)
+    )
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         reference = layout.reference(downlink, codec)
-        sent = layout.pack(trained, codec, torch.Generator().manual_seed(0), reference)
-        layout.decompressed(sent, codec, reference)
+        sent = [
+            compress(a, runs[s.name], reference[s.name]) if s.name in runs else a
+            for a, s in zip(arrays, specs)
+        ]
+        restored = layout.decompressed(sent, codec, reference)
         times.append(time.perf_counter() - start)
-    alone = layout.pack(trained, codec, torch.Generator().manual_seed(0))
-    bits = [8 * arrays[0].nbytes / count for arrays in (downlink, alone, sent)]
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(arrays, restored))
+    count = layout.numel(layout.quantized)
+    alone = compress(arrays[0], runs["weights"])
+    bits = [8 * coded.nbytes / count for coded in (downlink[0], alone, sent[0])]
     return bits[0], bits[1], bits[2], statistics.median(times)
 
 
@@ -176,12 +188,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", help="a run's folder: code the global model of its checkpoint")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--local-steps", type=int, default=0, help="0: one local epoch")
+    parser.add_argument("--num-clients", type=int, default=10, help="partitions of the data")
     args = parser.parse_args(argv)
     console = Console()
-    config = RunConfig.from_mapping({"method": "uq", "local-steps": args.local_steps})
+    config = RunConfig.from_mapping(
+        {"method": "uq", "local-steps": args.local_steps, "num-clients": args.num_clients}
+    )
     trained, train_seconds, downlink = train_one_round(config)
     steps = round_local_update(config, 1).num_steps(len(client_partition(config, 0)))
-    console.print(f"one client round of LeNet UQ: {steps} steps in {train_seconds:.2f} s")
+    console.print(
+        f"one client round of LeNet UQ (partition 0 of {args.num_clients}): {steps} steps in "
+        f"{train_seconds:.2f} s"
+    )
     weights = load_checkpoint(Path(args.run)).state if args.run else trained
     source = f"the global model of {args.run}" if args.run else "the weights after that round"
     found = libraries()

@@ -130,14 +130,15 @@ def _changes(symbols: np.ndarray, reference: np.ndarray, bits: int) -> np.ndarra
 
 def _best_shift(changes: np.ndarray, reference: np.ndarray, bits: int) -> int:
     """The context ``reference >> shift`` with the smallest estimated size: the order-0 entropy
-    of the changes in each context plus its table (bitmap, two bytes per present symbol)."""
+    of the changes in each context plus its table (bitmap, two bytes per present symbol). One
+    joint histogram of (reference code, change); a coarser context sums its rows."""
     alphabet = 1 << bits
     bitmap = 8 * ((alphabet + 7) // 8)
+    joint = np.bincount(reference.astype(np.int64) * alphabet + changes, minlength=alphabet**2)
+    joint = joint.reshape(alphabet, alphabet)
 
     def size(shift: int) -> float:
-        contexts = ((alphabet - 1) >> shift) + 1
-        key = (reference.astype(np.int64) >> shift) * alphabet + changes
-        counts = np.bincount(key, minlength=contexts * alphabet).reshape(contexts, alphabet)
+        counts = joint.reshape(alphabet >> shift, 1 << shift, alphabet).sum(axis=1)
         counts = counts[counts.sum(axis=1) > 0]
         totals = counts.sum(axis=1, keepdims=True)
         present = counts > 0
@@ -148,8 +149,9 @@ def _best_shift(changes: np.ndarray, reference: np.ndarray, bits: int) -> int:
 
 
 def _context_groups(reference: np.ndarray, shift: int) -> list[np.ndarray]:
-    """The positions of each context ``reference >> shift`` present, ascending, in tensor order."""
-    contexts = reference.astype(np.int64) >> shift
+    """The positions of each context ``reference >> shift`` present, ascending, in tensor order
+    (one-byte contexts: numpy's stable sort is a radix sort)."""
+    contexts = (reference >> shift).astype(np.uint8)
     order = np.argsort(contexts, kind="stable")
     counts = np.bincount(contexts)
     return np.split(order, np.cumsum(counts[counts > 0])[:-1])
@@ -212,10 +214,10 @@ def _decompress_run(reader: _Reader, run: CodeRun, reference: np.ndarray | None)
         packed, exhausted = reader.take(size, "stored codes"), True
     elif mode == ANS and run.count > 0:
         packed, exhausted = _decode_ans(reader, run)
-    elif mode == CONTEXT and run.count > 0 and reference is not None:
-        packed, exhausted = _decode_context(reader, run, reference)
-    elif mode == CONTEXT:
+    elif mode == CONTEXT and reference is None:
         raise reader.error("is coded against a downlink reference this receiver lacks")
+    elif mode == CONTEXT and run.count > 0:
+        packed, exhausted = _decode_context(reader, run, reference)
     else:
         raise reader.error(f"unknown mode {mode}: corrupt payload")
     if not exhausted or zlib.crc32(packed) != int(crc):
