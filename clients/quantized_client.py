@@ -55,11 +55,10 @@ class QuantizedClient(NumPyClient):
         generator = seeded_generator(run.seed, "client", server_round, self.partition_id)
         model = build_run_model(run, self.data.num_classes)
         layout = run_layout(run, model)
-        model.load_state_dict(layout.unpack(parameters, self.downlink_codec))
+        state, received = layout.unpack_received(parameters, self.downlink_codec)
+        model.load_state_dict(state)
         # lossless = "context": the uplink is coded against the downlink codes just decoded
-        reference = (
-            layout.reference(parameters, self.downlink_codec) if run.context_coding else None
-        )
+        reference = received if run.context_coding else None
         device = resolve_device(run.device)
         training = time.perf_counter()
         stats = round_local_update(run, server_round).run(

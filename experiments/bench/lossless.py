@@ -138,8 +138,9 @@ def context_coding(
 ) -> tuple[float, float, float, float]:
     """Bits per weight of the downlink's codes, of the uplink's coded alone and against the
     downlink (lossless = "context"), and the median seconds of the context stage on the codec's
-    arrays: the client's reference (the downlink decoded from the stage), the uplink's compress
-    against it, the server's decompress (the codec's own encoding is not the stage's)."""
+    arrays: the downlink's reference (the client has it from its decoding of the downlink, the
+    server decodes it once per round and format group), the uplink's compress against it, the
+    server's decompress (the codec's own encoding is not the stage's)."""
     torch.manual_seed(0)
     layout = dataclasses.replace(run_layout(config, build_run_model(config, 10)), lossless=True)
     codec = build(config, layout.quantized).codec

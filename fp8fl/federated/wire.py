@@ -139,13 +139,19 @@ class StateLayout:
     def reference(self, arrays: list[np.ndarray], codec: Codec) -> Reference:
         """The integer arrays of a downlink message with ``codec`` (decoded from the lossless
         stage): what an uplink in the same codec is coded against with ``lossless = "context"``."""
+        return self._reference(self._checked_arrays(arrays, codec, None), codec)
+
+    def _reference(self, checked: list[np.ndarray], codec: Codec) -> Reference:
         runs = self._code_runs(codec)
-        specs = self.array_specs(codec)
-        return {
-            spec.name: _checked(array, spec)
-            for array, spec in zip(self.decompressed(arrays, codec), specs)
-            if spec.name in runs
-        }
+        return {s.name: a for a, s in zip(checked, self.array_specs(codec)) if s.name in runs}
+
+    def unpack_received(
+        self, arrays: list[np.ndarray], codec: Codec
+    ) -> tuple[dict[str, torch.Tensor], Reference]:
+        """``unpack`` of a downlink, and its ``reference``, from one decoding of the lossless
+        stage (a client codes its uplink against it with ``lossless = "context"``)."""
+        checked = self._checked_arrays(arrays, codec, None)
+        return self._state(checked, codec)[0], self._reference(checked, codec)
 
     def unpack(
         self, arrays: list[np.ndarray], codec: Codec, reference: Reference | None = None
@@ -158,13 +164,26 @@ class StateLayout:
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """``unpack``, and the codec's side information (e.g. quantization errors) apart; an
         uplink coded against its downlink needs that downlink's ``reference``."""
+        return self._state(self._checked_arrays(arrays, codec, reference), codec)
+
+    def _checked_arrays(
+        self, arrays: list[np.ndarray], codec: Codec, reference: Reference | None
+    ) -> list[np.ndarray]:
+        """The arrays of a message, decoded from the lossless stage, each of its spec's kind
+        and size (``WireError`` otherwise)."""
         specs = self.array_specs(codec)
         if not isinstance(arrays, (list, tuple)) or len(arrays) != len(specs):
             count = len(arrays) if isinstance(arrays, (list, tuple)) else type(arrays).__name__
             names = ", ".join(spec.name for spec in specs)
             raise WireError(f"expected {len(specs)} arrays ({names}), got {count}")
         arrays = self.decompressed(list(arrays), codec, reference)
-        checked = [_checked(a, spec) for a, spec in zip(arrays, specs)]
+        return [_checked(a, spec) for a, spec in zip(arrays, specs)]
+
+    def _state(
+        self, checked: list[np.ndarray], codec: Codec
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The state and side information of checked arrays: α/β positive and finite, dense
+        tensors finite, the codec's arrays decoded by the codec."""
         *coded, scales, dense = checked
         state: dict[str, torch.Tensor] = {}
         for name, value in zip(self.scales, scales.tolist()):
