@@ -184,12 +184,14 @@ class SyncRound:
         generator = seeded_generator(self.config.seed, "downlink", *parts)
         codec = group.downlink_codec
         arrays = group.layout.pack(state, codec, generator)
-        codes = None
-        if isinstance(codec, MinifloatCodec) and codec == group.codec:
-            codes = codec.codes(
-                group.layout.decompressed(arrays, codec)[0], group.layout.quantized_shapes
-            )
-        reference = group.layout.reference(arrays, codec) if group.config.context_coding else None
+        with_codes = isinstance(codec, MinifloatCodec) and codec == group.codec
+        context = group.config.context_coding
+        # the lossless stage decoded once, for the codes and for the uplinks' reference
+        decoded = group.layout.reference(arrays, codec) if with_codes or context else {}
+        codes = (
+            codec.codes(decoded["weights"], group.layout.quantized_shapes) if with_codes else None
+        )
+        reference = decoded if context else None
         ins = FitIns(ndarrays_to_parameters(arrays), fit_instructions(group.config, rnd))
         return Downlink(ins, codes, reference)
 
