@@ -56,13 +56,16 @@ class QuantizedClient(NumPyClient):
         generator = seeded_generator(run.seed, "client", server_round, self.partition_id)
         model = build_run_model(run, self.data.num_classes)
         layout = run_layout(run, model)
-        model.load_state_dict(layout.unpack(parameters, self.downlink_codec))
+        state, received = layout.unpack_received(parameters, self.downlink_codec)
+        model.load_state_dict(state)
+        # lossless = "context": the uplink is coded against the downlink codes just decoded
+        reference = received if run.context_coding else None
         device = resolve_device(run.device)
         training = time.perf_counter()
         stats = round_local_update(run, server_round).run(
             model.to(device), self.data, self.indices, generator, device
         )
         stats["train-seconds"] = time.perf_counter() - training
-        update = layout.pack(model.cpu().state_dict(), self.codec, generator)
+        update = layout.pack(model.cpu().state_dict(), self.codec, generator, reference)
         metrics = update_metrics(run, self.partition_id, stats, time.perf_counter() - started)
         return update, len(self.indices), metrics | placement_metrics()

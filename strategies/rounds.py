@@ -29,7 +29,7 @@ from fp8fl.federated.protocol import (
 )
 from fp8fl.federated.seeds import seeded_generator
 from fp8fl.federated.training import build_run_model, run_layout
-from fp8fl.federated.wire import StateLayout, WireError
+from fp8fl.federated.wire import Reference, StateLayout, WireError
 from fp8fl.methods.fp8 import MinifloatCodec
 from fp8fl.methods.registry import Built, build_codec, build_downlink_codec
 from fp8fl.methods.seams import ClientUpdate, Codec
@@ -140,6 +140,7 @@ class Downlink:
 
     ins: FitIns
     codes: np.ndarray | None  # one code per weight, for codecs with codes
+    reference: Reference | None = None  # lossless = "context": what the uplinks are coded against
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,11 @@ class Broadcast:
 
     def ins(self, pid: int) -> FitIns:
         return self.downlinks[self.group_of[pid]].ins
+
+    def reference(self, pid: int) -> Reference | None:
+        """What the uplink of ``pid`` is coded against (None: not sampled, or no context)."""
+        group = self.group_of.get(pid)
+        return None if group is None else self.downlinks[group].reference
 
 
 @dataclass
@@ -186,19 +192,27 @@ class SyncRound:
         generator = seeded_generator(self.config.seed, "downlink", *parts)
         codec = group.downlink_codec
         arrays = group.layout.pack(state, codec, generator)
-        codes = None
-        if isinstance(codec, MinifloatCodec) and codec == group.codec:
-            codes = codec.codes(
-                group.layout.decompressed(arrays, codec)[0], group.layout.quantized_shapes
-            )
+        with_codes = isinstance(codec, MinifloatCodec) and codec == group.codec
+        context = group.config.context_coding
+        # the lossless stage decoded once, for the codes and for the uplinks' reference
+        decoded = group.layout.reference(arrays, codec) if with_codes or context else {}
+        codes = (
+            codec.codes(decoded["weights"], group.layout.quantized_shapes) if with_codes else None
+        )
+        reference = decoded if context else None
         ins = FitIns(ndarrays_to_parameters(arrays), fit_instructions(group.config, rnd))
-        return Downlink(ins, codes)
+        return Downlink(ins, codes, reference)
 
     def check(
-        self, pid: int | None, res: FitRes, global_state: dict[str, torch.Tensor]
+        self,
+        pid: int | None,
+        res: FitRes,
+        global_state: dict[str, torch.Tensor],
+        reference: Reference | None = None,
     ) -> ClientUpdate:
         """Validate an update (protocol fields — its format must be its partition's —, sender,
-        n_k, arrays) and decode it with its sender's format; raises ``ProtocolError`` or
+        n_k, arrays) and decode it with its sender's format (and, with ``lossless =
+        "context"``, against the ``reference`` its sender was sent); raises ``ProtocolError`` or
         ``WireError`` naming the problem. State entries its format does not carry (an FP32
         client's α/β) keep their values in ``global_state``: that client has no say in them."""
         if pid is None:
@@ -206,23 +220,24 @@ class SyncRound:
         group = self.groups.of(pid)
         n = check_sender(res, pid, group.config, self.clients.partition_size[pid])
         arrays = parameters_to_ndarrays(res.parameters)
-        state, side = group.layout.unpack_with_side(arrays, group.codec)
+        state, side = group.layout.unpack_with_side(arrays, group.codec, reference)
         if len(state) < len(self.layout.shapes):
             state = {
                 k: state[k] if k in state else global_state[k].clone() for k in self.layout.shapes
             }
         return ClientUpdate(pid, n, state, res.metrics, side)
 
-    def unchanged_codes(self, sent: np.ndarray, res: FitRes, group: FormatGroup) -> float:
+    def unchanged_codes(self, sent: Downlink, res: FitRes, group: FormatGroup) -> float:
         """Fraction of weights whose uplink code equals the downlink code the client was sent
         (with nearest rounding, a change under half a grid step rounds back to the same code)."""
         codec = group.codec
-        assert isinstance(codec, MinifloatCodec)
+        assert isinstance(codec, MinifloatCodec) and sent.codes is not None
+        arrays = parameters_to_ndarrays(res.parameters)
         uplink = codec.codes(
-            group.layout.decompressed(parameters_to_ndarrays(res.parameters), codec)[0],
+            group.layout.decompressed(arrays, codec, sent.reference)[0],
             group.layout.quantized_shapes,
         )
-        return float(np.count_nonzero(uplink == sent)) / max(1, uplink.size)
+        return float(np.count_nonzero(uplink == sent.codes)) / max(1, uplink.size)
 
     def aggregate(
         self,
@@ -241,7 +256,7 @@ class SyncRound:
             group = "" if pid is None else self.groups.of(pid).name
             self.ledger.received(res, sender=str(pid), group=group)
             try:
-                update = self.check(pid, res, global_state)
+                update = self.check(pid, res, global_state, sent.reference(pid))
             except (WireError, ProtocolError, ValueError) as err:
                 record.rejected.append({"partition": pid, "reason": str(err)})
                 log(WARNING, "fp8fl: rejected the update of partition %s: %s", pid, err)
@@ -261,9 +276,9 @@ class SyncRound:
         if self.groups.of_partition:
             record.formats = {str(pid): self.groups.of(pid).name for pid in record.sampled}
         per_client = {
-            str(pid): self.unchanged_codes(codes, res, self.groups.of(pid))
+            str(pid): self.unchanged_codes(downlink, res, self.groups.of(pid))
             for pid, res in sorted(valid.items())
-            if (codes := sent.downlinks[self.groups.of(pid).name].codes) is not None
+            if (downlink := sent.downlinks[self.groups.of(pid).name]).codes is not None
         }
         if per_client:
             record.unchanged_codes_per_client = per_client

@@ -215,3 +215,138 @@ def test_models_are_bit_identical_with_and_without_the_stage(tmp_path):
         assert a.get("unchanged_codes") == b.get("unchanged_codes")
     for a, b in zip(plain[1:], coded[1:]):
         assert b["bytes_up"] < 0.9 * a["bytes_up"] and b["bytes_down"] < 0.9 * a["bytes_down"]
+
+
+# ---------------------------------------------------------------------------- lossless = "context"
+CONTEXT_CASES = {
+    k: CASES[k] for k in ("e4m3 stochastic", "e2m1", "e3m2 (6-bit codes across bytes)")
+}
+CONTEXT_CASES |= {k: CASES[k] for k in ("int 8/4/2/2/8", "block-FP 8")}
+
+
+def round_trip(values: dict) -> tuple[StateLayout, Codec, dict, list[list[np.ndarray]]]:
+    """A downlink of a state and uplinks of the same state after a small change (as one round of
+    local training makes): the coded layout, the codec, the downlink's reference, and the uplink
+    three ways (the codec's arrays, coded alone, coded against the reference)."""
+    plain, coded, codec, state = both(values)
+    reference = coded.reference(coded.pack(state, codec, torch.Generator().manual_seed(1)), codec)
+    noise = torch.Generator().manual_seed(2)
+    trained = {
+        k: v + 0.01 * v.abs().max() * torch.randn(v.shape, generator=noise)
+        if k in coded.quantized
+        else v
+        for k, v in state.items()
+    }
+    uplinks = [packed(plain, codec, trained), packed(coded, codec, trained)]
+    uplinks.append(coded.pack(trained, codec, torch.Generator().manual_seed(7), reference))
+    return coded, codec, reference, uplinks
+
+
+@pytest.mark.parametrize("values", CONTEXT_CASES.values(), ids=CONTEXT_CASES.keys())
+def test_context_round_trip_is_bit_exact(values):
+    coded, codec, reference, (uplink, _, sent) = round_trip(values)
+    restored = coded.decompressed(sent, codec, reference)
+    assert all(a.dtype == b.dtype and a.tobytes() == b.tobytes() for a, b in zip(uplink, restored))
+    runs = code_runs(codec, coded.array_specs(codec), coded.quantized_shapes)
+    assert reference.keys() == runs.keys()
+
+
+def test_context_coding_beats_plain_coding_on_small_changes():
+    """E4M3 codes that moved by about a grid step or less: their changes from the downlink cost
+    far fewer bits than the codes themselves (docs/lossless.md: 6.0 -> 1.7 b/w on LeNet)."""
+    _, _, _, (_, alone, sent) = round_trip(CASES["e4m3 stochastic"])
+    assert sent[0].nbytes < 0.75 * alone[0].nbytes
+
+
+def test_a_context_coded_uplink_needs_its_reference():
+    coded, codec, reference, (_, _, sent) = round_trip(CASES["e4m3 stochastic"])
+    with pytest.raises(WireError, match="coded against a downlink reference this receiver lacks"):
+        coded.unpack(sent, codec)
+    other = {"weights": np.roll(reference["weights"], 1)}  # another downlink
+    with pytest.raises(WireError, match="checksum mismatch"):
+        coded.unpack(sent, codec, other)
+
+
+def test_every_flipped_byte_of_a_context_coded_uplink_is_a_wire_error():
+    """Also the context shift and each context's table: every byte is checked or CRC-covered."""
+    coded, codec, reference, (_, _, sent) = round_trip(CASES["e4m3 stochastic"])
+    blob = sent[0]
+    positions = np.random.default_rng(1).choice(blob.size, size=150, replace=False)
+    for position in sorted({*positions.tolist(), *range(12), blob.size - 1}):
+        bad = blob.copy()
+        bad[position] ^= 0x41
+        with pytest.raises(WireError, match="lossless payload"):
+            coded.unpack(replaced(sent, bad), codec, reference)
+    for length in (0, 5, 7, blob.size // 2, blob.size - 1):
+        with pytest.raises(WireError, match="truncated"):
+            coded.unpack(replaced(sent, blob[:length]), codec, reference)
+
+
+def test_context_coding_is_validated_with_the_run_config():
+    assert RunConfig.from_mapping({"method": "uq", "lossless": "context"}).context_coding
+    assert RunConfig.from_mapping({"method": "bq", "lossless": "context"}).context_coding
+    for values, problem in (
+        ({"method": "fp32"}, "same codec with codes both ways, fp32 sends fp32 up"),
+        ({"method": "cq4"}, "cq4 sends clipped-uniform up and fp32 down"),
+        ({"method": "qafel"}, "needs synchronous rounds"),
+    ):
+        with pytest.raises(ValueError, match=problem):
+            RunConfig.from_mapping({**values, "lossless": "context"})
+    with pytest.raises(ValueError, match="lossless must be true, false or 'context', got 'ctx'"):
+        RunConfig.from_mapping({"lossless": "ctx"})
+
+
+def test_client_and_server_must_agree_on_context_coding():
+    context = RunConfig.from_mapping({"lossless": "context"})
+    plain = RunConfig.from_mapping({"lossless": True})
+    assert fit_instructions(context, 1)["lossless"] == "context"
+    assert fit_instructions(plain, 1)["lossless"] is True
+    with pytest.raises(ProtocolError, match="lossless"):
+        check_instructions(fit_instructions(plain, 1), context)
+
+
+@pytest.mark.integration
+def test_models_are_bit_identical_with_context_coding(tmp_path):
+    """lossless = "context" against lossless = false, same seed: the same global model after
+    every round, the same accuracies and unchanged-code fractions, an uplink under half the
+    plain one (2 local steps barely move the codes)."""
+    from tests.simulation import simulate, tiny_config
+
+    _, plain = simulate(tiny_config(tmp_path / "plain", method="uq", num_server_rounds=3))
+    _, coded = simulate(
+        tiny_config(tmp_path / "coded", method="uq", num_server_rounds=3, lossless="context")
+    )
+    assert len(plain) == len(coded) == 4
+    for a, b in zip(plain, coded):
+        assert a["model_sha256"] == b["model_sha256"] and a["accuracy"] == b["accuracy"]
+        assert a.get("unchanged_codes") == b.get("unchanged_codes")
+    for a, b in zip(plain[1:], coded[1:]):
+        assert b["bytes_up"] < 0.5 * a["bytes_up"] and b["bytes_down"] < 0.9 * a["bytes_down"]
+
+
+def test_context_coding_with_mixed_client_formats_decodes_each_group_against_its_downlink(
+    tmp_path,
+):
+    """Two format groups (E2M1 and E4M3 clients) and FP32 clients: each update is decoded against
+    the downlink of its sender's group; the models match lossless = false round by round."""
+    from clients.quantized_client import QuantizedClient
+    from tests.inprocess import run_in_process
+    from tests.simulation import tiny_config
+
+    records = {}
+    for lossless in (False, "context"):
+        run = tiny_config(
+            tmp_path / str(lossless),
+            method="uq",
+            num_clients=6,
+            clients_per_round=6,
+            client_formats="fp32:0.34,e4m3:0.33,e2m1:0.33",
+            lossless=lossless,
+        )
+        _, records[lossless] = run_in_process(
+            run, lambda pid, run=run: QuantizedClient(run, pid, run.num_clients).to_client()
+        )
+    for plain, coded in zip(records[False], records["context"], strict=True):
+        assert plain["model_sha256"] == coded["model_sha256"]
+        assert coded.get("clients_rejected", 0) == 0
+    assert records["context"][-1]["bytes_up"] < 0.8 * records[False][-1]["bytes_up"]

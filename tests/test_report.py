@@ -546,3 +546,47 @@ def test_message_table_gives_mean_std_and_the_gain_on_uplink_and_total_bytes(tmp
     text = (out / "messages.md").read_text()
     assert table_row(text, "FP32")[2] == f"55.00 ± {50**0.5:.2f}"
     assert table_row(text, METHOD_LABELS["cq4"])[-1] == "10.00× (55.00 %)"
+
+
+def test_the_frontier_puts_every_run_at_its_bits_per_weight_with_its_family_marker(tmp_path):
+    """One point per run at (bits of one uplink + one downlink message per weight, final
+    accuracy); FP8 and clipped-uniform runs in their family's marker; FP32's mean as the line."""
+    from experiments.reporting.frontier import FAMILY_MARKERS, total_bits_per_weight
+    from experiments.reporting.messages import weight_count
+
+    write_paper_grid(tmp_path / "r")
+    write_run(tmp_path / "r", "cq4", 0, [0.1, 0.5, 0.6, 0.7])
+    out = report(tmp_path, tmp_path / "r")
+    svg = (out / "frontier-cifar10-lenet-iid.svg").read_text()
+    for label in ("FP32 FedAvg (FP8, n=3)", "FP8FedAvg-UQ (FP8, n=3)", "(clipped-uniform, n=1)"):
+        assert label in svg
+    assert (out / "frontier-cifar10-lenet-iid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (setting,) = group_settings(find_runs([tmp_path / "r"]).runs)
+    weights = weight_count("lenet", "cifar10")
+    fp32 = setting.methods["fp32"].runs[0]  # 4 MB a round: 1 MB up from 2, 3 MB down to 2
+    assert total_bits_per_weight(fp32, weights) == pytest.approx(8 * 2 * MB / weights)
+    uq = setting.methods["uq"].runs[0]  # 1 MB a round
+    assert total_bits_per_weight(uq, weights) == pytest.approx(8 * MB / 2 / weights)
+    assert FAMILY_MARKERS["fp8"] != FAMILY_MARKERS["cq"]
+
+
+def test_layer_formats_and_context_coding_make_methods_in_the_same_setting(tmp_path):
+    """Per-layer formats, a downlink format and context coding modify the method, not the
+    setting: such runs share FP32's baseline."""
+    write_run(tmp_path, "fp32", 0, [0.1, 0.2, 0.3, 0.4])
+    write_run(tmp_path, "uq", 0, [0.1, 0.2, 0.3, 0.4], name="ctx-s0", lossless="context")
+    write_run(
+        tmp_path,
+        "uq",
+        0,
+        [0.1, 0.2, 0.3, 0.4],
+        name="fc1-s0",
+        layer_formats="fc1:e2m1",
+        downlink_format="e3m2",
+    )
+    (setting,) = group_settings(find_runs([tmp_path]).runs)
+    assert list(setting.methods) == ["fp32", "uq+context", "uq{fc1:e2m1,down:e3m2}"]
+    assert setting.methods["uq+context"].label == METHOD_LABELS["uq"] + " + context coding"
+    assert setting.methods["uq{fc1:e2m1,down:e3m2}"].label == (
+        METHOD_LABELS["uq"] + " layers(fc1:e2m1,down:e3m2)"
+    )

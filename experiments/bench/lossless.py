@@ -1,9 +1,11 @@
 """Cost and gain of the lossless stage (``lossless = true``) on LeNet's messages, in one run.
 
     python -m experiments.bench lossless [--run RUN_DIR] [--repeats 5] [--local-steps 0]
+        [--num-clients 10]
 
 1. It trains one client round of the default run (CIFAR-10, LeNet, FP8FedAvg-UQ: partition 0 of
-   10, one local epoch at batch 50, β calibrated first as the server does) and times it.
+   10, one local epoch at batch 50, β calibrated first as the server does) and times it
+   (``--num-clients 100 --local-steps 20``: a round of the 150-round setting, 2 epochs of 500).
 2. From those trained weights, or from the global model in a run folder's ``checkpoint.pt``
    (``--run``, e.g. a finished 150-round run: realistic code statistics), it encodes
    LeNet's message with each codec family and times the stage: compress + decompress of the
@@ -14,6 +16,11 @@
    model per tensor, side information included), their order-0 entropy per tensor (the floor of
    any static per-tensor model), and what general-purpose compressors make of the same per-tensor
    byte streams: zlib level 9 and lzma (standard library), zstandard level 3 when installed.
+4. ``lossless = "context"``: the round of 1. starts from the downlink the server sends (the
+   calibrated initial model, stochastically rounded, lossless), so its uplink is real; it prints
+   the bits per weight of the downlink's codes, the uplink's coded alone and coded against the
+   downlink, and the time of the context stage (the client's reference, compress, and the
+   server's decompress: median of ``--repeats``) as a share of the round.
 """
 
 from __future__ import annotations
@@ -59,8 +66,9 @@ TARGET = 0.02
 Runs = list[tuple[np.ndarray, CodeRun]]  # each tensor's packed codes and its run
 
 
-def train_one_round(config: RunConfig) -> tuple[dict[str, torch.Tensor], float]:
-    """The client's round 1 from the calibrated initial model: its trained state and seconds."""
+def train_one_round(config: RunConfig) -> tuple[dict[str, torch.Tensor], float, list[np.ndarray]]:
+    """The client's round 1 from the downlink of the calibrated initial model: its trained state,
+    seconds, and the downlink (lossless)."""
     data = load_task_data(config.task, config.model, "train", config.data_root)
     torch.manual_seed(derive_seed(config.seed, "client-torch", 1, 0))
     model = build_run_model(config, data.num_classes)
@@ -71,11 +79,16 @@ def train_one_round(config: RunConfig) -> tuple[dict[str, torch.Tensor], float]:
     device = resolve_device(config.device)
     x, _ = data.batch(torch.as_tensor(np.sort(rows)), False, None, device)
     built.quantizer.calibrate(model, x)
+    layout = dataclasses.replace(run_layout(config, model), lossless=True)
+    downlink = layout.pack(
+        model.state_dict(), built.downlink_codec, seeded_generator(config.seed, "downlink", 1)
+    )
+    model.load_state_dict(layout.unpack(downlink, built.downlink_codec))
     generator = seeded_generator(config.seed, "client", 1, 0)
     update = round_local_update(config, 1)
     start = time.perf_counter()
     update.run(model.to(device), data, client_partition(config, 0), generator, device)
-    return model.cpu().state_dict(), time.perf_counter() - start
+    return model.cpu().state_dict(), time.perf_counter() - start, downlink
 
 
 def message(values: dict, weights: dict[str, torch.Tensor]) -> tuple[StateLayout, Codec, list]:
@@ -120,6 +133,39 @@ def stage_seconds(layout: StateLayout, codec: Codec, arrays: list, repeats: int)
     return statistics.median(times)
 
 
+def context_coding(
+    config: RunConfig, trained: dict[str, torch.Tensor], downlink: list, repeats: int
+) -> tuple[float, float, float, float]:
+    """Bits per weight of the downlink's codes, of the uplink's coded alone and against the
+    downlink (lossless = "context"), and the median seconds of the context stage on the codec's
+    arrays: the downlink's reference (the client has it from its decoding of the downlink, the
+    server decodes it once per round and format group), the uplink's compress against it, the
+    server's decompress (the codec's own encoding is not the stage's)."""
+    torch.manual_seed(0)
+    layout = dataclasses.replace(run_layout(config, build_run_model(config, 10)), lossless=True)
+    codec = build(config, layout.quantized).codec
+    specs = layout.array_specs(codec)
+    runs = code_runs(codec, specs, layout.quantized_shapes)
+    arrays = dataclasses.replace(layout, lossless=False).pack(
+        trained, codec, torch.Generator().manual_seed(0)
+    )
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        reference = layout.reference(downlink, codec)
+        sent = [
+            compress(a, runs[s.name], reference[s.name]) if s.name in runs else a
+            for a, s in zip(arrays, specs)
+        ]
+        restored = layout.decompressed(sent, codec, reference)
+        times.append(time.perf_counter() - start)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(arrays, restored))
+    count = layout.numel(layout.quantized)
+    alone = compress(arrays[0], runs["weights"])
+    bits = [8 * coded.nbytes / count for coded in (downlink[0], alone, sent[0])]
+    return bits[0], bits[1], bits[2], statistics.median(times)
+
+
 def entropy_bits(packed: np.ndarray, run: CodeRun) -> float:
     counts = np.bincount(unpack_codes(packed, run.count, run.bits))
     p = counts[counts > 0] / max(1, run.count)
@@ -143,12 +189,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", help="a run's folder: code the global model of its checkpoint")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--local-steps", type=int, default=0, help="0: one local epoch")
+    parser.add_argument("--num-clients", type=int, default=10, help="partitions of the data")
     args = parser.parse_args(argv)
     console = Console()
-    config = RunConfig.from_mapping({"method": "uq", "local-steps": args.local_steps})
-    trained, train_seconds = train_one_round(config)
+    config = RunConfig.from_mapping(
+        {"method": "uq", "local-steps": args.local_steps, "num-clients": args.num_clients}
+    )
+    trained, train_seconds, downlink = train_one_round(config)
     steps = round_local_update(config, 1).num_steps(len(client_partition(config, 0)))
-    console.print(f"one client round of LeNet UQ: {steps} steps in {train_seconds:.2f} s")
+    console.print(
+        f"one client round of LeNet UQ (partition 0 of {args.num_clients}): {steps} steps in "
+        f"{train_seconds:.2f} s"
+    )
     weights = load_checkpoint(Path(args.run)).state if args.run else trained
     source = f"the global model of {args.run}" if args.run else "the weights after that round"
     found = libraries()
@@ -186,6 +238,13 @@ def main(argv: list[str] | None = None) -> None:
         f"stage: rANS per tensor (bits) and compress + decompress of one message (ms, median of "
         f"{args.repeats}); H0: order-0 entropy per tensor; % round: the stage's share of the "
         f"round's {train_seconds:.2f} s of training (target < {TARGET:.0%})"
+    )
+    down, alone, against, seconds = context_coding(config, trained, downlink, args.repeats)
+    console.print(
+        f'lossless = "context", this round\'s messages (UQ, bits per weight of the codes): '
+        f"downlink {down:.3f}; uplink coded alone {alone:.3f}, against the downlink "
+        f"{against:.3f}; the context stage {seconds * 1e3:.1f} ms, {seconds / train_seconds:.2%} "
+        "of the round"
     )
 
 

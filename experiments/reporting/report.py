@@ -14,6 +14,8 @@ writes to ``--out``:
   (mean ± std) and the gain over FP32 on total and on uplink bytes
   (``experiments.reporting.messages``);
 * ``fig4-<setting>.png/.svg``: accuracy against cumulative bytes (``experiments.reporting.plots``);
+* ``frontier-<setting>.png/.svg``: each run's final accuracy against its bits per weight, up + down
+  (``experiments.reporting.frontier``);
 * where BQ and UQ both ran, ``rounding-gap-<setting>.png/.svg/.csv``, and where cq4-det and cq4
   did, ``rounding-gap-cq4-<setting>``: the gap of deterministic rounding behind stochastic
   (``experiments.reporting.rounding``);
@@ -32,6 +34,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markdown import Markdown
 
+from experiments.reporting.frontier import plot_frontier
 from experiments.reporting.messages import write_messages
 from experiments.reporting.plots import plot_setting
 from experiments.reporting.rounding import write_rounding_gaps
@@ -78,7 +81,7 @@ def write_report(
     message_files, _ = write_messages(settings, out_dir)
     written += message_files
     for setting in settings:
-        written += plot_setting(setting, out_dir)
+        written += plot_setting(setting, out_dir) + plot_frontier(setting, out_dir)
     gap_files, gap_lines = write_rounding_gaps(settings, out_dir)
     written += gap_files
     if gap_lines:

@@ -94,7 +94,7 @@ NOT_SETTING = frozenset(
         "resume",
         "tracking",
         # they modify the method: part of its name (Run.method)
-        *("lossless", "client-formats", "moving-average"),
+        *("lossless", "client-formats", "layer-formats", "downlink-format", "moving-average"),
         # the switches a peer family's presets set (cq-bits, lpt-bits, qafel-uplink, …) say which
         # method ran, so a cq4 run shares its setting with the FP32 baseline; so do the family's
         # other switches (lpt-downlink, cq-mse-floor, …), which make a variant of the method
@@ -114,10 +114,13 @@ SERVER_OPT_KEYS = frozenset({"server-opt-steps", "server-opt-lrs", "server-opt-g
 LABELLED_KEYS = frozenset({"task", "model", "split", "dirichlet-alpha"})
 INCOMPLETE = re.compile(r"-incomplete-\d+$")
 LOSSLESS_SUFFIX = "+lossless"
+CONTEXT_SUFFIX = "+context"  # lossless = "context"
 MA_SUFFIX = "+ma"  # then λ: fp32+ma0.9
 MODIFIED = re.compile(
     r"^(?P<base>.+?)(?:\((?P<switches>[^)]*)\))?(?:\[(?P<formats>[^\]]*)\])?"
-    rf"(?:{re.escape(MA_SUFFIX)}(?P<ma>[0-9.]+))?(?P<lossless>{re.escape(LOSSLESS_SUFFIX)})?$"
+    r"(?:\{(?P<layers>[^}]*)\})?"
+    rf"(?:{re.escape(MA_SUFFIX)}(?P<ma>[0-9.]+))?"
+    rf"(?P<lossless>{re.escape(LOSSLESS_SUFFIX)}|{re.escape(CONTEXT_SUFFIX)})?$"
 )
 CUSTOM_LABELS = {spec.name: spec.label for spec in CUSTOMS.values()}
 
@@ -135,9 +138,12 @@ def method_label(method: str) -> str:
         label += f" ({parts['switches']})"
     if parts["formats"]:
         label += f" mixed({parts['formats']})"
+    if parts["layers"]:
+        label += f" layers({parts['layers']})"
     if parts["ma"]:
         label += f" + MA λ={parts['ma']}"
-    return label + (" + lossless" if parts["lossless"] else "")
+    lossless = {LOSSLESS_SUFFIX: " + lossless", CONTEXT_SUFFIX: " + context coding"}
+    return label + lossless.get(parts["lossless"], "")
 
 
 # ---------------------------------------------------------------------------- runs
@@ -168,8 +174,9 @@ class Run:
     @property
     def method(self) -> str:
         """The run-config method; a custom one (``custom``, ``cq-custom``, …) is told apart by its
-        family's switches. Mixed client formats, the server moving average and the lossless stage
-        are suffixes (``uq[fp32:0.3,e4m3:0.7]``, ``fp32+ma0.9``, ``uq+lossless``), so such a run is
+        family's switches. Mixed client formats, per-layer formats, the server moving average and the
+        lossless stage are suffixes (``uq[fp32:0.3,e4m3:0.7]``, ``uq{fc1:e2m1}``, ``fp32+ma0.9``,
+        ``uq+lossless``, ``uq+context``), so such a run is
         a method of its own beside the plain one, in the same setting. So is a run that changed one
         of its family's other switches (``lpt8(lpt-downlink=bfp)``)."""
         method = self.config["method"]
@@ -178,9 +185,17 @@ class Run:
             method += f"({', '.join(switches)})"
         if formats := self.config.get("client-formats"):
             method += f"[{formats}]"
+        layers = self.config.get("layer-formats") or ""
+        if down := self.config.get("downlink-format"):
+            layers += f"{',' if layers else ''}down:{down}"
+        if layers:  # per-layer formats, the downlink's own last: uq{fc1:e2m1,down:e3m2}
+            method += f"{{{layers}}}"
         if lam := self.config.get("moving-average"):
             method += f"{MA_SUFFIX}{lam:g}"
-        return method + (LOSSLESS_SUFFIX if self.config.get("lossless") else "")
+        lossless = self.config.get("lossless")
+        return method + (
+            CONTEXT_SUFFIX if lossless == "context" else LOSSLESS_SUFFIX if lossless else ""
+        )
 
     def _custom_switches(self) -> str:
         """A custom method's preset switches, as values (``qsgd4/qsgd8/hidden``)."""

@@ -18,6 +18,7 @@ the result is never worse than the average.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,18 +59,21 @@ def server_optimize(
     client_states: list[dict[str, torch.Tensor]],
     weights: list[int],
     quantized: tuple[str, ...],
-    rounding: Rounding,
+    rounding: Rounding | Mapping[str, Rounding],
     steps: int,
     lrs: tuple[float, ...],
     grid: int,
     generator: torch.Generator,
 ) -> ServerOptResult:
-    """ServerOptimize over the quantized tensors of ``average`` (the plain weighted average);
-    other entries (β, dense tensors) are returned unchanged."""
+    """ServerOptimize over the quantized tensors of ``average`` (the plain weighted average),
+    each in its ``rounding`` (one for all, or one per tensor); other entries (β, dense tensors)
+    are returned unchanged."""
     state = dict(average)
     before = after = 0.0
     improved = 0
+    roundings = rounding
     for name in quantized:
+        rounding = _tensor_rounding(roundings, name)
         w_bar, a_name = average[name], alpha_name(name)
         spread = _spread(name, average, client_states, weights)
         alphas = [float(s[a_name]) for s in client_states]
@@ -95,14 +99,24 @@ def average_objective(
     client_states: list[dict[str, torch.Tensor]],
     weights: list[int],
     quantized: tuple[str, ...],
-    rounding: Rounding,
+    rounding: Rounding | Mapping[str, Rounding],
 ) -> float:
-    """Σ over quantized tensors of F(w̄, ᾱ): the objective of ServerOptimize at the plain average."""
+    """Σ over quantized tensors of F(w̄, ᾱ): the objective of ServerOptimize at the plain average
+    (``rounding``: one for all tensors, or one per tensor)."""
     return sum(
         _spread(name, average, client_states, weights)
-        + _objective(average[name], average[name], float(average[alpha_name(name)]), rounding)
+        + _objective(
+            average[name],
+            average[name],
+            float(average[alpha_name(name)]),
+            _tensor_rounding(rounding, name),
+        )
         for name in quantized
     )
+
+
+def _tensor_rounding(rounding: Rounding | Mapping[str, Rounding], name: str) -> Rounding:
+    return rounding if isinstance(rounding, Rounding) else rounding[name]
 
 
 def _spread(

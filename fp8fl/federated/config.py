@@ -30,6 +30,7 @@ from typing import Any
 
 from fp8fl.data.tasks import TASKS, task_spec
 from fp8fl.federated.client_formats import client_formats_problems
+from fp8fl.federated.layer_formats import downlink_format_problems, layer_formats_problems
 from fp8fl.methods.registry import (
     CUSTOMS,
     FAMILIES,
@@ -44,13 +45,23 @@ from fp8fl.methods.registry import (
 from fp8fl.methods.seams import Components
 from fp8fl.numerics.formats import FloatFormat
 
-__all__ = ["QAT_MODES", "SERVER_OPTS", "TRACKERS", "WIRE_MODES", "ConfigError", "RunConfig"]
+__all__ = [
+    "LOSSLESS_MODES",
+    "QAT_MODES",
+    "SERVER_OPTS",
+    "TRACKERS",
+    "WIRE_MODES",
+    "ConfigError",
+    "RunConfig",
+]
 
 QAT_MODES = ("none", "nearest", "stochastic")
 WIRE_MODES = ("fp32", "nearest", "stochastic")
 SERVER_OPTS = ("average", "mse")
 OPTIMIZERS = ("auto", "sgd", "adam", "adamw")
 TRACKERS = ("tensorboard", "mlflow", "wandb")
+CONTEXT = "context"
+LOSSLESS_MODES = (False, True, CONTEXT)
 
 
 class ConfigError(ValueError):
@@ -87,8 +98,12 @@ class RunConfig:
     wire: str = ""
     server_opt: str = ""
     format: str = "e4m3"
-    lossless: bool = False  # entropy-code the codec's integer arrays (fp8fl.federated.lossless)
+    # entropy-code the codec's integer arrays (fp8fl.federated.lossless); "context": the uplink's
+    # against the downlink the client received
+    lossless: bool | str = False
     client_formats: str = ""  # "" = every client in `format`; else "fp32:0.3,e4m3:0.7", ...
+    layer_formats: str = ""  # "" = every layer in `format`; else "fc1:e2m1,conv1:e4m3", ...
+    downlink_format: str = ""  # "" = the downlink in `format`; else e.g. "e3m2"
     seed: int = 0
     eval_every: int = 1
     eval_batch_size: int = 500
@@ -156,7 +171,7 @@ class RunConfig:
         problems += config._problems()
         if not problems:  # the components are known once every single value is valid
             config = dataclasses.replace(config, optimizer=config._optimizer())
-            problems += component_problems(config)
+            problems += component_problems(config) + _context_problems(config)
         if problems:
             raise ConfigError(_report(problems))
         return config
@@ -178,6 +193,11 @@ class RunConfig:
     @property
     def fmt(self) -> FloatFormat:
         return FloatFormat.from_name(self.format)
+
+    @property
+    def context_coding(self) -> bool:
+        """Whether the uplink is coded against the downlink its client received."""
+        return self.lossless == CONTEXT
 
     @property
     def spec(self) -> MethodSpec:
@@ -293,6 +313,7 @@ class RunConfig:
         need(self.calibration_samples >= 1, "calibration-samples must be >= 1")
         need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         p += client_formats_problems(self, family)
+        p += layer_formats_problems(self, family) + downlink_format_problems(self, family)
         need(bool(self.results_dir), "results-dir must not be empty")
         unknown = [n for n in self.trackers if n not in TRACKERS]
         need(
@@ -326,12 +347,37 @@ def _fp8_problems_of(config: RunConfig) -> list[str]:
     return p
 
 
+def _context_problems(config: RunConfig) -> list[str]:
+    """``lossless = "context"`` codes each uplink against the downlink codes of its round: the
+    method must send the same codec both ways, with codes (not float32), in synchronous rounds."""
+    if not config.context_coding:
+        return []
+    parts = config.components
+    if parts.server_loop != "sync":
+        return [
+            f"lossless = 'context' needs synchronous rounds; {config.method} runs "
+            f"{parts.server_loop}"
+        ]
+    if parts.codec == "fp32" or parts.downlink_codec != parts.codec:
+        return [
+            "lossless = 'context' codes the uplink's codes against the downlink's: it needs the "
+            f"same codec with codes both ways, {config.method} sends {parts.codec} up and "
+            f"{parts.downlink_codec} down"
+        ]
+    return []
+
+
 def _default_options() -> dict[str, Any]:
     return {key: option.default for key, option in OPTIONS.items()}
 
 
 def _coerce(name: str, value: Any, default: Any, problems: list[str]) -> Any:
     """Check a value against the type of the field's default (ints are accepted for floats)."""
+    if name == "lossless":
+        if not (isinstance(value, bool) or value == CONTEXT):
+            problems.append(f"lossless must be true, false or 'context', got {value!r}")
+            return None
+        return value
     if name == "clients_per_round":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.append(f"clients-per-round must be a number, got {value!r}")

@@ -61,7 +61,10 @@ def _wire_fields(config: RunConfig) -> dict[str, Scalar]:
         "format": config.format,
     }
     if config.lossless:  # absent when off, so that messages without the stage are unchanged
-        fields["lossless"] = True
+        fields["lossless"] = config.lossless  # true, or "context"
+    for key in ("layer-formats", "downlink-format"):  # likewise absent when unset
+        if value := getattr(config, key.replace("-", "_")):
+            fields[key] = value
     return fields
 
 

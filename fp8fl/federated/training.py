@@ -122,7 +122,7 @@ def run_layout(config: RunConfig, model: nn.Module) -> StateLayout:
     """The message layout of the run's model: what its quantizer has the codec carry, and
     whether the lossless stage follows the codec."""
     quantized = build_quantizer(config).quantized_names(model)
-    return StateLayout.from_model(model, quantized, config.lossless)
+    return StateLayout.from_model(model, quantized, bool(config.lossless))
 
 
 def round_local_update(config: RunConfig, server_round: int) -> LocalUpdate:

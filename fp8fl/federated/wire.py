@@ -14,7 +14,9 @@ of α/β. ``unpack`` checks everything before a value is used and raises ``WireE
 problem: a bad update is rejected, never averaged.
 
 With ``lossless`` (the run-config key), every integer array of the codec travels entropy-coded
-(``fp8fl.federated.lossless``) and is restored exactly before those checks.
+(``fp8fl.federated.lossless``) and is restored exactly before those checks. With ``lossless =
+"context"``, an uplink is coded against a ``Reference``: the integer arrays of the downlink its
+client received (``StateLayout.reference``), which the server passes back to ``unpack``.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ from fp8fl.methods.fp8 import concat_float32, split_float32
 from fp8fl.methods.seams import ArraySpec, Codec, CodeRun
 from fp8fl.models.qat import quantized_weight_names, range_parameter_names
 
-__all__ = ["WIRE_VERSION", "StateLayout", "WireError"]
+__all__ = ["WIRE_VERSION", "Reference", "StateLayout", "WireError"]
 
 WIRE_VERSION = 1
 FLOAT32 = np.dtype(np.float32)
 UINT8 = np.dtype(np.uint8)
+Reference = dict[str, np.ndarray]
+"""The integer arrays of a downlink message as its codec wrote them, by array name."""
 
 
 class WireError(ValueError):
@@ -89,9 +93,14 @@ class StateLayout:
 
     # ------------------------------------------------------------------ pack / unpack
     def pack(
-        self, state: dict[str, torch.Tensor], codec: Codec, generator: torch.Generator | None = None
+        self,
+        state: dict[str, torch.Tensor],
+        codec: Codec,
+        generator: torch.Generator | None = None,
+        reference: Reference | None = None,
     ) -> list[np.ndarray]:
-        """The arrays of a message: the codec's, then the scales and the dense tensors."""
+        """The arrays of a message: the codec's, then the scales and the dense tensors; with
+        ``lossless``, integer arrays coded against the downlink ``reference`` when given."""
         weights = {n: state[n] for n in self.quantized}
         arrays = [
             *codec.encode(weights, state, generator),
@@ -100,45 +109,81 @@ class StateLayout:
         ]
         if not self.lossless:
             return arrays
-        runs = self._code_runs(codec)
+        runs, known = self._code_runs(codec), reference or {}
         return [
-            compress(array, runs[spec.name]) if spec.name in runs else array
+            compress(array, runs[spec.name], known.get(spec.name)) if spec.name in runs else array
             for array, spec in zip(arrays, self.array_specs(codec))
         ]
 
     def _code_runs(self, codec: Codec) -> dict[str, tuple[CodeRun, ...]]:
         return code_runs(codec, self.array_specs(codec), self.quantized_shapes)
 
-    def decompressed(self, arrays: list[np.ndarray], codec: Codec) -> list[np.ndarray]:
+    def decompressed(
+        self, arrays: list[np.ndarray], codec: Codec, reference: Reference | None = None
+    ) -> list[np.ndarray]:
         """The arrays of a message as the codec wrote them: with ``lossless``, every coded array
-        decoded (``WireError`` naming the array and tensor when it is corrupt or truncated)."""
+        decoded, against ``reference`` where the sender coded against it (``WireError`` naming
+        the array and tensor when it is corrupt or truncated)."""
         if not self.lossless:
             return arrays
-        runs, out = self._code_runs(codec), list(arrays)
+        runs, out, known = self._code_runs(codec), list(arrays), reference or {}
         for i, (array, spec) in enumerate(zip(arrays, self.array_specs(codec))):
             if spec.name in runs:
                 blob = _checked_kind(array, spec.name, UINT8)
                 try:
-                    out[i] = decompress(blob, runs[spec.name], spec)
+                    out[i] = decompress(blob, runs[spec.name], spec, known.get(spec.name))
                 except ValueError as err:
                     raise WireError(str(err)) from None
         return out
 
-    def unpack(self, arrays: list[np.ndarray], codec: Codec) -> dict[str, torch.Tensor]:
+    def reference(self, arrays: list[np.ndarray], codec: Codec) -> Reference:
+        """The integer arrays of a downlink message with ``codec`` (decoded from the lossless
+        stage): what an uplink in the same codec is coded against with ``lossless = "context"``."""
+        return self._reference(self._checked_arrays(arrays, codec, None), codec)
+
+    def _reference(self, checked: list[np.ndarray], codec: Codec) -> Reference:
+        runs = self._code_runs(codec)
+        return {s.name: a for a, s in zip(checked, self.array_specs(codec)) if s.name in runs}
+
+    def unpack_received(
+        self, arrays: list[np.ndarray], codec: Codec
+    ) -> tuple[dict[str, torch.Tensor], Reference]:
+        """``unpack`` of a downlink, and its ``reference``, from one decoding of the lossless
+        stage (a client codes its uplink against it with ``lossless = "context"``)."""
+        checked = self._checked_arrays(arrays, codec, None)
+        return self._state(checked, codec)[0], self._reference(checked, codec)
+
+    def unpack(
+        self, arrays: list[np.ndarray], codec: Codec, reference: Reference | None = None
+    ) -> dict[str, torch.Tensor]:
         """Validate a message and return the state it carries (float32 CPU tensors)."""
-        return self.unpack_with_side(arrays, codec)[0]
+        return self.unpack_with_side(arrays, codec, reference)[0]
 
     def unpack_with_side(
-        self, arrays: list[np.ndarray], codec: Codec
+        self, arrays: list[np.ndarray], codec: Codec, reference: Reference | None = None
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """``unpack``, and the codec's side information (e.g. quantization errors) apart."""
+        """``unpack``, and the codec's side information (e.g. quantization errors) apart; an
+        uplink coded against its downlink needs that downlink's ``reference``."""
+        return self._state(self._checked_arrays(arrays, codec, reference), codec)
+
+    def _checked_arrays(
+        self, arrays: list[np.ndarray], codec: Codec, reference: Reference | None
+    ) -> list[np.ndarray]:
+        """The arrays of a message, decoded from the lossless stage, each of its spec's kind
+        and size (``WireError`` otherwise)."""
         specs = self.array_specs(codec)
         if not isinstance(arrays, (list, tuple)) or len(arrays) != len(specs):
             count = len(arrays) if isinstance(arrays, (list, tuple)) else type(arrays).__name__
             names = ", ".join(spec.name for spec in specs)
             raise WireError(f"expected {len(specs)} arrays ({names}), got {count}")
-        arrays = self.decompressed(list(arrays), codec)
-        checked = [_checked(a, spec) for a, spec in zip(arrays, specs)]
+        arrays = self.decompressed(list(arrays), codec, reference)
+        return [_checked(a, spec) for a, spec in zip(arrays, specs)]
+
+    def _state(
+        self, checked: list[np.ndarray], codec: Codec
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The state and side information of checked arrays: α/β positive and finite, dense
+        tensors finite, the codec's arrays decoded by the codec."""
         *coded, scales, dense = checked
         state: dict[str, torch.Tensor] = {}
         for name, value in zip(self.scales, scales.tolist()):

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from fp8fl.federated.aggregation import average_objective, server_optimize, weighted_average
+from fp8fl.federated.layer_formats import LayerFormats, parse_layer_formats
 from fp8fl.federated.seeds import seeded_generator
 from fp8fl.methods.seams import (
     Aggregate,
@@ -36,6 +37,7 @@ from fp8fl.methods.seams import (
     states_and_weights,
 )
 from fp8fl.models.qat import (
+    QATModule,
     QuantConfig,
     alpha_name,
     calibrate,
@@ -43,6 +45,7 @@ from fp8fl.models.qat import (
     quantized_weight_names,
 )
 from fp8fl.numerics.codec import decode, encode, packed_length, unpack_codes
+from fp8fl.numerics.formats import FloatFormat
 from fp8fl.numerics.quant import Rounding
 
 if TYPE_CHECKING:
@@ -57,6 +60,7 @@ __all__ = [
     "MinifloatQAT",
     "ServerOptimize",
     "fp8_components",
+    "minifloat_codec",
 ]
 
 
@@ -79,14 +83,21 @@ class FullPrecision:
 
 @dataclass(frozen=True)
 class MinifloatQAT:
-    """QAT with per-tensor learnable α (weights) and β (layer inputs) on the format's grid."""
+    """QAT with per-tensor learnable α (weights) and β (layer inputs) on the format's grid; the
+    layers named in ``layer_formats`` (``fp8fl.federated.layer_formats``) on their own format's."""
 
     rounding: Rounding
+    layer_formats: LayerFormats = ()
     name: ClassVar[str] = "minifloat-qat"
     calibrates: ClassVar[bool] = True
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        return prepare_qat(model, QuantConfig(self.rounding.fmt, self.rounding.mode))
+        model = prepare_qat(model, QuantConfig(self.rounding.fmt, self.rounding.mode))
+        formats = dict(self.layer_formats)
+        for module in model.modules():
+            if isinstance(module, QATModule) and module.qat_name in formats:
+                module.qat_config = QuantConfig(formats[module.qat_name], self.rounding.mode)
+        return model
 
     def quantized_names(self, model: nn.Module) -> list[str]:
         return quantized_weight_names(model)
@@ -122,20 +133,32 @@ class Float32Codec:
 @dataclass(frozen=True)
 class MinifloatCodec:
     """Each weight tensor as packed codes of the format, encoded with the tensor's own α (sent as
-    a scale beside it): one byte per weight in E4M3, denser below 8 bits."""
+    a scale beside it): one byte per weight in E4M3, denser below 8 bits. The weights of the
+    layers named in ``layer_formats`` travel in their own format."""
 
     rounding: Rounding
+    layer_formats: LayerFormats = ()
     name: ClassVar[str] = "minifloat"
+
+    def rounding_of(self, name: str) -> Rounding:
+        """The rounding of weight tensor ``name``: its layer's format, else the codec's."""
+        fmt = dict(self.layer_formats).get(name.removesuffix(".weight"))
+        return self.rounding if fmt is None else Rounding(fmt, self.rounding.stochastic)
+
+    def roundings(self, names: Sequence[str]) -> dict[str, Rounding]:
+        return {name: self.rounding_of(name) for name in names}
 
     def array_specs(self, shapes: Mapping[str, tuple[int, ...]]) -> list[ArraySpec]:
         return [ArraySpec("weights", np.dtype(np.uint8), sum(self.tensor_bytes(shapes)))]
 
     def tensor_bytes(self, shapes: Mapping[str, tuple[int, ...]]) -> list[int]:
-        return [packed_length(math.prod(s), self.rounding.fmt.bits) for s in shapes.values()]
+        return [packed_length(math.prod(s), self._bits(n)) for n, s in shapes.items()]
 
     def code_runs(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, list[CodeRun]]:
-        bits = self.rounding.fmt.bits
-        return {"weights": [CodeRun(n, math.prod(s), bits) for n, s in shapes.items()]}
+        return {"weights": [CodeRun(n, math.prod(s), self._bits(n)) for n, s in shapes.items()]}
+
+    def _bits(self, name: str) -> int:
+        return self.rounding_of(name).fmt.bits
 
     def encode(
         self, weights: Mapping[str, torch.Tensor], state: State, generator: torch.Generator | None
@@ -144,7 +167,7 @@ class MinifloatCodec:
             encode(
                 w.detach().float().cpu().contiguous(),
                 state[alpha_name(name)].detach(),
-                self.rounding.fmt,
+                self.rounding_of(name).fmt,
                 stochastic=self.rounding.stochastic,
                 generator=generator,
             )
@@ -162,7 +185,7 @@ class MinifloatCodec:
                 out[name] = decode(
                     stream[offset : offset + size],
                     state[alpha_name(name)],
-                    self.rounding.fmt,
+                    self.rounding_of(name).fmt,
                     shape=shape,
                 )
             except ValueError as err:
@@ -173,14 +196,20 @@ class MinifloatCodec:
     def codes(self, stream: np.ndarray, shapes: Mapping[str, tuple[int, ...]]) -> np.ndarray:
         """One code per weight (uint8), unpacked from an encoded ``weights`` array."""
         parts, offset = [np.empty(0, np.uint8)], 0
-        for shape, size in zip(shapes.values(), self.tensor_bytes(shapes)):
+        for (name, shape), size in zip(shapes.items(), self.tensor_bytes(shapes)):
             parts.append(
-                unpack_codes(
-                    stream[offset : offset + size], math.prod(shape), self.rounding.fmt.bits
-                )
+                unpack_codes(stream[offset : offset + size], math.prod(shape), self._bits(name))
             )
             offset += size
         return np.concatenate(parts)
+
+
+def minifloat_codec(config: RunConfig, fmt: FloatFormat) -> MinifloatCodec:
+    """The run's minifloat codec (its ``wire`` rounding, its ``layer-formats``) in ``fmt`` for
+    the tensors whose layer has no format of its own."""
+    return MinifloatCodec(
+        Rounding.named(fmt, config.wire), parse_layer_formats(config.layer_formats)
+    )
 
 
 def concat_float32(tensors: list[torch.Tensor]) -> np.ndarray:
@@ -209,7 +238,7 @@ class Average(StatelessAggregator):
     wire it also reports ServerOptimize's objective at the average, for the round record."""
 
     quantized: tuple[str, ...]
-    objective: Rounding | None = None
+    objective: Rounding | Mapping[str, Rounding] | None = None  # one, or one per tensor
     name: ClassVar[str] = "average"
 
     def aggregate(
@@ -229,7 +258,7 @@ class ServerOptimize(StatelessAggregator):
     quantized tensor, never worse than the average. Its randomness is seeded by (seed, round)."""
 
     quantized: tuple[str, ...]
-    rounding: Rounding
+    rounding: Rounding | Mapping[str, Rounding]  # one, or one per tensor (layer-formats)
     steps: int
     lrs: tuple[float, ...]
     grid: int
@@ -292,7 +321,7 @@ SERVER_OPT_OPTIONS = (
 
 
 def server_optimize_from(
-    config: RunConfig, quantized: tuple[str, ...], rounding: Rounding
+    config: RunConfig, quantized: tuple[str, ...], rounding: Rounding | Mapping[str, Rounding]
 ) -> ServerOptimize:
     return ServerOptimize(
         quantized,
@@ -306,9 +335,11 @@ def server_optimize_from(
 
 def fp8_components(config: RunConfig) -> Components:
     """The components the FP8 switches ``qat``, ``wire`` and ``server-opt`` name."""
+    own_downlink = config.downlink_format and config.wire != "fp32"
     return Components(
         quantizer="fp32" if config.qat == "none" else "minifloat-qat",
         codec="fp32" if config.wire == "fp32" else "minifloat",
         aggregator="server-optimize" if config.server_opt == "mse" else "average",
+        downlink="minifloat-downlink" if own_downlink else None,
         moving_average=config.option("moving-average"),
     )

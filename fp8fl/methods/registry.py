@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from fp8fl.federated.layer_formats import parse_layer_formats
 from fp8fl.methods.clipped_uniform import (
     AVERAGE_OPTIONS,
     BITS_OPTION,
@@ -36,6 +37,7 @@ from fp8fl.methods.fp8 import (
     MinifloatCodec,
     MinifloatQAT,
     fp8_components,
+    minifloat_codec,
     server_optimize_from,
 )
 from fp8fl.methods.lpt import AVERAGE_OPTIONS as LPT_AVERAGE_OPTIONS
@@ -66,6 +68,7 @@ from fp8fl.methods.qafel import (
 )
 from fp8fl.methods.robust import ROBUST_OPTIONS, robust_from
 from fp8fl.methods.seams import Aggregator, Codec, Components, Option, Quantizer
+from fp8fl.numerics.formats import FloatFormat
 from fp8fl.numerics.quant import Rounding
 
 if TYPE_CHECKING:
@@ -110,9 +113,11 @@ class ComponentEntry:
 QUANTIZERS: dict[str, ComponentEntry] = {
     "fp32": ComponentEntry(lambda config: FullPrecision(), "FP32 local training"),
     "minifloat-qat": ComponentEntry(
-        lambda config: MinifloatQAT(Rounding.named(config.fmt, config.qat)),
+        lambda config: MinifloatQAT(
+            Rounding.named(config.fmt, config.qat), parse_layer_formats(config.layer_formats)
+        ),
         "minifloat QAT, per-tensor learnable α/β (Wang et al. 2024, §3.3)",
-        reads=("qat", "format"),
+        reads=("qat", "format", "layer-formats"),
     ),
     "uniform-qat": ComponentEntry(
         uniform_qat_from,
@@ -136,9 +141,14 @@ QUANTIZERS: dict[str, ComponentEntry] = {
 CODECS: dict[str, ComponentEntry] = {
     "fp32": ComponentEntry(lambda config: Float32Codec(), "float32 weights"),
     "minifloat": ComponentEntry(
-        lambda config: MinifloatCodec(Rounding.named(config.fmt, config.wire)),
+        lambda config: minifloat_codec(config, config.fmt),
         "minifloat codes in each tensor's α, nearest or stochastic (Wang et al. 2024, §4)",
-        reads=("wire", "format"),
+        reads=("wire", "format", "layer-formats"),
+    ),
+    "minifloat-downlink": ComponentEntry(
+        lambda config: minifloat_codec(config, FloatFormat.from_name(config.downlink_format)),
+        "the minifloat codec in downlink-format, for the downlink",
+        reads=("wire", "downlink-format", "layer-formats"),
     ),
     "clipped-uniform": ComponentEntry(
         uplink_codec_from,
@@ -173,12 +183,14 @@ CODECS: dict[str, ComponentEntry] = {
 AGGREGATORS: dict[str, ComponentEntry] = {
     "average": ComponentEntry(
         lambda config, quantized, codec: Average(
-            quantized, codec.rounding if isinstance(codec, MinifloatCodec) else None
+            quantized, codec.roundings(quantized) if isinstance(codec, MinifloatCodec) else None
         ),
         "n_k-weighted average (Wang et al. 2024, Alg. 3)",
     ),
     "server-optimize": ComponentEntry(
-        lambda config, quantized, codec: server_optimize_from(config, quantized, codec.rounding),
+        lambda config, quantized, codec: server_optimize_from(
+            config, quantized, codec.roundings(quantized)
+        ),
         "ServerOptimize, UQ+ (Wang et al. 2024, Alg. 2, eq. 7-8)",
         reads=("server-opt",),
         options=SERVER_OPT_OPTIONS,
