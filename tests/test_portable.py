@@ -34,3 +34,20 @@ def test_no_committed_file_holds_an_absolute_path_of_this_machine():
             if pattern.search(line):
                 found.append(f"{name.decode()}:{number}: {line.strip()[:120]}")
     assert not found, "absolute paths in committed files:\n" + "\n".join(found[:20])
+
+
+def test_committed_run_records_hold_no_absolute_path_at_all():
+    """Records (config, summary, rounds, runs.csv) name folders relative to the repository, even
+    where a run wrote to a scratch folder such as /tmp."""
+    records = subprocess.run(
+        ["git", "ls-files", "experiments/results"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    absolute = re.compile(r'(?:^|[\s"=,:]|\\")/(?:tmp|root|work|home|var|mnt)/')
+    found = [
+        f"{name}:{number}"
+        for name in records.splitlines()
+        if name.endswith((".json", ".jsonl", ".csv"))
+        for number, line in enumerate((ROOT / name).read_text().splitlines(), 1)
+        if absolute.search(line)
+    ]
+    assert not found, "absolute paths in run records:\n" + "\n".join(found[:20])
