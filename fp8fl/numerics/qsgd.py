@@ -55,6 +55,7 @@ on heavy-tailed tensors; it is kept to compare with the records made with it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -307,21 +308,19 @@ def minmax_decode(
     bits: int,
 ) -> torch.Tensor:
     """Inverse of ``minmax_encode``: a float32 tensor of ``shape``."""
-    shape, count = _decoded_shape(shape, bits)
-    if len(shape) <= 1:
-        return _raw_decode(codes, count, shape)
-    stream = _check_stream(codes, packed_length(count, bits))
-    scale32 = np.float32(scale)
-    if not (np.isfinite(scale32) and scale32 > 0):
-        raise ValueError(f"min–max scale must be finite and > 0, got {scale}")
-    quant_min, quant_max = minmax_code_range(bits)
-    if not quant_min <= int(zero_point) <= quant_max:
-        raise ValueError(
-            f"min–max zero point must lie in [{quant_min}, {quant_max}], got {zero_point}"
-        )
-    offset = torch.from_numpy(unpack_codes(stream, count, bits).astype(np.int64))
-    codes8 = (offset + quant_min).to(torch.int8)
-    return _flsim_values(codes8, scale32, int(zero_point)).view(shape)
+
+    def values(offset: torch.Tensor) -> torch.Tensor:
+        scale32 = np.float32(scale)
+        if not (np.isfinite(scale32) and scale32 > 0):
+            raise ValueError(f"min–max scale must be finite and > 0, got {scale}")
+        quant_min, quant_max = minmax_code_range(bits)
+        if not quant_min <= int(zero_point) <= quant_max:
+            raise ValueError(
+                f"min–max zero point must lie in [{quant_min}, {quant_max}], got {zero_point}"
+            )
+        return _flsim_values((offset + quant_min).to(torch.int8), scale32, int(zero_point))
+
+    return _decode_grid(codes, shape, bits, values)
 
 
 def _flsim_codes(v: torch.Tensor, bits: int) -> tuple[torch.Tensor, np.float32, int]:
@@ -397,15 +396,30 @@ def anchored_minmax_decode(
     bits: int,
 ) -> torch.Tensor:
     """Inverse of ``anchored_minmax_encode``: a float32 tensor of ``shape``."""
+
+    def values(q: torch.Tensor) -> torch.Tensor:
+        lo32, hi32 = np.float32(lo), np.float32(hi)
+        if not (np.isfinite(lo32) and np.isfinite(hi32) and lo32 <= hi32):
+            raise ValueError(f"min–max range must be finite with min <= max, got [{lo}, {hi}]")
+        return _anchored_values(q, float(lo32), float(hi32), bits)
+
+    return _decode_grid(codes, shape, bits, values)
+
+
+def _decode_grid(
+    codes: np.ndarray,
+    shape: tuple[int, ...] | torch.Size,
+    bits: int,
+    values: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """What both min–max decoders share: raw float32 for ndim ≤ 1, else the stream's length
+    checked, its codes unpacked (int64) and mapped by ``values`` (which checks its side values)."""
     shape, count = _decoded_shape(shape, bits)
     if len(shape) <= 1:
         return _raw_decode(codes, count, shape)
     stream = _check_stream(codes, packed_length(count, bits))
-    lo32, hi32 = np.float32(lo), np.float32(hi)
-    if not (np.isfinite(lo32) and np.isfinite(hi32) and lo32 <= hi32):
-        raise ValueError(f"min–max range must be finite with min <= max, got [{lo}, {hi}]")
     q = torch.from_numpy(unpack_codes(stream, count, bits).astype(np.int64))
-    return _anchored_values(q, float(lo32), float(hi32), bits).view(shape)
+    return values(q).view(shape)
 
 
 def _check_bits(bits: int) -> None:
