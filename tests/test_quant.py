@@ -326,3 +326,25 @@ def test_bad_alpha_is_rejected_by_the_quantizers(alpha):
         quantize(torch.ones(3), alpha)
     with pytest.raises(ValueError, match="alpha"):
         fake_quant(torch.ones(3), torch.tensor(alpha))
+
+
+@pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
+def test_fake_quant_keeps_a_channels_last_layout_and_its_values(stochastic):
+    x = torch.randn(4, 6, 5, 5, generator=seeded(8)) * 2
+    x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    x_ref = x.clone().requires_grad_()
+    a_cl, a_ref = (torch.tensor(1.5, requires_grad=True) for _ in range(2))
+    q_cl = fake_quant(x_cl, a_cl, stochastic=stochastic, generator=seeded(9))
+    q_ref = fake_quant(x_ref, a_ref, stochastic=stochastic, generator=seeded(9))
+    assert q_cl.is_contiguous(memory_format=torch.channels_last)
+    # the same values: stochastic draws follow the logical element order in both layouts
+    assert torch.equal(q_cl, q_ref)
+    g = torch.randn(x.shape, generator=seeded(10))
+    q_cl.backward(g)
+    q_ref.backward(g)
+    assert torch.equal(x_cl.grad, x_ref.grad)
+    # dL/dα sums the same float32 terms (|term| <= |g|) in float64 in another order, |Δ| <=
+    # 2·n·2^-53·Σ|g|, then rounds to float32 (half an ulp each, 2^-24 relative)
+    ref = a_ref.grad.item()
+    bound = 2 * x.numel() * 2.0**-53 * g.abs().sum().item() + 2.0**-23 * abs(ref)
+    assert abs(a_cl.grad.item() - ref) <= bound

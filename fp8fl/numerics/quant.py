@@ -109,7 +109,7 @@ def _fake_quant_values(
     flat = _in_memory_order(x, order)
     values = round_tensor(flat, alpha, fmt, stochastic, generator, False, True).values
     q = _back_from(values.view(flat.shape), order)
-    return q if stochastic or q.stride() == x.stride() else torch.empty_like(x).copy_(q)
+    return q if order is not None or x.is_contiguous() else torch.empty_like(x).copy_(q)
 
 
 class _FakeQuant(torch.autograd.Function):
