@@ -248,3 +248,20 @@ def test_the_150_round_bytes_sweep_file_is_the_issued_search():
         assert {k: run.config.to_mapping()[k] for k in kept} == {
             k: fp32.config.to_mapping()[k] for k in kept
         }
+
+
+def test_a_sweep_with_committed_runs_writes_into_their_folder():
+    """A sweep skips the runs whose folder holds a summary only if it looks in the folder where
+    they are committed: a sweep file naming the default results/sweeps/<name> would run them
+    all again (the issue 33/34 reruns and the paper runs must add to experiments/results)."""
+    configs, results = ROOT / "experiments" / "configs", ROOT / "experiments" / "results"
+    checked = 0
+    for sweep_file in sorted(configs.glob("*.toml")):
+        if sweep_file.name == "flower-config.toml":  # the SuperLink connections, not a sweep
+            continue
+        sweep = load_sweep(sweep_file)
+        committed = results / sweep.name
+        if committed.is_dir() or sweep.name == "lenet-cifar10-paper":
+            assert sweep.results_dir.resolve() == committed.resolve(), sweep_file.name
+            checked += 1
+    assert checked >= 6

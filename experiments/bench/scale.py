@@ -1,6 +1,11 @@
 """Scale benchmark: start-up time and peak memory of a simulation with many virtual clients.
 
     python -m experiments.bench scale --clients 2112 --per-round 21 --rounds 2
+    python -m experiments.bench scale --local-steps 1 --rounds 6 --trivial
+
+With ``--trivial`` it then runs ``experiments.bench.trivial_app`` in the same federation (clients,
+clients per round, rounds, Ray resources) and prints the median round without its evaluation
+against the median round of that app: what fp8fl adds to Flower's own cost of a round.
 
 The simulation runs in a child process (``experiments.cli.simulate``: the same ServerApp, ClientApp
 and Ray engine as ``flwr run``) while this process samples the memory of its whole process tree (Ray's
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,6 +54,24 @@ def tree_memory(root: int) -> tuple[int, int]:
     return rss, pss
 
 
+def trivial_rounds(clients: int, per_round: int, rounds: int) -> list[float]:
+    """Round wall times of the trivial Flower app in the same federation (own process)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "times.json"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "experiments.bench.trivial_app",
+                *(str(v) for v in (clients, per_round, rounds, out)),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return json.loads(out.read_text())
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.bench scale")
     parser.add_argument("--clients", type=int, default=2112)
@@ -57,6 +81,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--task", default="cifar10")
     parser.add_argument("--model", default="lenet")
     parser.add_argument("--method", default="uq")
+    parser.add_argument(
+        "--trivial", action="store_true", help="also time a trivial Flower app's rounds"
+    )
     args = parser.parse_args(argv)
     results = Path(tempfile.mkdtemp(prefix="fp8fl-scale-"))
     config = {
@@ -102,4 +129,10 @@ def main(argv: list[str]) -> None:
     table.add_row("whole run", f"{total:.1f} s")
     table.add_row("peak Σ RSS of the process tree", f"{peak_rss / 2**30:.2f} GiB")
     table.add_row("peak Σ PSS of the process tree", f"{peak_pss / 2**30:.2f} GiB")
+    if args.trivial:
+        fit = statistics.median(r["wall_s"] - r["eval_s"] for r in rounds[1:])
+        trivial = statistics.median(trivial_rounds(args.clients, args.per_round, args.rounds))
+        table.add_row("median round without evaluation", f"{fit:.2f} s")
+        table.add_row("median round of a trivial Flower app", f"{trivial:.2f} s")
+        table.add_row("round / trivial app's round", f"{fit / trivial:.2f}×")
     Console().print(table)
