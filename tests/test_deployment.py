@@ -1,8 +1,8 @@
-"""The README's deployment path (``fp8fl-deploy``): a SuperLink and SuperNodes on loopback talking
-gRPC (Flower's Fleet API) over TLS with SuperNode authentication, SuperNodes that were not
-registered refused, three rounds of the real app through ``flwr run`` on the registered ones, one
-of them hostile (``--hostile``: a scaling attack, the negated model, a malformed update), then
-nothing left running and every port free again. All of it under the test's ``tmp_path``:
+"""The deployment path of docs/deployment.md (``fp8fl-deploy``): a SuperLink and SuperNodes on
+loopback talking gRPC (Flower's Fleet API) over TLS with SuperNode authentication, SuperNodes that
+were not registered refused, three rounds of the real app through ``flwr run`` on the registered
+ones, one of them hostile (``--hostile``: a scaling attack, the negated model, a malformed update),
+then nothing left running and every port free again. All of it under the test's ``tmp_path``:
 ``flwr-home/`` (FLWR_HOME), ``deployment/`` (state, certificates, keys, process logs),
 ``<command>.out``, ``stranger-*.log``."""
 

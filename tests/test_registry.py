@@ -1,6 +1,6 @@
-"""The method registry is the one source of methods: the README's table, the report's labels and
-colours, the server loops and the checkpoint all agree with it, and every codec states the exact
-size of what it sends."""
+"""The method registry is the one source of methods: the README's method table, the preset tables of
+the family pages (docs/methods/), the report's labels and colours, the server loops and the
+checkpoint all agree with it, and every codec states the exact size of what it sends."""
 
 import re
 from pathlib import Path
@@ -22,19 +22,50 @@ from strategies.loops import SERVER_LOOPS
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def readme_method_rows() -> dict[str, list[str]]:
-    text = (ROOT / "README.md").read_text()
+# Each method family's page: its presets' table, the table the README's rows link to.
+FAMILY_PAGES = {
+    "fp8": "docs/methods/fp8.md",
+    "cq": "docs/methods/clipped_uniform.md",
+    "lpt": "docs/methods/lpt.md",
+    "qafel": "docs/methods/qafel.md",
+}
+
+
+def method_rows(path: str) -> dict[str, list[str]]:
+    """The table rows of ``path`` that name a registered method: ``| `name` | cell | ... |``."""
+    text = (ROOT / path).read_text()
     rows = re.findall(r"^\| `([^`]+)` \| (.+) \|$", text, re.MULTILINE)
     return {name: [c.strip() for c in rest.split("|")] for name, rest in rows if name in METHODS}
 
 
 def test_the_readme_method_table_is_the_registry():
-    rows = readme_method_rows()
+    """One row per preset, in the registry's order: its label, a link to its family's page and
+    the run-config values the preset sets (``key=value, ...``)."""
+    rows = method_rows("README.md")
     assert list(rows) == list(METHODS)
     for name, spec in METHODS.items():
-        label, *cells = rows[name]
-        assert label == spec.label
-        assert cells[: len(spec.settings)] == list(spec.settings.values())
+        label, family, preset, *_ = rows[name]
+        assert label == spec.label, name
+        assert f"]({FAMILY_PAGES[spec.family]})" in family, name
+        assert preset == ", ".join(f"{k}={v}" for k, v in spec.settings.items()), name
+
+
+def test_each_family_page_lists_its_presets_as_the_registry():
+    """A family page's preset table: a column per key the presets set, a row per preset."""
+    assert set(FAMILY_PAGES) == {spec.family for spec in METHODS.values()}
+    for family, page in FAMILY_PAGES.items():
+        specs = {name: spec for name, spec in METHODS.items() if spec.family == family}
+        text = (ROOT / page).read_text()
+        header = re.search(r"^\| `method` \| label \| (.+) \|$", text, re.MULTILINE)
+        assert header, page
+        keys = [c.strip() for c in header.group(1).split("|")]
+        rows = method_rows(page)
+        assert list(rows) == list(specs), page
+        for name, spec in specs.items():
+            label, *cells = rows[name]
+            assert label == spec.label, (page, name)
+            assert keys[: len(spec.settings)] == list(spec.settings), (page, name)
+            assert cells[: len(spec.settings)] == list(spec.settings.values()), (page, name)
 
 
 def test_the_report_takes_labels_and_colours_from_the_registry():
