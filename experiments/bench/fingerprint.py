@@ -1,9 +1,15 @@
-"""Fingerprint every method preset: a tiny fixed-seed simulation per (preset, format), reduced to
-what must not change when the code is refactored — per round the global model's SHA-256, the
-exact bytes up and down, the accuracy and the loss.
+"""Fingerprint every method preset: a tiny fixed-seed simulation per (preset, format), and per
+variant (a modifier or a family key no preset sets), reduced to what must not change when the
+code is refactored — per round the global model's SHA-256, the exact bytes up and down, the
+accuracy and the loss.
 
-    python -m experiments.bench.fingerprint --out before.json            # every preset x e4m3, e2m1
+    python -m experiments.bench.fingerprint --out before.json   # presets x e4m3, e2m1; variants
     python -m experiments.bench.fingerprint --out after.json --compare before.json
+    python -m experiments.bench.fingerprint --compare experiments/bench/fingerprint-reference.json
+
+``fingerprint-reference.json`` beside this module is the committed reference: the commit it was
+taken at is recorded in it, and a change that only refactors must reproduce it on this machine
+class (2 cores, one thread per Ray actor).
 
 Two fingerprints taken on the same machine with the same thread count must be identical; a
 different CPU or thread count may change the last bits of float arithmetic, and so the hashes.
@@ -38,13 +44,32 @@ TINY: dict[str, Any] = {
     "seed": 7,
 }
 FORMATS = ("e4m3", "e2m1")
+VARIANTS: dict[str, dict[str, Any]] = {
+    "uq+lossless": {"method": "uq", "lossless": True},
+    "uq+context": {"method": "uq", "lossless": "context"},
+    "uq+fc1-e2m1": {"method": "uq", "layer-formats": "fc1:e2m1", "lossless": "context"},
+    "uq+downlink-e3m2": {"method": "uq", "downlink-format": "e3m2"},
+    "uq+client-formats": {"method": "uq", "client-formats": "fp32:0.5,e4m3:0.5"},
+    "uq+norm-bound": {"method": "uq", "robust-aggregation": "norm-bound"},
+    "fp32+ma0.9": {"method": "fp32", "moving-average": 0.9},
+    "cq4+twos-complement": {"method": "cq4", "cq-grid": "twos-complement"},
+    "lpt8+conv-linear-io": {"method": "lpt8", "lpt-points": "conv-linear-io"},
+    "qafel-minmax-flsim": {
+        "method": "qafel-custom",
+        "qafel-uplink": "minmax4",
+        "qafel-downlink": "minmax8",
+        "qafel-minmax": "flsim",
+    },
+}
+"""Modifiers and family keys no preset sets, each on the preset it modifies (in E4M3)."""
+
 KEPT = ("round", "model_sha256", "bytes_up", "bytes_down", "accuracy", "loss")
 
 
-def fingerprint(method: str, fmt: str) -> list[dict[str, Any]]:
-    """Run the tiny configuration of ``method`` in ``fmt`` (own process) and reduce its rounds."""
+def fingerprint(settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run the tiny configuration with ``settings`` (own process) and reduce its rounds."""
     with tempfile.TemporaryDirectory() as results:
-        config = {**TINY, "method": method, "format": fmt, "results-dir": results, "run-name": "fp"}
+        config = {"format": "e4m3", **TINY, **settings, "results-dir": results, "run-name": "fp"}
         subprocess.run(
             [sys.executable, "-m", "experiments.cli.simulate", json.dumps(config)],
             check=True,
@@ -55,12 +80,19 @@ def fingerprint(method: str, fmt: str) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.bench.fingerprint")
-    parser.add_argument("--out", type=Path, required=True, help="write the fingerprint (JSON)")
+    parser.add_argument("--out", type=Path, help="write the fingerprint (JSON)")
     parser.add_argument("--compare", type=Path, help="an earlier fingerprint to compare with")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--methods", nargs="*", default=list(METHODS))
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
     args = parser.parse_args(argv)
-    prints = {f"{m}/{f}": fingerprint(m, f) for m in args.methods for f in FORMATS}
-    args.out.write_text(json.dumps(prints, indent=1) + "\n")
+    runs = {f"{m}/{f}": {"method": m, "format": f} for m in args.methods for f in FORMATS}
+    runs |= {name: VARIANTS[name] for name in args.variants}
+    prints: dict[str, Any] = {name: fingerprint(settings) for name, settings in runs.items()}
+    if args.out is not None:
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], check=False, capture_output=True, text=True
+        ).stdout.strip()
+        args.out.write_text(json.dumps({"commit": commit, **prints}, indent=1) + "\n")
     for key, rounds in prints.items():
         last = rounds[-1]
         print(
@@ -70,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare is None:
         return 0
     before = json.loads(args.compare.read_text())
+    print(f"compared with {args.compare} (taken at {before.get('commit', 'an unrecorded commit')})")
     differ = [k for k in prints if before.get(k) != prints[k]]
     print("identical" if not differ else f"DIFFERENT: {', '.join(differ)}")
     return 1 if differ else 0
