@@ -11,7 +11,7 @@ from flwr.common import Context
 
 from clients.buffered_client import BufferedClient
 from clients.hostile_client import hostile_client
-from fp8fl.federated.config import RunConfig
+from fp8fl.run.config import RunConfig
 
 __all__ = ["app", "make_client_app"]
 

@@ -10,15 +10,15 @@ from flwr.common import Config, NDArrays, Scalar
 
 from clients.placement import placement_metrics
 from clients.quantized_client import QuantizedClient
-from fp8fl.federated.protocol import ProtocolError, check_instructions, update_metrics
 from fp8fl.federated.seeds import derive_seed, seeded_generator
-from fp8fl.federated.training import (
+from fp8fl.methods.qafel import JOB_KEY, START_CODEC, slowdowns
+from fp8fl.run.protocol import ProtocolError, check_instructions, update_metrics
+from fp8fl.run.training import (
     build_run_model,
     resolve_device,
     round_local_update,
     run_layout,
 )
-from fp8fl.methods.qafel import JOB_KEY, START_CODEC, slowdowns
 
 __all__ = ["BufferedClient"]
 

@@ -30,12 +30,12 @@ from flwr.common.logger import log
 
 from clients.malformed import MUTATIONS
 from clients.quantized_client import QuantizedClient
-from fp8fl.federated.config import RunConfig
-from fp8fl.federated.protocol import check_instructions
+from fp8fl.federated.seams import Codec
 from fp8fl.federated.seeds import seeded_generator
-from fp8fl.federated.training import build_run_model, run_layout
 from fp8fl.federated.wire import StateLayout
-from fp8fl.methods.seams import Codec
+from fp8fl.run.config import RunConfig
+from fp8fl.run.protocol import check_instructions
+from fp8fl.run.training import build_run_model, run_layout
 
 __all__ = [
     "ATTACKS",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from fp8fl.federated.protocol import RAY_NODE
+from fp8fl.run.protocol import RAY_NODE
 
 __all__ = ["placement_metrics"]
 

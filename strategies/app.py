@@ -7,7 +7,7 @@ from flwr.common import Context
 from flwr.server import ServerApp
 from flwr.serverapp import Grid
 
-from fp8fl.federated.config import RunConfig
+from fp8fl.run.config import RunConfig
 from strategies.loops import SERVER_LOOPS
 
 __all__ = ["app", "make_server_app"]

@@ -48,13 +48,13 @@ from flwr.server.compat.app_utils import start_update_client_manager_thread
 from flwr.serverapp import Grid
 
 from fp8fl.federated.buffered import AsyncSchedule, Job
-from fp8fl.federated.config import ConfigError, RunConfig
-from fp8fl.federated.protocol import ProtocolError, fit_instructions
+from fp8fl.federated.seams import ClientUpdate
 from fp8fl.federated.seeds import derive_seed
-from fp8fl.federated.training import EvaluationSet, evaluate
 from fp8fl.federated.wire import WireError
 from fp8fl.methods.qafel import JOB_KEY, START_CODEC, START_VERSION, BufferedAggregator
-from fp8fl.methods.seams import ClientUpdate
+from fp8fl.run.config import ConfigError, RunConfig
+from fp8fl.run.protocol import ProtocolError, fit_instructions
+from fp8fl.run.training import EvaluationSet, evaluate
 from strategies.clients import ClientDirectory
 from strategies.journal import RunJournal
 from strategies.ledger import fitins_bytes

@@ -10,15 +10,15 @@ from typing import Any
 import torch
 from flwr.common.logger import log
 
-from fp8fl.federated.checkpoint import (
+from fp8fl.run.checkpoint import (
     Checkpoint,
     load_checkpoint,
     restore_rng_states,
     rng_states,
     save_checkpoint,
 )
-from fp8fl.federated.config import ConfigError, RunConfig
-from fp8fl.federated.results import RunRecorder, portable_path, resolve_results_dir
+from fp8fl.run.config import ConfigError, RunConfig
+from fp8fl.run.results import RunRecorder, portable_path, resolve_results_dir
 from strategies.ledger import Ledger, format_totals
 from strategies.progress import RunProgress
 from strategies.tracking import Trackers

@@ -21,7 +21,7 @@ from flwr.common import FitIns, FitRes, Parameters
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
-from fp8fl.federated.protocol import RAY_NODE
+from fp8fl.run.protocol import RAY_NODE
 
 __all__ = [
     "PLACEMENT_METRICS",

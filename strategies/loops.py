@@ -21,7 +21,7 @@ from flwr.server import ServerConfig
 from flwr.server.compat import start_grid
 from flwr.serverapp import Grid
 
-from fp8fl.federated.config import RunConfig
+from fp8fl.run.config import RunConfig
 from strategies.buffered_loop import run_real, run_simulated
 from strategies.quantized_fedavg import QuantizedFedAvg
 

@@ -39,11 +39,11 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
 from fp8fl.data.tasks import load_task_data
-from fp8fl.federated.config import RunConfig
-from fp8fl.federated.results import RunRecorder
 from fp8fl.federated.seeds import derive_seed
-from fp8fl.federated.training import EvaluationSet, evaluate
 from fp8fl.methods.fp8 import Float32Codec
+from fp8fl.run.config import RunConfig
+from fp8fl.run.results import RunRecorder
+from fp8fl.run.training import EvaluationSet, evaluate
 from strategies.clients import ClientDirectory
 from strategies.journal import RunJournal
 from strategies.progress import RunProgress

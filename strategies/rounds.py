@@ -19,20 +19,20 @@ from flwr.common import FitIns, FitRes, ndarrays_to_parameters, parameters_to_nd
 from flwr.common.logger import log
 from flwr.server.client_proxy import ClientProxy
 
-from fp8fl.federated.client_formats import client_config, partition_formats
-from fp8fl.federated.config import RunConfig
-from fp8fl.federated.protocol import (
+from fp8fl.federated.seams import ClientUpdate, Codec
+from fp8fl.federated.seeds import seeded_generator
+from fp8fl.federated.wire import Reference, StateLayout, WireError
+from fp8fl.methods.fp8 import MinifloatCodec
+from fp8fl.methods.registry import Built, build_codec, build_downlink_codec
+from fp8fl.run.client_formats import client_config, partition_formats
+from fp8fl.run.config import RunConfig
+from fp8fl.run.protocol import (
     RAY_NODE,
     ProtocolError,
     check_update_metrics,
     fit_instructions,
 )
-from fp8fl.federated.seeds import seeded_generator
-from fp8fl.federated.training import build_run_model, run_layout
-from fp8fl.federated.wire import Reference, StateLayout, WireError
-from fp8fl.methods.fp8 import MinifloatCodec
-from fp8fl.methods.registry import Built, build_codec, build_downlink_codec
-from fp8fl.methods.seams import ClientUpdate, Codec
+from fp8fl.run.training import build_run_model, run_layout
 from strategies.clients import ClientDirectory
 from strategies.ledger import Ledger
 

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from flwr.common.logger import log
 
-from fp8fl.federated.config import RunConfig
+from fp8fl.run.config import RunConfig
 
 __all__ = [
     "TRACKER_TYPES",
@@ -202,7 +202,7 @@ TRACKER_TYPES: dict[str, Callable[[RunConfig, Path], Tracker]] = {
     "mlflow": MLflowTracker,
     "wandb": WandbTracker,
 }
-"""Each name of ``tracking`` (``fp8fl.federated.config.TRACKERS``) and its class."""
+"""Each name of ``tracking`` (``fp8fl.run.config.TRACKERS``) and its class."""
 
 
 def accuracy_figure(history: Iterable[dict[str, Any]]) -> Any:

@@ -10,7 +10,7 @@ from ray import cloudpickle
 
 from clients.malformed import MUTATIONS
 from clients.quantized_client import QuantizedClient
-from fp8fl.federated.config import RunConfig
+from fp8fl.run.config import RunConfig
 
 CRASH = "crash"
 

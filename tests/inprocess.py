@@ -32,8 +32,8 @@ from flwr.compat.common import recorddict_compat as compat
 from flwr.server import Server, SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
-from fp8fl.federated.config import RunConfig
-from fp8fl.federated.results import read_rounds
+from fp8fl.run.config import RunConfig
+from fp8fl.run.results import read_rounds
 from strategies.quantized_fedavg import QuantizedFedAvg
 
 __all__ = ["run_in_process"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from clients.hostile_client import hostile_client
-from fp8fl.federated.config import RunConfig
+from fp8fl.run.config import RunConfig
 from tests.inprocess import run_in_process
 
 pytestmark = pytest.mark.integration  # trains on real data

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from fp8fl.federated.config import ConfigError, RunConfig
-from fp8fl.federated.training import build_run_model, run_layout
+from fp8fl.federated.seams import ClientUpdate
 from fp8fl.federated.wire import WireError
 from fp8fl.methods.clipped_uniform import MSE_SUFFIX, ClippedUniformCodec, UniformQAT
 from fp8fl.methods.registry import build
-from fp8fl.methods.seams import ClientUpdate
 from fp8fl.models.architectures import build_model
 from fp8fl.numerics.uniform import GRIDS, octav_clip, quantize_uniform
+from fp8fl.run.config import ConfigError, RunConfig
+from fp8fl.run.training import build_run_model, run_layout
 from tests.simulation import declared_bytes, simulate, tiny_config
 
 LENET_WEIGHTS = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc3.weight"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from experiments.cli.simulate import simulate as simulate_on
-from fp8fl.federated.results import read_rounds
+from fp8fl.run.results import read_rounds
 from tests.simulation import simulate, tiny_config
 
 pytestmark = pytest.mark.integration

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from fp8fl.federated.config import ConfigError, RunConfig
 from fp8fl.methods.registry import METHODS
+from fp8fl.run.config import ConfigError, RunConfig
 from tests.presets import PAPER_PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,16 +10,16 @@ import pytest
 import torch
 
 from clients.quantized_client import QuantizedClient
-from fp8fl.federated.client_formats import client_config
-from fp8fl.federated.config import ConfigError, RunConfig
 from fp8fl.federated.layer_formats import layer_names, parse_layer_formats
-from fp8fl.federated.protocol import ProtocolError, check_instructions, fit_instructions
-from fp8fl.federated.training import build_run_model, run_layout
 from fp8fl.methods.registry import build, build_downlink_codec
 from fp8fl.models.qat import QATModule, alpha_name
 from fp8fl.numerics.codec import packed_length
 from fp8fl.numerics.formats import E2M1, E3M2, E4M3, FloatFormat
 from fp8fl.numerics.quant import Rounding
+from fp8fl.run.client_formats import client_config
+from fp8fl.run.config import ConfigError, RunConfig
+from fp8fl.run.protocol import ProtocolError, check_instructions, fit_instructions
+from fp8fl.run.training import build_run_model, run_layout
 from tests.inprocess import run_in_process
 from tests.simulation import tiny_config
 

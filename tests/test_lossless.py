@@ -11,14 +11,13 @@ import torch
 from flwr.common import FitIns, ndarrays_to_parameters
 from torch import nn
 
-from fp8fl.federated.config import RunConfig
 from fp8fl.federated.lossless import code_runs, compress
-from fp8fl.federated.protocol import ProtocolError, check_instructions, fit_instructions
-from fp8fl.federated.training import build_run_model, run_layout
-from fp8fl.federated.wire import StateLayout, WireError
-from fp8fl.methods.fp8 import concat_float32, split_float32
+from fp8fl.federated.seams import ArraySpec, Codec, State
+from fp8fl.federated.wire import StateLayout, WireError, concat_float32, split_float32
 from fp8fl.methods.registry import build
-from fp8fl.methods.seams import ArraySpec, Codec, State
+from fp8fl.run.config import RunConfig
+from fp8fl.run.protocol import ProtocolError, check_instructions, fit_instructions
+from fp8fl.run.training import build_run_model, run_layout
 from strategies.ledger import fitins_bytes
 
 CASES = {

@@ -10,16 +10,16 @@ import torch
 import torch.nn.functional as F
 
 from fp8fl.data.tasks import TaskData
-from fp8fl.federated.config import ConfigError, RunConfig
-from fp8fl.federated.training import LocalUpdate, build_run_model, round_local_update, run_layout
+from fp8fl.federated.seams import ClientUpdate, TrainsItself
 from fp8fl.federated.wire import WireError
 from fp8fl.methods.fp8 import Average, ServerOptimize
 from fp8fl.methods.lpt import BlockFPCodec, BlockFPTraining, UniformAverage, weight_block
 from fp8fl.methods.moving_average import MovingAverage
 from fp8fl.methods.registry import build
-from fp8fl.methods.seams import ClientUpdate, TrainsItself
 from fp8fl.models.architectures import ConvNet, build_model
 from fp8fl.numerics.blockfp import bfp_decode, bfp_encode, bfp_encode_exact, bfp_quantize, on_grid
+from fp8fl.run.config import ConfigError, RunConfig
+from fp8fl.run.training import LocalUpdate, build_run_model, round_local_update, run_layout
 from tests.simulation import declared_bytes, simulate, tiny_config
 
 

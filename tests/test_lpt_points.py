@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from fp8fl.federated.config import ConfigError, RunConfig
 from fp8fl.methods.lpt import ActivationPoints, BlockFPTraining
 from fp8fl.methods.registry import build_quantizer
 from fp8fl.models.architectures import build_model
 from fp8fl.numerics.blockfp import on_grid
+from fp8fl.run.config import ConfigError, RunConfig
 
 INPUTS = {
     "lenet": (2, 3, 32, 32),

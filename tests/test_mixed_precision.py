@@ -17,7 +17,13 @@ from flwr.common import (
     parameters_to_ndarrays,
 )
 
-from fp8fl.federated.client_formats import (
+from fp8fl.federated.seeds import seeded_generator
+from fp8fl.federated.wire import WireError
+from fp8fl.methods.fp8 import Float32Codec, FullPrecision, MinifloatCodec
+from fp8fl.methods.registry import build, build_codec, build_downlink_codec, build_quantizer
+from fp8fl.models.qat import alpha_name
+from fp8fl.numerics.formats import FloatFormat
+from fp8fl.run.client_formats import (
     FP32,
     FormatShare,
     assign_formats,
@@ -27,15 +33,9 @@ from fp8fl.federated.client_formats import (
     partition_config,
     partition_formats,
 )
-from fp8fl.federated.config import ConfigError, RunConfig
-from fp8fl.federated.protocol import ProtocolError, check_instructions, update_metrics
-from fp8fl.federated.seeds import seeded_generator
-from fp8fl.federated.training import build_run_model, run_layout
-from fp8fl.federated.wire import WireError
-from fp8fl.methods.fp8 import Float32Codec, FullPrecision, MinifloatCodec
-from fp8fl.methods.registry import build, build_codec, build_downlink_codec, build_quantizer
-from fp8fl.models.qat import alpha_name
-from fp8fl.numerics.formats import FloatFormat
+from fp8fl.run.config import ConfigError, RunConfig
+from fp8fl.run.protocol import ProtocolError, check_instructions, update_metrics
+from fp8fl.run.training import build_run_model, run_layout
 from strategies.clients import ClientDirectory
 from strategies.ledger import Ledger, format_totals
 from strategies.rounds import SyncRound, format_groups

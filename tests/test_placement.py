@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 
-from fp8fl.federated.protocol import RAY_NODE
-from fp8fl.methods.seams import ClientUpdate
+from fp8fl.federated.seams import ClientUpdate
+from fp8fl.run.protocol import RAY_NODE
 from strategies.ledger import Ledger, fitres_bytes
 from strategies.rounds import ray_nodes
 

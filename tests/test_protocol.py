@@ -7,8 +7,9 @@ import pytest
 import torch
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 
-from fp8fl.federated.config import RunConfig
-from fp8fl.federated.protocol import (
+from fp8fl.methods.registry import build
+from fp8fl.run.config import RunConfig
+from fp8fl.run.protocol import (
     ProtocolError,
     check_instructions,
     check_update_metrics,
@@ -16,8 +17,7 @@ from fp8fl.federated.protocol import (
     fp8fl_version,
     update_metrics,
 )
-from fp8fl.federated.training import build_run_model, run_layout
-from fp8fl.methods.registry import build
+from fp8fl.run.training import build_run_model, run_layout
 from strategies.clients import ClientDirectory
 from strategies.ledger import Ledger
 from strategies.rounds import Broadcast, Downlink, RoundRecord, SyncRound, format_groups

@@ -7,20 +7,20 @@ import torch
 from torch import nn
 
 from fp8fl.federated.buffered import HiddenState
-from fp8fl.federated.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fp8fl.federated.config import ConfigError, RunConfig
+from fp8fl.federated.seams import ClientUpdate
 from fp8fl.federated.seeds import seeded_generator
-from fp8fl.federated.training import run_layout
 from fp8fl.federated.wire import StateLayout, WireError
 from fp8fl.methods.qafel import START_VERSION, BufferedAggregator, delta_codec
 from fp8fl.methods.registry import build, build_quantizer
-from fp8fl.methods.seams import ClientUpdate
 from fp8fl.numerics.qsgd import (
     anchored_minmax_quantize,
     minmax_quantize,
     qsgd_levels,
     qsgd_quantize,
 )
+from fp8fl.run.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fp8fl.run.config import ConfigError, RunConfig
+from fp8fl.run.training import run_layout
 
 PRESETS = {
     "fedbuff": ("fp32", "fp32", "hidden"),

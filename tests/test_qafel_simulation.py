@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from fp8fl.federated.checkpoint import load_checkpoint
+from fp8fl.run.checkpoint import load_checkpoint
 from tests.simulation import simulate, tiny_config
 from tests.test_resume import kill_after_round, untimed
 

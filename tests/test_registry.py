@@ -11,12 +11,12 @@ import torch
 
 from experiments.reporting.plots import METHOD_COLORS
 from experiments.reporting.runs import METHOD_LABELS
-from fp8fl.federated.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fp8fl.federated.config import RunConfig
-from fp8fl.federated.training import build_run_model
 from fp8fl.federated.wire import StateLayout
 from fp8fl.methods import registry
 from fp8fl.methods.registry import AGGREGATORS, CODECS, METHODS, QUANTIZERS, build
+from fp8fl.run.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fp8fl.run.config import RunConfig
+from fp8fl.run.training import build_run_model
 from strategies.loops import SERVER_LOOPS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fp8fl.federated.config import RunConfig
-from fp8fl.federated.results import RunRecorder, portable_path, public_argv, resolve_results_dir
+from fp8fl.run.config import RunConfig
+from fp8fl.run.results import RunRecorder, portable_path, public_argv, resolve_results_dir
 
 
 def test_public_argv_redacts_token_in_both_spellings() -> None:

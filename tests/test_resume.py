@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fp8fl.federated.checkpoint import Checkpoint, load_checkpoint, rng_states, save_checkpoint
-from fp8fl.federated.config import ConfigError
-from fp8fl.federated.results import RunRecorder
+from fp8fl.run.checkpoint import Checkpoint, load_checkpoint, rng_states, save_checkpoint
+from fp8fl.run.config import ConfigError
+from fp8fl.run.results import RunRecorder
 from strategies.quantized_fedavg import QuantizedFedAvg
 from tests.simulation import simulate, tiny_config
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from clients.hostile_client import negate_model, scale_ranges
-from fp8fl.federated.config import ConfigError, RunConfig
-from fp8fl.federated.training import build_run_model, run_layout
+from fp8fl.federated.seams import ClientUpdate
 from fp8fl.methods.registry import build
 from fp8fl.methods.robust import NormBound, bound_updates
-from fp8fl.methods.seams import ClientUpdate
+from fp8fl.run.config import ConfigError, RunConfig
+from fp8fl.run.training import build_run_model, run_layout
 
 HONEST, HOSTILE = 8, (8, 9)  # partitions 0..7 honest, 8 and 9 hostile
 NOISE = 0.01  # relative size of an honest client's change

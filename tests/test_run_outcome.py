@@ -11,7 +11,7 @@ from experiments.cli.run_outcome import (
     reported_failure,
     run_config_args,
 )
-from fp8fl.federated.results import resolve_results_dir
+from fp8fl.run.results import resolve_results_dir
 
 SERVER_LOG = """\x1b[92mINFO \x1b[0m:      Starting Flower ServerApp
 Traceback (most recent call last):

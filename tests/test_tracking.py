@@ -11,7 +11,7 @@ import mlflow
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fp8fl.federated.config import TRACKERS, ConfigError, RunConfig
+from fp8fl.run.config import TRACKERS, ConfigError, RunConfig
 from strategies.journal import RunJournal
 from strategies.tracking import TRACKER_TYPES
 from tests import wandb_offline

@@ -17,11 +17,11 @@ from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters
 from rich.console import Console
 from rich.table import Table
 
-from fp8fl.federated.config import RunConfig
-from fp8fl.federated.protocol import fit_instructions, update_metrics
-from fp8fl.federated.training import build_run_model, run_layout
 from fp8fl.methods.registry import build
 from fp8fl.models.architectures import MODELS
+from fp8fl.run.config import RunConfig
+from fp8fl.run.protocol import fit_instructions, update_metrics
+from fp8fl.run.training import build_run_model, run_layout
 from strategies.ledger import fitins_bytes, fitres_bytes
 
 TASK_OF = {

@@ -25,8 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fp8fl.federated.results import read_rounds
 from fp8fl.methods.registry import METHODS
+from fp8fl.run.results import read_rounds
 
 __all__ = ["TINY", "fingerprint", "main"]
 

@@ -41,16 +41,16 @@ from rich.console import Console
 from rich.table import Table
 
 from fp8fl.data.tasks import load_task_data
-from fp8fl.federated.checkpoint import load_checkpoint
-from fp8fl.federated.client_data import client_partition
-from fp8fl.federated.config import RunConfig
 from fp8fl.federated.lossless import code_runs, compress
+from fp8fl.federated.seams import Codec, CodeRun
 from fp8fl.federated.seeds import derive_seed, seeded_generator
-from fp8fl.federated.training import build_run_model, resolve_device, round_local_update, run_layout
 from fp8fl.federated.wire import StateLayout
 from fp8fl.methods.registry import build
-from fp8fl.methods.seams import Codec, CodeRun
 from fp8fl.numerics.codec import packed_length, unpack_codes
+from fp8fl.run.checkpoint import load_checkpoint
+from fp8fl.run.client_data import client_partition
+from fp8fl.run.config import RunConfig
+from fp8fl.run.training import build_run_model, resolve_device, round_local_update, run_layout
 
 CODECS = {  # label: run-config values of a preset whose uplink codec it is
     "uq E4M3": {"method": "uq"},

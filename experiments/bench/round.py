@@ -38,20 +38,20 @@ from rich.table import Table
 import fp8fl.numerics.quant as quant
 from clients.quantized_client import QuantizedClient
 from fp8fl.data.tasks import load_task_data
-from fp8fl.federated.client_data import client_partition
-from fp8fl.federated.config import RunConfig
-from fp8fl.federated.protocol import fit_instructions
-from fp8fl.federated.results import read_rounds
 from fp8fl.federated.seeds import derive_seed, seeded_generator
-from fp8fl.federated.training import (
+from fp8fl.methods.registry import build, build_codec, build_downlink_codec
+from fp8fl.numerics.kernels import set_threads
+from fp8fl.run.client_data import client_partition
+from fp8fl.run.config import RunConfig
+from fp8fl.run.protocol import fit_instructions
+from fp8fl.run.results import read_rounds
+from fp8fl.run.training import (
     EvaluationSet,
     build_run_model,
     evaluate,
     round_local_update,
     run_layout,
 )
-from fp8fl.methods.registry import build, build_codec, build_downlink_codec
-from fp8fl.numerics.kernels import set_threads
 
 SETTING = {  # lenet-cifar10-150.toml's client
     "task": "cifar10",

@@ -18,8 +18,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from fp8fl.federated.config import TRACKERS, RunConfig
-from fp8fl.federated.results import read_rounds
+from fp8fl.run.config import TRACKERS, RunConfig
+from fp8fl.run.results import read_rounds
 from strategies.tracking import TRACKER_TYPES
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from flwr.common.config import parse_config_args
 
-from fp8fl.federated.config import ConfigError, RunConfig
-from fp8fl.federated.results import resolve_results_dir
+from fp8fl.run.config import ConfigError, RunConfig
+from fp8fl.run.results import resolve_results_dir
 
 __all__ = [
     "FAILED",

@@ -18,7 +18,7 @@ from flwr.simulation import run_simulation
 
 from clients.app import make_client_app
 from experiments.cli.terminal import quiet_flower_logs
-from fp8fl.federated.config import RunConfig
+from fp8fl.run.config import RunConfig
 from strategies.app import make_server_app
 
 __all__ = ["main", "simulate"]

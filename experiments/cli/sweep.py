@@ -40,9 +40,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from experiments.cli.run_outcome import reported_failure
-from fp8fl.federated.checkpoint import CHECKPOINT_FILE
-from fp8fl.federated.config import ConfigError, RunConfig
-from fp8fl.federated.results import portable_path, read_rounds, resolve_results_dir, safe_name
+from fp8fl.run.checkpoint import CHECKPOINT_FILE
+from fp8fl.run.config import ConfigError, RunConfig
+from fp8fl.run.results import portable_path, read_rounds, resolve_results_dir, safe_name
 
 __all__ = ["Sweep", "SweepRun", "load_sweep", "main", "run_sweep"]
 

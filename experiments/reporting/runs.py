@@ -39,8 +39,8 @@ from experiments.reporting.gain import (
 )
 from experiments.reporting.legacy import upgrade_config
 from fp8fl.data.partitioners import DIRICHLET_SCHEMES, SCHEMES
-from fp8fl.federated.results import safe_name
 from fp8fl.methods.registry import CUSTOMS, FAMILIES, METHODS, family_keys, family_switches
+from fp8fl.run.results import safe_name
 
 __all__ = [
     "BASELINE",

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fp8fl.data import cifar, speech
 from fp8fl.data.cache import (
     Source,
     build_once,
@@ -20,12 +19,20 @@ from fp8fl.data.cache import (
     source_key,
     split_file,
 )
+from fp8fl.data.cifar import SPLITS as CIFAR_SPLITS
+from fp8fl.data.cifar import locate as locate_cifar
+from fp8fl.data.speech import (
+    FSDD_SPLITS,
+    SPEECHCOMMANDS_SPLITS,
+    locate_fsdd,
+    locate_speechcommands,
+)
 
 LOCATORS: dict[str, tuple[Callable[[Path], Source], tuple[str, ...]]] = {
-    "cifar10": (lambda root: cifar.locate("cifar10", root), cifar.SPLITS),
-    "cifar100": (lambda root: cifar.locate("cifar100", root), cifar.SPLITS),
-    "speechcommands": (speech.locate_speechcommands, speech.SPEECHCOMMANDS_SPLITS),
-    "fsdd": (speech.locate_fsdd, speech.FSDD_SPLITS),
+    "cifar10": (lambda root: locate_cifar("cifar10", root), CIFAR_SPLITS),
+    "cifar100": (lambda root: locate_cifar("cifar100", root), CIFAR_SPLITS),
+    "speechcommands": (locate_speechcommands, SPEECHCOMMANDS_SPLITS),
+    "fsdd": (locate_fsdd, FSDD_SPLITS),
 }
 
 

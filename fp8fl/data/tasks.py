@@ -9,7 +9,7 @@ from functools import lru_cache, partial
 
 import torch
 
-from fp8fl.data import load_dataset
+from fp8fl.data.dataset import load_dataset
 from fp8fl.data.features import features, prepare_images, prepare_mfcc
 from fp8fl.data.partitioners import LABEL_SCHEMES, SCHEMES
 

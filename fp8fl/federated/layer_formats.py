@@ -16,16 +16,13 @@ send (e.g. E3M2 down, E4M3 up) or a narrower one.
 from __future__ import annotations
 
 from functools import cache
-from typing import TYPE_CHECKING
 
 import torch
 
+from fp8fl.federated.seams import RunView
 from fp8fl.models.architectures import build_model
 from fp8fl.models.qat import prepare_qat, quantized_weight_names
 from fp8fl.numerics.formats import FloatFormat
-
-if TYPE_CHECKING:
-    from fp8fl.federated.config import RunConfig
 
 __all__ = [
     "LayerFormats",
@@ -79,7 +76,7 @@ def layer_names(model: str) -> tuple[str, ...]:
     return tuple(name.removesuffix(".weight") for name in quantized_weight_names(prepared))
 
 
-def layer_formats_problems(config: RunConfig, family: str) -> list[str]:
+def layer_formats_problems(config: RunView, family: str) -> list[str]:
     """What is wrong with ``config.layer_formats`` for this run (``family``: its method's)."""
     pairs, problems = _parse(config.layer_formats)
     if not pairs and not problems:
@@ -104,7 +101,7 @@ def layer_formats_problems(config: RunConfig, family: str) -> list[str]:
     return problems
 
 
-def downlink_format_problems(config: RunConfig, family: str) -> list[str]:
+def downlink_format_problems(config: RunView, family: str) -> list[str]:
     """What is wrong with ``config.downlink_format`` for this run."""
     if not config.downlink_format:
         return []

@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 import constriction
 import numpy as np
 
-from fp8fl.methods.seams import ArraySpec, Codec, CodeRun, DescribesCodes
+from fp8fl.federated.seams import ArraySpec, Codec, CodeRun, DescribesCodes
 from fp8fl.numerics.codec import pack_codes, packed_length, unpack_codes
 
 __all__ = ["code_runs", "compress", "decompress"]

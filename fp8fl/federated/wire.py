@@ -22,6 +22,7 @@ client received (``StateLayout.reference``), which the server passes back to ``u
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,11 +30,17 @@ import torch
 from torch import nn
 
 from fp8fl.federated.lossless import code_runs, compress, decompress
-from fp8fl.methods.fp8 import concat_float32, split_float32
-from fp8fl.methods.seams import ArraySpec, Codec, CodeRun
+from fp8fl.federated.seams import ArraySpec, Codec, CodeRun, State
 from fp8fl.models.qat import quantized_weight_names, range_parameter_names
 
-__all__ = ["WIRE_VERSION", "Reference", "StateLayout", "WireError"]
+__all__ = [
+    "WIRE_VERSION",
+    "Reference",
+    "StateLayout",
+    "WireError",
+    "concat_float32",
+    "split_float32",
+]
 
 WIRE_VERSION = 1
 FLOAT32 = np.dtype(np.float32)
@@ -225,3 +232,20 @@ def _require_finite(values: np.ndarray, name: str) -> None:
     bad = int(np.count_nonzero(~np.isfinite(values)))
     if bad:
         raise WireError(f"{name}: {bad} non-finite value(s) (NaN or inf)")
+
+
+def concat_float32(tensors: list[torch.Tensor]) -> np.ndarray:
+    """The tensors flattened into one float32 array, in order (empty for none)."""
+    if not tensors:
+        return np.empty(0, np.float32)
+    return torch.cat([t.detach().float().cpu().reshape(-1) for t in tensors]).numpy()
+
+
+def split_float32(flat: np.ndarray, shapes: Mapping[str, tuple[int, ...]]) -> State:
+    """The inverse of ``concat_float32``: one tensor per name of ``shapes``, in order."""
+    out, offset = {}, 0
+    for name, shape in shapes.items():
+        size = math.prod(shape)
+        out[name] = torch.from_numpy(flat[offset : offset + size].copy()).view(shape)
+        offset += size
+    return out

@@ -22,20 +22,21 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from fp8fl.federated.aggregation import weighted_average
-from fp8fl.methods.seams import (
+from fp8fl.federated.seams import (
     Aggregate,
     ArraySpec,
     ClientUpdate,
     CodeRun,
     Components,
     Option,
+    RunView,
     State,
     StatelessAggregator,
     one_of,
@@ -57,9 +58,6 @@ from fp8fl.numerics.uniform import (
     quantization_mse,
     quantize_uniform,
 )
-
-if TYPE_CHECKING:
-    from fp8fl.federated.config import RunConfig
 
 __all__ = [
     "AVERAGE_OPTIONS",
@@ -314,7 +312,7 @@ AVERAGE_OPTIONS = (
 )
 
 
-def layer_problems(config: RunConfig) -> list[str]:
+def layer_problems(config: RunView) -> list[str]:
     """A per-layer ``cq-bits`` list must have one entry per quantized layer of the model."""
     try:
         bits = parse_bits(config.option("cq-bits"))
@@ -329,24 +327,24 @@ def layer_problems(config: RunConfig) -> list[str]:
     return []
 
 
-def uniform_qat_from(config: RunConfig) -> UniformQAT:
+def uniform_qat_from(config: RunView) -> UniformQAT:
     return UniformQAT(parse_bits(config.option("cq-bits")), config.option("cq-grid"))
 
 
-def uplink_codec_from(config: RunConfig) -> ClippedUniformCodec:
+def uplink_codec_from(config: RunView) -> ClippedUniformCodec:
     stochastic = config.option("cq-rounding") == "stochastic"
     return ClippedUniformCodec(
         parse_bits(config.option("cq-bits")), stochastic, config.option("cq-grid")
     )
 
 
-def downlink_codec_from(config: RunConfig) -> ClippedUniformCodec:
+def downlink_codec_from(config: RunView) -> ClippedUniformCodec:
     return ClippedUniformCodec(
         parse_bits(config.option("cq-bits")), stochastic=True, grid=config.option("cq-grid")
     )
 
 
-def cq_components(config: RunConfig) -> Components:
+def cq_components(config: RunView) -> Components:
     """The clipped-uniform method's components; ``cq-average`` and ``cq-downlink`` choose."""
     return Components(
         quantizer="uniform-qat",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -24,18 +24,20 @@ from torch import nn
 
 from fp8fl.federated.aggregation import average_objective, server_optimize, weighted_average
 from fp8fl.federated.layer_formats import LayerFormats, parse_layer_formats
-from fp8fl.federated.seeds import seeded_generator
-from fp8fl.methods.seams import (
+from fp8fl.federated.seams import (
     Aggregate,
     ArraySpec,
     ClientUpdate,
     CodeRun,
     Components,
     Option,
+    RunView,
     State,
     StatelessAggregator,
     states_and_weights,
 )
+from fp8fl.federated.seeds import seeded_generator
+from fp8fl.federated.wire import concat_float32, split_float32
 from fp8fl.models.qat import (
     QATModule,
     QuantConfig,
@@ -47,9 +49,6 @@ from fp8fl.models.qat import (
 from fp8fl.numerics.codec import decode, encode, packed_length, unpack_codes
 from fp8fl.numerics.formats import FloatFormat
 from fp8fl.numerics.quant import Rounding
-
-if TYPE_CHECKING:
-    from fp8fl.federated.config import RunConfig
 
 __all__ = [
     "SERVER_OPT_OPTIONS",
@@ -204,27 +203,12 @@ class MinifloatCodec:
         return np.concatenate(parts)
 
 
-def minifloat_codec(config: RunConfig, fmt: FloatFormat) -> MinifloatCodec:
+def minifloat_codec(config: RunView, fmt: FloatFormat) -> MinifloatCodec:
     """The run's minifloat codec (its ``wire`` rounding, its ``layer-formats``) in ``fmt`` for
     the tensors whose layer has no format of its own."""
     return MinifloatCodec(
         Rounding.named(fmt, config.wire), parse_layer_formats(config.layer_formats)
     )
-
-
-def concat_float32(tensors: list[torch.Tensor]) -> np.ndarray:
-    if not tensors:
-        return np.empty(0, np.float32)
-    return torch.cat([t.detach().float().cpu().reshape(-1) for t in tensors]).numpy()
-
-
-def split_float32(flat: np.ndarray, shapes: Mapping[str, tuple[int, ...]]) -> State:
-    out, offset = {}, 0
-    for name, shape in shapes.items():
-        size = math.prod(shape)
-        out[name] = torch.from_numpy(flat[offset : offset + size].copy()).view(shape)
-        offset += size
-    return out
 
 
 def _numel(shapes: Mapping[str, tuple[int, ...]]) -> int:
@@ -321,7 +305,7 @@ SERVER_OPT_OPTIONS = (
 
 
 def server_optimize_from(
-    config: RunConfig, quantized: tuple[str, ...], rounding: Rounding | Mapping[str, Rounding]
+    config: RunView, quantized: tuple[str, ...], rounding: Rounding | Mapping[str, Rounding]
 ) -> ServerOptimize:
     return ServerOptimize(
         quantized,
@@ -333,7 +317,7 @@ def server_optimize_from(
     )
 
 
-def fp8_components(config: RunConfig) -> Components:
+def fp8_components(config: RunView) -> Components:
     """The components the FP8 switches ``qat``, ``wire`` and ``server-opt`` name."""
     own_downlink = config.downlink_format and config.wire != "fp32"
     return Components(

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -38,18 +38,19 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from fp8fl.federated.aggregation import weighted_average
-from fp8fl.methods.moving_average import lambda_problem
-from fp8fl.methods.seams import (
+from fp8fl.federated.seams import (
     Aggregate,
     ArraySpec,
     ClientUpdate,
     CodeRun,
     Components,
     Option,
+    RunView,
     State,
     StatelessAggregator,
     one_of,
 )
+from fp8fl.methods.moving_average import lambda_problem
 from fp8fl.numerics.blockfp import (
     BFPQuant,
     bfp_decode,
@@ -59,9 +60,6 @@ from fp8fl.numerics.blockfp import (
     block_layout,
 )
 from fp8fl.numerics.codec import packed_length
-
-if TYPE_CHECKING:
-    from fp8fl.federated.config import RunConfig
 
 __all__ = [
     "AVERAGE_OPTIONS",
@@ -390,7 +388,7 @@ AVERAGE_OPTIONS = (
 )
 
 
-def lpt_problems(config: RunConfig) -> list[str]:
+def lpt_problems(config: RunView) -> list[str]:
     """The grid needs its bits (a preset's or given); the moving average is ``lpt-ma-lambda``."""
     p = []
     if config.option("lpt-bits") == "":
@@ -400,7 +398,7 @@ def lpt_problems(config: RunConfig) -> list[str]:
     return p
 
 
-def block_fp_training_from(config: RunConfig) -> BlockFPTraining:
+def block_fp_training_from(config: RunView) -> BlockFPTraining:
     return BlockFPTraining(
         int(config.option("lpt-bits")),
         config.option("lpt-linear-block"),
@@ -408,11 +406,11 @@ def block_fp_training_from(config: RunConfig) -> BlockFPTraining:
     )
 
 
-def block_fp_codec_from(config: RunConfig) -> BlockFPCodec:
+def block_fp_codec_from(config: RunView) -> BlockFPCodec:
     return BlockFPCodec(int(config.option("lpt-bits")), config.option("lpt-linear-block"))
 
 
-def lpt_components(config: RunConfig) -> Components:
+def lpt_components(config: RunView) -> Components:
     """The LPT-FL components; ``lpt-average``, ``lpt-downlink`` and ``lpt-ma-lambda`` choose."""
     return Components(
         quantizer="block-fp-training",

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from fp8fl.methods.seams import Aggregate, Aggregator, ClientUpdate, Option, State
+from fp8fl.federated.seams import Aggregate, Aggregator, ClientUpdate, Option, State
 
 __all__ = ["MOVING_AVERAGE_OPTION", "MovingAverage", "lambda_problem"]
 

@@ -26,26 +26,27 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from fp8fl.federated.buffered import BufferedServer
-from fp8fl.federated.seeds import seeded_generator
-from fp8fl.federated.wire import StateLayout
-from fp8fl.methods.fp8 import Float32Codec
-from fp8fl.methods.seams import (
+from fp8fl.federated.seams import (
     Aggregate,
     ArraySpec,
     ClientUpdate,
     Codec,
     Components,
     Option,
+    RunView,
     State,
     one_of,
 )
+from fp8fl.federated.seeds import seeded_generator
+from fp8fl.federated.wire import StateLayout
+from fp8fl.methods.fp8 import Float32Codec
 from fp8fl.numerics.codec import decode, encode, packed_length
 from fp8fl.numerics.qsgd import (
     anchored_minmax_decode,
@@ -61,9 +62,6 @@ from fp8fl.numerics.qsgd import (
     qsgd_norm_count,
 )
 from fp8fl.numerics.quant import Rounding
-
-if TYPE_CHECKING:
-    from fp8fl.federated.config import RunConfig
 
 __all__ = [
     "AGGREGATOR_OPTIONS",
@@ -300,7 +298,7 @@ def _wire_problem(key: str) -> Callable[[str], str | None]:
     return check
 
 
-def delta_codec(wire: str, config: RunConfig) -> Codec:
+def delta_codec(wire: str, config: RunView) -> Codec:
     """The codec a ``qafel-uplink`` / ``qafel-downlink`` value names (``fp8``: the run's format)."""
     match = WIRE_PATTERN.match(wire)
     if match is None:
@@ -541,7 +539,7 @@ AGGREGATOR_OPTIONS = (
 )
 
 
-def buffered_problems(config: RunConfig) -> list[str]:
+def buffered_problems(config: RunView) -> list[str]:
     """The wrappers of synchronous aggregators do not apply to the buffered server step."""
     problems = []
     if config.option("moving-average") > 0:
@@ -551,11 +549,11 @@ def buffered_problems(config: RunConfig) -> list[str]:
     return problems
 
 
-def _naive(config: RunConfig) -> bool:
+def _naive(config: RunView) -> bool:
     return config.option("qafel-start") == "naive" or config.option("qafel-downlink") == "fp32"
 
 
-def buffered_aggregator_from(config: RunConfig, downlink: Codec) -> BufferedAggregator:
+def buffered_aggregator_from(config: RunView, downlink: Codec) -> BufferedAggregator:
     return BufferedAggregator(
         config.option("buffer-size"),
         config.option("server-lr"),
@@ -566,7 +564,7 @@ def buffered_aggregator_from(config: RunConfig, downlink: Codec) -> BufferedAggr
     )
 
 
-def qafel_components(config: RunConfig) -> Components:
+def qafel_components(config: RunView) -> Components:
     """QAFeL's components; ``async-mode`` picks the server loop."""
     return Components(
         quantizer="fp32-deltas",

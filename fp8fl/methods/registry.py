@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fp8fl.federated.layer_formats import parse_layer_formats
+from fp8fl.federated.seams import Aggregator, Codec, Components, Option, Quantizer, RunView
 from fp8fl.methods.clipped_uniform import (
     AVERAGE_OPTIONS,
     BITS_OPTION,
@@ -67,12 +68,8 @@ from fp8fl.methods.qafel import (
     qafel_components,
 )
 from fp8fl.methods.robust import ROBUST_OPTIONS, robust_from
-from fp8fl.methods.seams import Aggregator, Codec, Components, Option, Quantizer
 from fp8fl.numerics.formats import FloatFormat
 from fp8fl.numerics.quant import Rounding
-
-if TYPE_CHECKING:
-    from fp8fl.federated.config import RunConfig
 
 __all__ = [
     "AGGREGATORS",
@@ -106,7 +103,7 @@ class ComponentEntry:
     summary: str
     reads: tuple[str, ...] = ()
     options: tuple[Option, ...] = ()
-    validate: Callable[[RunConfig], list[str]] | None = None
+    validate: Callable[[RunView], list[str]] | None = None
     optimizer: str | None = None
 
 
@@ -228,14 +225,14 @@ class MethodSpec:
     label: str
     color: str
     reference: str
-    components: Components | Callable[[RunConfig], Components]
+    components: Components | Callable[[RunView], Components]
     settings: Mapping[str, Any] = field(default_factory=dict)
     family: str = "fp8"  # presets of one family differ only in their settings
 
-    def components_for(self, config: RunConfig) -> Components:
+    def components_for(self, config: RunView) -> Components:
         return self.components(config) if callable(self.components) else self.components
 
-    def reads(self, config: RunConfig) -> tuple[str, ...]:
+    def reads(self, config: RunView) -> tuple[str, ...]:
         """The run-config keys its components read (beyond the keys every run reads)."""
         parts = self.components_for(config)
         entries = (
@@ -315,7 +312,7 @@ METHODS: dict[str, MethodSpec] = {
 
 def _presets(
     family: str,
-    components: Callable[[RunConfig], Components],
+    components: Callable[[RunView], Components],
     reference: str,
     keys: tuple[str, ...],
     rows: tuple[tuple[str, ...], ...],
@@ -431,12 +428,12 @@ def family_switches(family: str) -> dict[str, Any]:
     }
 
 
-def own_optimizer(config: RunConfig) -> str | None:
+def own_optimizer(config: RunView) -> str | None:
     """The optimizer of the run's quantizer when it brings its own local step, else None."""
     return QUANTIZERS[config.components.quantizer].optimizer
 
 
-def component_problems(config: RunConfig) -> list[str]:
+def component_problems(config: RunView) -> list[str]:
     """What the run's components find wrong with it beyond single values, and an ``optimizer``
     its quantizer would not use (a silent switch would train with another step than the one
     the record names)."""
@@ -463,20 +460,20 @@ class Built:
     server_loop: str
 
 
-def build_quantizer(config: RunConfig) -> Quantizer:
+def build_quantizer(config: RunView) -> Quantizer:
     return QUANTIZERS[config.components.quantizer].factory(config)
 
 
-def build_codec(config: RunConfig) -> Codec:
+def build_codec(config: RunView) -> Codec:
     """The uplink's codec."""
     return CODECS[config.components.codec].factory(config)
 
 
-def build_downlink_codec(config: RunConfig) -> Codec:
+def build_downlink_codec(config: RunView) -> Codec:
     return CODECS[config.components.downlink_codec].factory(config)
 
 
-def build(config: RunConfig, quantized: tuple[str, ...]) -> Built:
+def build(config: RunView, quantized: tuple[str, ...]) -> Built:
     """Every component of ``config``'s method; ``quantized`` names the weights the codec carries."""
     parts = config.components
     codec = build_codec(config)

@@ -30,15 +30,20 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from fp8fl.methods.seams import Aggregate, Aggregator, ClientUpdate, Option, State, one_of
-
-if TYPE_CHECKING:
-    from fp8fl.federated.config import RunConfig
+from fp8fl.federated.seams import (
+    Aggregate,
+    Aggregator,
+    ClientUpdate,
+    Option,
+    RunView,
+    State,
+    one_of,
+)
 
 __all__ = ["ROBUST_OPTIONS", "RULES", "NormBound", "bound_updates", "robust_from"]
 
@@ -163,7 +168,7 @@ class NormBound:
         self.inner.load_state_dict(state)
 
 
-def robust_from(config: RunConfig, inner: Aggregator) -> Aggregator:
+def robust_from(config: RunView, inner: Aggregator) -> Aggregator:
     """``inner`` behind the run's robust rule (``robust-aggregation``), or ``inner`` itself."""
     if config.option("robust-aggregation") == "none":
         return inner

@@ -9,7 +9,7 @@ import numpy as np
 from fp8fl.data import load_dataset
 from fp8fl.data.partitioners import partition
 from fp8fl.data.tasks import task_spec
-from fp8fl.federated.config import RunConfig
+from fp8fl.run.config import RunConfig
 
 __all__ = ["client_partition", "run_partitions"]
 

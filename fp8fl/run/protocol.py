@@ -11,8 +11,8 @@ from __future__ import annotations
 from functools import cache
 from importlib import metadata
 
-from fp8fl.federated.config import RunConfig
 from fp8fl.federated.wire import WIRE_VERSION
+from fp8fl.run.config import RunConfig
 
 __all__ = [
     "RAY_NODE",

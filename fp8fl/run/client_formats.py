@@ -21,15 +21,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TypeVar
 
 import numpy as np
 
+from fp8fl.federated.seams import RunView
 from fp8fl.federated.seeds import derive_seed
 from fp8fl.numerics.formats import FloatFormat
-
-if TYPE_CHECKING:
-    from fp8fl.federated.config import RunConfig
 
 __all__ = [
     "FP32",
@@ -42,6 +40,9 @@ __all__ = [
     "partition_config",
     "partition_formats",
 ]
+
+Config = TypeVar("Config", bound=RunView)
+"""A run config (``fp8fl.run.config.RunConfig``, which imports this module for its checks)."""
 
 FP32 = "fp32"
 TOLERANCE = 1e-6
@@ -131,13 +132,13 @@ def assign_formats(shares: tuple[FormatShare, ...], num_clients: int, seed: int)
     return tuple(formats)
 
 
-def partition_formats(config: RunConfig) -> tuple[str, ...]:
+def partition_formats(config: RunView) -> tuple[str, ...]:
     """The format of every partition of a mixed-precision run; ``()`` for a single-format run."""
     shares = parse_client_formats(config.client_formats)
     return assign_formats(shares, config.num_clients, config.seed) if shares else ()
 
 
-def client_config(config: RunConfig, fmt: str) -> RunConfig:
+def client_config(config: Config, fmt: str) -> Config:
     """The run as a client of format ``fmt`` sees it: the run's switches in that format, or, for
     ``fp32``, no QAT and an FP32 wire (its ``format`` then reads ``fp32``, which the protocol
     fields carry; no component of that client reads it as a minifloat). The result is a
@@ -147,13 +148,13 @@ def client_config(config: RunConfig, fmt: str) -> RunConfig:
     return dataclasses.replace(config, format=fmt, client_formats="")
 
 
-def partition_config(config: RunConfig, partition: int) -> RunConfig:
+def partition_config(config: Config, partition: int) -> Config:
     """The run as the client of ``partition`` sees it (``config`` itself in a single-format run)."""
     formats = partition_formats(config)
     return client_config(config, formats[partition]) if formats else config
 
 
-def client_formats_problems(config: RunConfig, family: str) -> list[str]:
+def client_formats_problems(config: RunView, family: str) -> list[str]:
     """What is wrong with ``config.client_formats`` for this run (``family``: its method's)."""
     shares, problems = _parse(config.client_formats)
     if not shares and not problems:

@@ -3,7 +3,9 @@
 A method is one component of each kind, named in its ``MethodSpec`` (``fp8fl.methods.registry``),
 plus the server loop that drives them (``strategies.loops``: the loop needs Flower, the core does
 not). Components are built from the run config by their registered factory and declare the
-run-config keys they read as ``Option``s, which ``RunConfig`` accepts, types and hands back.
+run-config keys they read as ``Option``s, which ``RunConfig`` accepts, types and hands back. The
+seams sit below the methods and the run's composition: a component sees the run config through
+``RunView``, never through ``fp8fl.run.config`` itself.
 
 * ``Quantizer`` — what local training simulates on the client (and the server's model of it).
 * ``Codec`` — one wire format for both directions: it turns the quantized weights of a state into
@@ -22,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fp8fl.numerics.formats import FloatFormat
+
 __all__ = [
     "Aggregate",
     "Aggregator",
@@ -34,6 +38,7 @@ __all__ = [
     "LocalOptimizer",
     "Option",
     "Quantizer",
+    "RunView",
     "StatelessAggregator",
     "TrainsItself",
     "states_and_weights",
@@ -81,6 +86,49 @@ class Components:
     @property
     def downlink_codec(self) -> str:
         return self.downlink or self.codec
+
+
+class RunView(Protocol):
+    """What a component's factory and checks read of the run config (``fp8fl.run.config``'s
+    ``RunConfig`` provides it; run-config keys are these names with ``-`` for ``_``)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def num_clients(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def optimizer(self) -> str: ...
+    @property
+    def qat(self) -> str: ...
+    @property
+    def wire(self) -> str: ...
+    @property
+    def server_opt(self) -> str: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def client_formats(self) -> str: ...
+    @property
+    def layer_formats(self) -> str: ...
+    @property
+    def downlink_format(self) -> str: ...
+    @property
+    def fmt(self) -> FloatFormat:
+        """``format`` as a ``FloatFormat``."""
+        ...
+
+    @property
+    def components(self) -> Components:
+        """The registered names of the run's quantizer, codec, aggregator and server loop."""
+        ...
+
+    def option(self, key: str) -> Any:
+        """The value of a component's own run-config key."""
+        ...
 
 
 @dataclass(frozen=True)

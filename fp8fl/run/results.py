@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import fp8fl
-from fp8fl.federated.config import RunConfig
+from fp8fl.run.config import RunConfig
 
 __all__ = [
     "RunRecorder",

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fp8fl.data.tasks import TASKS, task_spec
-from fp8fl.federated.client_formats import client_formats_problems
 from fp8fl.federated.layer_formats import downlink_format_problems, layer_formats_problems
+from fp8fl.federated.seams import Components
 from fp8fl.methods.registry import (
     CUSTOMS,
     FAMILIES,
@@ -42,8 +42,8 @@ from fp8fl.methods.registry import (
     method_spec,
     own_optimizer,
 )
-from fp8fl.methods.seams import Components
 from fp8fl.numerics.formats import FloatFormat
+from fp8fl.run.client_formats import client_formats_problems
 
 __all__ = [
     "LOSSLESS_MODES",
