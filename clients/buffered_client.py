@@ -11,7 +11,7 @@ from flwr.common import Config, NDArrays, Scalar
 from clients.placement import placement_metrics
 from clients.quantized_client import QuantizedClient
 from fp8fl.federated.seeds import derive_seed, seeded_generator
-from fp8fl.methods.qafel import JOB_KEY, START_CODEC, slowdowns
+from fp8fl.methods.qafel import JOB_KEY, START_CODEC, buffered_settings, slowdowns
 from fp8fl.run.protocol import ProtocolError, check_instructions, update_metrics
 from fp8fl.run.training import (
     build_run_model,
@@ -48,7 +48,9 @@ class BufferedClient(QuantizedClient):
         trained = model.cpu().state_dict()
         delta = {name: trained[name] - value for name, value in start.items()}
         update = layout.pack(delta, self.codec, generator)
-        factor = slowdowns(run.option("client-slowdown")).get(self.partition_id, 1.0)
+        factor = slowdowns(buffered_settings(run.settings).client_slowdown).get(
+            self.partition_id, 1.0
+        )
         time.sleep((factor - 1.0) * (time.perf_counter() - started))  # a slower device
         metrics = update_metrics(run, self.partition_id, stats, time.perf_counter() - started)
         return update, len(self.indices), {**metrics, JOB_KEY: job, **placement_metrics()}

@@ -13,9 +13,9 @@ from flwr.common import Config, NDArrays, Scalar
 from clients.placement import placement_metrics
 from fp8fl.data.tasks import load_task_data
 from fp8fl.federated.seeds import derive_seed, seeded_generator
-from fp8fl.methods.registry import build_codec, build_downlink_codec
 from fp8fl.run.client_data import client_partition
 from fp8fl.run.client_formats import partition_config
+from fp8fl.run.components import build_codec, build_downlink_codec
 from fp8fl.run.config import RunConfig
 from fp8fl.run.protocol import check_instructions, update_metrics
 from fp8fl.run.training import (

@@ -51,7 +51,13 @@ from fp8fl.federated.buffered import AsyncSchedule, Job
 from fp8fl.federated.seams import ClientUpdate
 from fp8fl.federated.seeds import derive_seed
 from fp8fl.federated.wire import WireError
-from fp8fl.methods.qafel import JOB_KEY, START_CODEC, START_VERSION, BufferedAggregator
+from fp8fl.methods.qafel import (
+    JOB_KEY,
+    START_CODEC,
+    START_VERSION,
+    BufferedAggregator,
+    buffered_settings,
+)
 from fp8fl.run.config import ConfigError, RunConfig
 from fp8fl.run.protocol import ProtocolError, fit_instructions
 from fp8fl.run.training import EvaluationSet, evaluate
@@ -269,7 +275,7 @@ def simulated_schedule(config: RunConfig) -> AsyncSchedule:
     """The run's event schedule: d = HalfNormal(1), λ from ``concurrency`` (Little's law)."""
     return AsyncSchedule(
         config.num_clients,
-        config.option("concurrency"),
+        buffered_settings(config.settings).concurrency,
         seed=derive_seed(config.seed, "schedule"),
     )
 
@@ -310,7 +316,7 @@ def run_real(grid: Grid, config: RunConfig) -> None:
     run.record_start()
     rng = np.random.default_rng(derive_seed(config.seed, "real-clients"))
     idle, running = set(range(config.num_clients)), {}
-    busy = min(config.option("concurrency"), config.num_clients)
+    busy = min(buffered_settings(config.settings).concurrency, config.num_clients)
     jobs = itertools.count()
     record, updates = RoundRecord(run.aggregator.version + 1, []), []
     run.journal.start_round_clock()

@@ -23,8 +23,8 @@ from fp8fl.federated.seams import ClientUpdate, Codec
 from fp8fl.federated.seeds import seeded_generator
 from fp8fl.federated.wire import Reference, StateLayout, WireError
 from fp8fl.methods.fp8 import MinifloatCodec
-from fp8fl.methods.registry import Built, build_codec, build_downlink_codec
 from fp8fl.run.client_formats import client_config, partition_formats
+from fp8fl.run.components import Built, build_codec, build_downlink_codec
 from fp8fl.run.config import RunConfig
 from fp8fl.run.protocol import (
     RAY_NODE,

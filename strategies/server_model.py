@@ -14,7 +14,7 @@ from torch import nn
 from fp8fl.data.tasks import TaskData, load_task_data
 from fp8fl.federated.seeds import derive_seed
 from fp8fl.federated.wire import StateLayout
-from fp8fl.methods.registry import Built, build
+from fp8fl.run.components import Built, build
 from fp8fl.run.config import RunConfig
 from fp8fl.run.training import build_run_model, resolve_device, run_layout
 

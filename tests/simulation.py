@@ -12,7 +12,7 @@ from flwr.common import ndarrays_to_parameters
 from experiments.cli.simulate import simulate as run
 from fp8fl.federated.seams import ArraySpec
 from fp8fl.methods.fp8 import Float32Codec
-from fp8fl.methods.registry import build
+from fp8fl.run.components import build
 from fp8fl.run.config import RunConfig
 from fp8fl.run.results import read_rounds
 from fp8fl.run.training import build_run_model, run_layout

@@ -10,9 +10,9 @@ import torch
 from fp8fl.federated.seams import ClientUpdate
 from fp8fl.federated.wire import WireError
 from fp8fl.methods.clipped_uniform import MSE_SUFFIX, ClippedUniformCodec, UniformQAT
-from fp8fl.methods.registry import build
 from fp8fl.models.architectures import build_model
 from fp8fl.numerics.uniform import GRIDS, octav_clip, quantize_uniform
+from fp8fl.run.components import build
 from fp8fl.run.config import ConfigError, RunConfig
 from fp8fl.run.training import build_run_model, run_layout
 from tests.simulation import declared_bytes, simulate, tiny_config
@@ -32,8 +32,8 @@ LENET_WEIGHTS = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight", "fc
 def test_presets(method, bits, rounding):
     config = RunConfig.from_mapping({"method": method})
     assert config.method == method
-    assert (config.option("cq-bits"), config.option("cq-rounding")) == (bits, rounding)
-    assert config.option("cq-average") == "inverse-mse"
+    assert (config.to_mapping()["cq-bits"], config.to_mapping()["cq-rounding"]) == (bits, rounding)
+    assert config.to_mapping()["cq-average"] == "inverse-mse"
     parts = config.components
     assert (parts.quantizer, parts.codec, parts.aggregator) == (
         "uniform-qat",
@@ -80,7 +80,7 @@ def test_bits_per_layer_follow_the_list():
 def test_the_grid_is_symmetric_unless_cq_grid_says_twos_complement():
     for method in ("cq8", "cq4", "cq4-det", "cq2"):
         config = RunConfig.from_mapping({"method": method})
-        assert config.option("cq-grid") == "symmetric" and config.method == method
+        assert config.to_mapping()["cq-grid"] == "symmetric" and config.method == method
         model = build_run_model(config, 10)
         assert {m.uq_grid for m in model.modules() if hasattr(m, "uq_grid")} == {"symmetric"}
         layout = run_layout(config, model)

@@ -19,7 +19,7 @@ def test_every_paper_preset_is_registered():
 @pytest.mark.parametrize(("method", "switches"), sorted(PAPER_PRESETS.items()))
 def test_method_presets(method, switches):
     config = RunConfig.from_mapping({"method": method})
-    assert (config.qat, config.wire, config.server_opt) == switches
+    assert (config.settings.qat, config.settings.wire, config.settings.server_opt) == switches
     assert config.method == method
 
 
@@ -27,7 +27,11 @@ def test_explicit_switches_override_the_preset_and_rename_the_method():
     assert RunConfig.from_mapping({"method": "uq", "wire": "nearest"}).method == "bq"
     assert RunConfig.from_mapping({"method": "uq", "server-opt": "mse"}).method == "uq+"
     custom = RunConfig.from_mapping({"method": "uq", "qat": "stochastic"})
-    assert (custom.method, custom.qat, custom.wire) == ("custom", "stochastic", "stochastic")
+    assert (custom.method, custom.settings.qat, custom.settings.wire) == (
+        "custom",
+        "stochastic",
+        "stochastic",
+    )
 
 
 def test_optimizer_auto_picks_adamw_for_kwt1():

@@ -11,12 +11,12 @@ import torch
 
 from clients.quantized_client import QuantizedClient
 from fp8fl.federated.layer_formats import layer_names, parse_layer_formats
-from fp8fl.methods.registry import build, build_downlink_codec
 from fp8fl.models.qat import QATModule, alpha_name
 from fp8fl.numerics.codec import packed_length
 from fp8fl.numerics.formats import E2M1, E3M2, E4M3, FloatFormat
 from fp8fl.numerics.quant import Rounding
 from fp8fl.run.client_formats import client_config
+from fp8fl.run.components import build, build_downlink_codec
 from fp8fl.run.config import ConfigError, RunConfig
 from fp8fl.run.protocol import ProtocolError, check_instructions, fit_instructions
 from fp8fl.run.training import build_run_model, run_layout
@@ -68,7 +68,10 @@ def test_every_problem_of_layer_formats_is_reported_at_once():
             {"method": "fp32", "layer_formats": "fc1:e2m1"},
             "layer-formats needs a method of the FP8",
         ),
-        ({"method": "cq4", "layer_formats": "fc1:e2m1"}, "layer-formats needs a method of the FP8"),
+        (
+            {"method": "cq4", "layer_formats": "fc1:e2m1"},
+            "layer-formats applies to the FP8 methods",
+        ),
         ({"method": "qat-fp32wire", "downlink_format": "e3m2"}, "downlink-format needs"),
         ({"downlink_format": "e3m2", "lossless": "context"}, "minifloat-downlink down"),
     ],

@@ -14,7 +14,7 @@ from torch import nn
 from fp8fl.federated.lossless import code_runs, compress
 from fp8fl.federated.seams import ArraySpec, Codec, State
 from fp8fl.federated.wire import StateLayout, WireError, concat_float32, split_float32
-from fp8fl.methods.registry import build
+from fp8fl.run.components import build
 from fp8fl.run.config import RunConfig
 from fp8fl.run.protocol import ProtocolError, check_instructions, fit_instructions
 from fp8fl.run.training import build_run_model, run_layout

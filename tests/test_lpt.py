@@ -15,9 +15,9 @@ from fp8fl.federated.wire import WireError
 from fp8fl.methods.fp8 import Average, ServerOptimize
 from fp8fl.methods.lpt import BlockFPCodec, BlockFPTraining, UniformAverage, weight_block
 from fp8fl.methods.moving_average import MovingAverage
-from fp8fl.methods.registry import build
 from fp8fl.models.architectures import ConvNet, build_model
 from fp8fl.numerics.blockfp import bfp_decode, bfp_encode, bfp_encode_exact, bfp_quantize, on_grid
+from fp8fl.run.components import build
 from fp8fl.run.config import ConfigError, RunConfig
 from fp8fl.run.training import LocalUpdate, build_run_model, round_local_update, run_layout
 from tests.simulation import declared_bytes, simulate, tiny_config
@@ -46,8 +46,8 @@ def random_task(n: int = 40) -> TaskData:
 )
 def test_presets_resolve_to_the_lpt_components(method, bits, lam):
     config = RunConfig.from_mapping({"method": method})
-    assert config.method == method and config.spec.family == "lpt"
-    assert (config.option("lpt-bits"), config.option("lpt-ma-lambda")) == (bits, lam)
+    assert config.method == method and config.family.name == "lpt"
+    assert (config.to_mapping()["lpt-bits"], config.to_mapping()["lpt-ma-lambda"]) == (bits, lam)
     parts = config.components
     assert (parts.quantizer, parts.codec, parts.aggregator, parts.downlink) == (
         "block-fp-training",
@@ -126,7 +126,7 @@ def test_convnet_shape_and_parameter_count():
 @pytest.mark.parametrize("linear_block", ["element", "row"])
 def test_no_master_copy_every_weight_is_on_its_grid_after_a_step(method, linear_block):
     config, model = lpt_model(method, "lenet", **{"lpt-linear-block": linear_block})
-    bits = int(config.option("lpt-bits"))
+    bits = int(config.to_mapping()["lpt-bits"])
     quantizer = build(config, ()).quantizer
     assert isinstance(quantizer, TrainsItself)
     assert not all_on_grid(model, bits, linear_block)  # FP32 initialisation
@@ -270,7 +270,7 @@ def test_layout_bytes_are_the_packed_arrays_and_on_grid_weights_travel_exactly(
     model, method, linear_block
 ):
     config, net = lpt_model(method, model, **{"lpt-linear-block": linear_block})
-    bits = int(config.option("lpt-bits"))
+    bits = int(config.to_mapping()["lpt-bits"])
     layout = run_layout(config, net)
     assert layout.quantized == tuple(n for n, _ in net.named_parameters()) and not layout.dense
     codec = build(config, layout.quantized).codec

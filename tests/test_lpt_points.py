@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from fp8fl.methods.lpt import ActivationPoints, BlockFPTraining
-from fp8fl.methods.registry import build_quantizer
 from fp8fl.models.architectures import build_model
 from fp8fl.numerics.blockfp import on_grid
+from fp8fl.run.components import build_quantizer
 from fp8fl.run.config import ConfigError, RunConfig
 
 INPUTS = {
@@ -32,7 +32,7 @@ def test_the_run_config_chooses_the_points_and_defaults_to_the_authors():
     for points in ("authors", "conv-linear-io"):
         config = RunConfig.from_mapping({"method": "lpt8", "lpt-points": points})
         assert build_quantizer(config).points == points and config.method == "lpt8"
-    assert RunConfig.from_mapping({"method": "lpt8"}).option("lpt-points") == "authors"
+    assert RunConfig.from_mapping({"method": "lpt8"}).to_mapping()["lpt-points"] == "authors"
     with pytest.raises(ConfigError, match="lpt-points must be one of authors, conv-linear-io"):
         RunConfig.from_mapping({"method": "lpt8", "lpt-points": "inputs"})
 

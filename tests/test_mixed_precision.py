@@ -17,22 +17,20 @@ from flwr.common import (
     parameters_to_ndarrays,
 )
 
-from fp8fl.federated.seeds import seeded_generator
-from fp8fl.federated.wire import WireError
-from fp8fl.methods.fp8 import Float32Codec, FullPrecision, MinifloatCodec
-from fp8fl.methods.registry import build, build_codec, build_downlink_codec, build_quantizer
-from fp8fl.models.qat import alpha_name
-from fp8fl.numerics.formats import FloatFormat
-from fp8fl.run.client_formats import (
+from fp8fl.federated.client_formats import (
     FP32,
     FormatShare,
     assign_formats,
-    client_config,
     format_counts,
     parse_client_formats,
-    partition_config,
-    partition_formats,
 )
+from fp8fl.federated.seeds import seeded_generator
+from fp8fl.federated.wire import WireError
+from fp8fl.methods.fp8 import Float32Codec, FullPrecision, MinifloatCodec
+from fp8fl.models.qat import alpha_name
+from fp8fl.numerics.formats import FloatFormat
+from fp8fl.run.client_formats import client_config, partition_config, partition_formats
+from fp8fl.run.components import build, build_codec, build_downlink_codec, build_quantizer
 from fp8fl.run.config import ConfigError, RunConfig
 from fp8fl.run.protocol import ProtocolError, check_instructions, update_metrics
 from fp8fl.run.training import build_run_model, run_layout
@@ -58,7 +56,7 @@ def test_parsing_normalises_names_and_keeps_the_listed_order():
         FormatShare("e2m1", 0.2),
     )
     assert parse_client_formats("") == ()
-    assert RunConfig().client_formats == "" and partition_formats(RunConfig()) == ()
+    assert RunConfig().settings.client_formats == "" and partition_formats(RunConfig()) == ()
 
 
 def test_fractions_may_miss_one_by_rounding_only():
@@ -100,7 +98,7 @@ def test_runs_where_mixed_formats_mean_nothing_are_rejected(overrides, message):
 
 @pytest.mark.parametrize("method", ["uq", "uq+", "bq", "qat-fp32wire", "randqat-fp32wire"])
 def test_every_qat_method_of_the_fp8_family_takes_mixed_formats(method):
-    assert mixed(method=method, num_clients=10).client_formats == THREE
+    assert mixed(method=method, num_clients=10).settings.client_formats == THREE
 
 
 # ---------------------------------------------------------------------------- assignment
@@ -142,13 +140,16 @@ def test_each_client_sees_the_run_in_its_own_format():
     config = mixed(num_clients=10, seed=1)
     for pid, fmt in enumerate(partition_formats(config)):
         view = partition_config(config, pid)
-        assert view.format == fmt and view.client_formats == ""
+        assert view.format == fmt and view.settings.client_formats == ""
         codec, quantizer = build_codec(view), build_quantizer(view)
         if fmt == FP32:
-            assert (view.qat, view.wire) == ("none", "fp32")
+            assert (view.settings.qat, view.settings.wire) == ("none", "fp32")
             assert isinstance(codec, Float32Codec) and isinstance(quantizer, FullPrecision)
         else:
-            assert (view.qat, view.wire) == (config.qat, config.wire)
+            assert (view.settings.qat, view.settings.wire) == (
+                config.settings.qat,
+                config.settings.wire,
+            )
             assert isinstance(codec, MinifloatCodec) and codec.rounding.fmt.name == fmt
     single = RunConfig()
     assert partition_config(single, 0) is single

@@ -7,7 +7,7 @@ import pytest
 import torch
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 
-from fp8fl.methods.registry import build
+from fp8fl.run.components import build
 from fp8fl.run.config import RunConfig
 from fp8fl.run.protocol import (
     ProtocolError,

@@ -11,7 +11,6 @@ from fp8fl.federated.seams import ClientUpdate
 from fp8fl.federated.seeds import seeded_generator
 from fp8fl.federated.wire import StateLayout, WireError
 from fp8fl.methods.qafel import START_VERSION, BufferedAggregator, delta_codec
-from fp8fl.methods.registry import build, build_quantizer
 from fp8fl.numerics.qsgd import (
     anchored_minmax_quantize,
     minmax_quantize,
@@ -19,6 +18,7 @@ from fp8fl.numerics.qsgd import (
     qsgd_quantize,
 )
 from fp8fl.run.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fp8fl.run.components import build, build_quantizer
 from fp8fl.run.config import ConfigError, RunConfig
 from fp8fl.run.training import run_layout
 
@@ -50,7 +50,7 @@ def _layout(config: RunConfig) -> tuple[StateLayout, dict[str, torch.Tensor]]:
 def test_presets_set_the_wires_and_the_start(method, settings):
     config = _config(method)
     keys = ("qafel-uplink", "qafel-downlink", "qafel-start")
-    assert tuple(config.option(k) for k in keys) == settings
+    assert tuple(config.to_mapping()[k] for k in keys) == settings
     assert config.method == method
     parts = config.components
     assert (parts.quantizer, parts.aggregator, parts.server_loop) == (
@@ -114,7 +114,7 @@ def test_delta_codecs_send_exactly_what_they_declare_and_decode_their_quantizer(
     config = _config(**{"qafel-uplink": wire, "qafel-minmax": grid or "flsim"})
     layout, state = _layout(config)
     assert layout.dense == () and layout.scales == ()  # every tensor goes through the codec
-    codec = delta_codec(wire, config)
+    codec = delta_codec(wire, config.fmt, config.settings.minmax)
     delta = {k: 0.01 * torch.randn_like(v) for k, v in state.items()}
     arrays = layout.pack(delta, codec, seeded_generator(0, "t"))
     assert sum(a.nbytes for a in arrays) == layout.nbytes(codec)
@@ -150,7 +150,7 @@ def test_delta_codecs_send_exactly_what_they_declare_and_decode_their_quantizer(
 def test_a_corrupt_delta_is_a_wire_error():
     config = _config()
     layout, state = _layout(config)
-    codec = delta_codec("qsgd4", config)
+    codec = delta_codec("qsgd4", config.fmt)
     arrays = layout.pack(state, codec, seeded_generator(0, "t"))
     arrays[1] = arrays[1].copy()
     arrays[1][0] = np.float32(np.inf)
@@ -164,7 +164,7 @@ def test_a_corrupt_delta_is_a_wire_error():
 def test_a_bad_minmax_scale_or_zero_point_is_a_wire_error_naming_the_tensor(array, value, message):
     config = _config(**{"qafel-uplink": "minmax4"})
     layout, state = _layout(config)
-    codec = delta_codec("minmax4", config)
+    codec = delta_codec("minmax4", config.fmt)
     arrays = layout.pack(state, codec, None)
     assert [a.dtype for a in arrays[1:3]] == [np.float32, np.int8]  # scale, zero point per tensor
     arrays[array] = arrays[array].copy()

@@ -13,9 +13,11 @@ from experiments.reporting.plots import METHOD_COLORS
 from experiments.reporting.runs import METHOD_LABELS
 from fp8fl.federated.wire import StateLayout
 from fp8fl.methods import registry
-from fp8fl.methods.registry import AGGREGATORS, CODECS, METHODS, QUANTIZERS, build
+from fp8fl.methods.fp8 import FP8Settings
+from fp8fl.methods.registry import FAMILIES, METHODS, family_of
 from fp8fl.run.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fp8fl.run.config import RunConfig
+from fp8fl.run.components import build
+from fp8fl.run.config import ConfigError, RunConfig
 from fp8fl.run.training import build_run_model
 from strategies.loops import SERVER_LOOPS
 
@@ -46,15 +48,15 @@ def test_the_readme_method_table_is_the_registry():
     for name, spec in METHODS.items():
         label, family, preset, *_ = rows[name]
         assert label == spec.label, name
-        assert f"]({FAMILY_PAGES[spec.family]})" in family, name
-        assert preset == ", ".join(f"{k}={v}" for k, v in spec.settings.items()), name
+        assert f"]({FAMILY_PAGES[family_of(name).name]})" in family, name
+        assert preset == ", ".join(f"{k}={v}" for k, v in spec.recipe.items()), name
 
 
 def test_each_family_page_lists_its_presets_as_the_registry():
     """A family page's preset table: a column per key the presets set, a row per preset."""
-    assert set(FAMILY_PAGES) == {spec.family for spec in METHODS.values()}
+    assert set(FAMILY_PAGES) == {family.name for family in FAMILIES}
     for family, page in FAMILY_PAGES.items():
-        specs = {name: spec for name, spec in METHODS.items() if spec.family == family}
+        specs = {name: spec for name, spec in METHODS.items() if family_of(name).name == family}
         text = (ROOT / page).read_text()
         header = re.search(r"^\| `method` \| label \| (.+) \|$", text, re.MULTILINE)
         assert header, page
@@ -64,8 +66,8 @@ def test_each_family_page_lists_its_presets_as_the_registry():
         for name, spec in specs.items():
             label, *cells = rows[name]
             assert label == spec.label, (page, name)
-            assert keys[: len(spec.settings)] == list(spec.settings), (page, name)
-            assert cells[: len(spec.settings)] == list(spec.settings.values()), (page, name)
+            assert keys[: len(spec.recipe)] == list(spec.recipe), (page, name)
+            assert cells[: len(spec.recipe)] == list(spec.recipe.values()), (page, name)
 
 
 def test_the_report_takes_labels_and_colours_from_the_registry():
@@ -74,21 +76,36 @@ def test_the_report_takes_labels_and_colours_from_the_registry():
     assert len({s.color for s in METHODS.values()}) == len(METHODS)  # one colour per method
 
 
-def test_every_server_loop_has_flower_code_and_every_method_a_registered_component():
+def test_every_server_loop_has_flower_code_and_every_method_builds_the_components_it_names():
     assert set(SERVER_LOOPS) == set(registry.SERVER_LOOPS)
     for name in METHODS:
-        parts = RunConfig.from_mapping({"method": name}).components
-        assert parts.quantizer in QUANTIZERS and parts.codec in CODECS
-        assert parts.aggregator in AGGREGATORS and parts.server_loop in SERVER_LOOPS
+        config = RunConfig.from_mapping({"method": name})
+        parts = config.components
+        built = build(config, ())
+        assert parts.server_loop in SERVER_LOOPS and built.server_loop == parts.server_loop
+        assert built.quantizer.name == parts.quantizer, name
+        assert built.aggregator.name in (parts.aggregator, "moving-average"), name
 
 
-def test_a_method_reads_its_switches_and_its_components_options():
-    uq_plus = RunConfig.from_mapping({"method": "uq+"})
-    keys = METHODS["uq+"].reads(uq_plus)
-    assert {"qat", "wire", "server-opt", "format", "server-opt-steps", "server-opt-grid"} <= set(
-        keys
-    )
-    assert "server-opt-steps" not in METHODS["uq"].reads(RunConfig.from_mapping({"method": "uq"}))
+def test_a_family_s_keys_are_typed_fields_that_its_presets_fill_and_its_checks_guard():
+    """The run config's family keys land in the family's settings, typed by their defaults; a
+    preset fills only its preset keys; a wrong type or value is reported by key."""
+    config = RunConfig.from_mapping({"method": "uq+", "server-opt-steps": 3})
+    assert isinstance(config.settings, FP8Settings)
+    assert (config.settings.server_opt, config.settings.server_opt_steps) == ("mse", 3)
+    assert config.preset.recipe == {"qat": "nearest", "wire": "stochastic", "server-opt": "mse"}
+    cq = RunConfig.from_mapping({"method": "cq4", "cq-grid": "twos-complement"})
+    assert (cq.settings.bits, cq.settings.grid, cq.method) == ("4", "twos-complement", "cq4")
+    with pytest.raises(ConfigError, match="server-opt-steps must be int"):
+        RunConfig.from_mapping({"method": "uq+", "server-opt-steps": "three"})
+    with pytest.raises(ConfigError, match="server-opt-grid must be >= 1"):
+        RunConfig.from_mapping({"method": "uq+", "server-opt-grid": 0})
+    with pytest.raises(ConfigError, match="cq-bits applies to the clipped-uniform methods only"):
+        RunConfig.from_mapping({"method": "uq", "cq-bits": "4"})
+    # another family's non-exclusive key is kept as given, recorded, and unused
+    shared = RunConfig.from_mapping({"method": "fp32", "lpt-points": "conv-linear-io"})
+    assert shared.to_mapping()["lpt-points"] == "conv-linear-io"
+    assert shared.settings == RunConfig.from_mapping({"method": "fp32"}).settings
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -133,4 +150,4 @@ def test_component_options_are_validated_by_the_component_all_at_once():
     message = str(err.value)
     assert "server-opt-steps must be >= 0" in message and "server-opt-grid must be >= 1" in message
     assert "lr must be > 0" in message
-    assert np.isfinite(RunConfig.from_mapping({}).option("server-opt-steps"))
+    assert np.isfinite(RunConfig.from_mapping({}).to_mapping()["server-opt-steps"])

@@ -9,8 +9,8 @@ import torch
 
 from clients.hostile_client import negate_model, scale_ranges
 from fp8fl.federated.seams import ClientUpdate
-from fp8fl.methods.registry import build
 from fp8fl.methods.robust import NormBound, bound_updates
+from fp8fl.run.components import build
 from fp8fl.run.config import ConfigError, RunConfig
 from fp8fl.run.training import build_run_model, run_layout
 

@@ -195,23 +195,23 @@ def test_the_issue_34_reruns_have_names_of_their_own_and_the_old_runs_keep_their
     skips a name whose folder holds a summary), and the old names keep what those runs ran."""
     configs, results = ROOT / "experiments" / "configs", ROOT / "experiments" / "results"
     cq = {r.name: r.config for r in load_sweep(configs / "lenet-cifar10-150-cq.toml").runs}
-    new_cq = {n: c for n, c in cq.items() if c.option("cq-grid") == "symmetric"}
+    new_cq = {n: c for n, c in cq.items() if c.to_mapping()["cq-grid"] == "symmetric"}
     assert sorted(new_cq) == [
         "iid-cq2-symmetric-s0",
         *(f"iid-cq4-symmetric-s{s}" for s in (0, 1, 2)),
     ]
     assert {c.num_server_rounds for c in cq.values()} == {150}
-    assert cq["iid-cq4-s0"].option("cq-grid") == "twos-complement"
+    assert cq["iid-cq4-s0"].to_mapping()["cq-grid"] == "twos-complement"
     lpt = {r.name: r.config for r in load_sweep(configs / "lenet-cifar10-lpt.toml").runs}
-    new_lpt = {n for n, c in lpt.items() if c.option("lpt-points") == "authors"}
+    new_lpt = {n for n, c in lpt.items() if c.to_mapping()["lpt-points"] == "authors"}
     assert new_lpt == {
         f"{a}-{m}-authors-s0" for a in ("0.16", "0.04") for m in ("lpt8", "lpt8-noma")
     }
-    assert lpt["0.16-lpt8-s0"].option("lpt-points") == "conv-linear-io"
+    assert lpt["0.16-lpt8-s0"].to_mapping()["lpt-points"] == "conv-linear-io"
     asynchronous = load_sweep(configs / "lenet-cifar10-async.toml").runs
-    [minmax] = [r for r in asynchronous if r.config.option("qafel-uplink") == "minmax4"]
+    [minmax] = [r for r in asynchronous if r.config.to_mapping()["qafel-uplink"] == "minmax4"]
     assert minmax.name == "qafel-custom-minmax4-minmax8-hidden-flsim-s0"
-    assert minmax.config.option("qafel-minmax") == "flsim"
+    assert minmax.config.to_mapping()["qafel-minmax"] == "flsim"
     committed = {p.name for p in results.glob("*/*") if (p / "summary.json").is_file()}
     assert committed & {*new_cq, *new_lpt, minmax.name} == set()
     assert {"iid-cq4-s0", "0.16-lpt8-s0", "qafel-custom-minmax4-minmax8-hidden-s0"} <= committed

@@ -17,8 +17,8 @@ from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters
 from rich.console import Console
 from rich.table import Table
 
-from fp8fl.methods.registry import build
 from fp8fl.models.architectures import MODELS
+from fp8fl.run.components import build
 from fp8fl.run.config import RunConfig
 from fp8fl.run.protocol import fit_instructions, update_metrics
 from fp8fl.run.training import build_run_model, run_layout

@@ -45,10 +45,10 @@ from fp8fl.federated.lossless import code_runs, compress
 from fp8fl.federated.seams import Codec, CodeRun
 from fp8fl.federated.seeds import derive_seed, seeded_generator
 from fp8fl.federated.wire import StateLayout
-from fp8fl.methods.registry import build
 from fp8fl.numerics.codec import packed_length, unpack_codes
 from fp8fl.run.checkpoint import load_checkpoint
 from fp8fl.run.client_data import client_partition
+from fp8fl.run.components import build
 from fp8fl.run.config import RunConfig
 from fp8fl.run.training import build_run_model, resolve_device, round_local_update, run_layout
 

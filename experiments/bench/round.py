@@ -39,9 +39,9 @@ import fp8fl.numerics.quant as quant
 from clients.quantized_client import QuantizedClient
 from fp8fl.data.tasks import load_task_data
 from fp8fl.federated.seeds import derive_seed, seeded_generator
-from fp8fl.methods.registry import build, build_codec, build_downlink_codec
 from fp8fl.numerics.kernels import set_threads
 from fp8fl.run.client_data import client_partition
+from fp8fl.run.components import build, build_codec, build_downlink_codec
 from fp8fl.run.config import RunConfig
 from fp8fl.run.protocol import fit_instructions
 from fp8fl.run.results import read_rounds

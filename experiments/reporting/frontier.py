@@ -11,6 +11,7 @@ so the same runs give the same bytes.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -19,11 +20,10 @@ from matplotlib.ticker import ScalarFormatter
 from experiments.reporting.messages import weight_count
 from experiments.reporting.plots import colors_for, save_figure
 from experiments.reporting.runs import BASELINE, Run, Setting
-from fp8fl.methods.registry import FAMILIES, method_spec
+from fp8fl.methods.family import Family
+from fp8fl.methods.registry import family_of
 
-__all__ = ["FAMILY_MARKERS", "plot_frontier", "total_bits_per_weight"]
-
-FAMILY_MARKERS = dict(zip(FAMILIES, ("o", "s", "^", "D")))
+__all__ = ["plot_frontier", "total_bits_per_weight"]
 """The marker of each method family (FP8, clipped-uniform, LPT-FL, QAFeL)."""
 
 
@@ -33,11 +33,13 @@ def total_bits_per_weight(run: Run, weights: int) -> float | None:
     return None if up is None or down is None else 8 * (up + down) / weights
 
 
-def _family(run: Run) -> str:
+def _family(run: Run) -> Family[Any] | None:
+    """The family of the run's method (its marker and label); None for a method the registry
+    does not know."""
     try:
-        return method_spec(run.config["method"]).family
-    except KeyError:  # a custom method of a family: named after it (cq-custom, ...)
-        return next((f for f in FAMILIES if run.config["method"].startswith(f)), "fp8")
+        return family_of(run.config["method"])
+    except KeyError:
+        return None
 
 
 def plot_frontier(setting: Setting, out_dir: Path) -> list[Path]:
@@ -60,8 +62,9 @@ def plot_frontier(setting: Setting, out_dir: Path) -> list[Path]:
         if not points:
             continue
         x, y, families = zip(*points)
-        marker = FAMILY_MARKERS.get(families[0], "o")
-        label = f"{result.label} ({FAMILIES.get(families[0], families[0])}, n={len(points)})"
+        family = families[0]
+        marker = family.marker if family else "o"
+        label = f"{result.label} ({family.label if family else 'unknown'}, n={len(points)})"
         ax.scatter(
             x, y, color=colors[method], marker=marker, s=36, alpha=0.75, label=label, zorder=3
         )

@@ -39,7 +39,7 @@ from experiments.reporting.gain import (
 )
 from experiments.reporting.legacy import upgrade_config
 from fp8fl.data.partitioners import DIRICHLET_SCHEMES, SCHEMES
-from fp8fl.methods.registry import CUSTOMS, FAMILIES, METHODS, family_keys, family_switches
+from fp8fl.methods.registry import FAMILIES, METHODS
 from fp8fl.run.results import safe_name
 
 __all__ = [
@@ -95,20 +95,26 @@ NOT_SETTING = frozenset(
         "tracking",
         # they modify the method: part of its name (Run.method)
         *("lossless", "client-formats", "layer-formats", "downlink-format", "moving-average"),
-        # the switches a peer family's presets set (cq-bits, lpt-bits, qafel-uplink, …) say which
-        # method ran, so a cq4 run shares its setting with the FP32 baseline; so do the family's
-        # other switches (lpt-downlink, cq-mse-floor, …), which make a variant of the method
-        *(k for family in FAMILIES for k in (*family_keys(family), *family_switches(family))),
+        # the keys a family's presets set (cq-bits, lpt-bits, qafel-uplink, …) say which method
+        # ran, so a cq4 run shares its setting with the FP32 baseline; so do the family's variant
+        # keys (lpt-downlink, cq-mse-floor, …), which make a variant of the method
+        *(
+            k
+            for family in FAMILIES
+            for k in (
+                *family.settings_type.preset_keys(),
+                *family.settings_type.variant_defaults(),
+            )
+        ),
     }
 )
 VARIANT_SWITCHES = {
-    spec.name: family_switches(spec.family) for spec in (*METHODS.values(), *CUSTOMS.values())
+    preset.name: family.settings_type.variant_defaults()
+    for family in FAMILIES
+    for preset in (*family.presets, family.custom)
 }
-"""Per registered method, its family's switches beyond the presets, with their defaults."""
-CUSTOM_SWITCHES = {
-    spec.name: ("qat", "wire", "server-opt") if family == "fp8" else family_keys(family)
-    for family, spec in CUSTOMS.items()
-}
+"""Per registered method, its family's variant keys, with their defaults."""
+CUSTOM_SWITCHES = {family.custom.name: family.settings_type.preset_keys() for family in FAMILIES}
 """Per custom method, the switches that tell its runs apart (``qafel-custom(qsgd8/qsgd8/hidden)``)."""
 SERVER_OPT_KEYS = frozenset({"server-opt-steps", "server-opt-lrs", "server-opt-grid"})
 LABELLED_KEYS = frozenset({"task", "model", "split", "dirichlet-alpha"})
@@ -122,7 +128,7 @@ MODIFIED = re.compile(
     rf"(?:{re.escape(MA_SUFFIX)}(?P<ma>[0-9.]+))?"
     rf"(?P<lossless>{re.escape(LOSSLESS_SUFFIX)}|{re.escape(CONTEXT_SUFFIX)})?$"
 )
-CUSTOM_LABELS = {spec.name: spec.label for spec in CUSTOMS.values()}
+CUSTOM_LABELS = {family.custom.name: family.custom.label for family in FAMILIES}
 
 
 def method_label(method: str) -> str:

@@ -29,7 +29,7 @@ from experiments.reporting.gain import TOLERANCE, Uplink, align
 from experiments.reporting.plots import colors_for, draw_band, save_figure
 from experiments.reporting.runs import MODIFIED, MethodResult, Setting
 from experiments.reporting.tables import write_csv
-from fp8fl.methods.registry import method_spec
+from fp8fl.methods.registry import family_of
 
 __all__ = ["ToTarget", "setting_target", "to_target", "write_uploads"]
 
@@ -41,7 +41,7 @@ def is_buffered(method: str) -> bool:
     """A method run by the buffered (asynchronous) server loop."""
     parts = MODIFIED.match(method)
     try:
-        return method_spec(parts["base"] if parts else method).family == "qafel"
+        return family_of(parts["base"] if parts else method).asynchronous
     except KeyError:  # a method this registry does not know
         return False
 

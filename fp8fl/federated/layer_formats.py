@@ -76,43 +76,43 @@ def layer_names(model: str) -> tuple[str, ...]:
     return tuple(name.removesuffix(".weight") for name in quantized_weight_names(prepared))
 
 
-def layer_formats_problems(config: RunView, family: str) -> list[str]:
-    """What is wrong with ``config.layer_formats`` for this run (``family``: its method's)."""
-    pairs, problems = _parse(config.layer_formats)
+def layer_formats_problems(value: str, qat: str, run: RunView) -> list[str]:
+    """What is wrong with a ``layer-formats`` value in a run of the FP8 family with ``qat``."""
+    pairs, problems = _parse(value)
     if not pairs and not problems:
         return []
-    if family != "fp8" or config.qat == "none":
+    if qat == "none":
         return [
             "layer-formats needs a method of the FP8 family with QAT (qat = nearest or "
-            f"stochastic): its layers train and travel in minifloat formats; {config.method!r} "
+            f"stochastic): its layers train and travel in minifloat formats; {run.method!r} "
             "has no QAT layers",
             *problems,
         ]
     try:
-        known = layer_names(config.model)
+        known = layer_names(run.model)
     except ValueError:
         return problems  # an unknown model is reported on its own
     unknown = [layer for layer, _ in pairs if layer not in known]
     if unknown:
         problems.append(
             f"layer-formats names {', '.join(unknown)}, not a quantized layer of "
-            f"{config.model} (its layers: {', '.join(known)})"
+            f"{run.model} (its layers: {', '.join(known)})"
         )
     return problems
 
 
-def downlink_format_problems(config: RunView, family: str) -> list[str]:
-    """What is wrong with ``config.downlink_format`` for this run."""
-    if not config.downlink_format:
+def downlink_format_problems(value: str, wire: str, run: RunView) -> list[str]:
+    """What is wrong with a ``downlink-format`` value in a run of the FP8 family with ``wire``."""
+    if not value:
         return []
     problems = []
     try:
-        FloatFormat.from_name(config.downlink_format)
+        FloatFormat.from_name(value)
     except ValueError as err:
         problems.append(f"downlink-format: {err}")
-    if family != "fp8" or config.wire == "fp32":
+    if wire == "fp32":
         problems.append(
             "downlink-format needs a method of the FP8 family with a minifloat wire (wire = "
-            f"nearest or stochastic); {config.method!r} sends float32 or another codec"
+            f"nearest or stochastic); {run.method!r} sends float32 or another codec"
         )
     return problems

@@ -2,10 +2,9 @@
 
 A method is one component of each kind, named in its ``MethodSpec`` (``fp8fl.methods.registry``),
 plus the server loop that drives them (``strategies.loops``: the loop needs Flower, the core does
-not). Components are built from the run config by their registered factory and declare the
-run-config keys they read as ``Option``s, which ``RunConfig`` accepts, types and hands back. The
-seams sit below the methods and the run's composition: a component sees the run config through
-``RunView``, never through ``fp8fl.run.config`` itself.
+not). A method family (``fp8fl.methods.family``) builds its components from its typed settings
+and the run config, which it sees through ``RunView``, never through ``fp8fl.run.config`` itself:
+the seams sit below the methods and the run's composition.
 
 * ``Quantizer`` — what local training simulates on the client (and the server's model of it).
 * ``Codec`` — one wire format for both directions: it turns the quantized weights of a state into
@@ -36,7 +35,6 @@ __all__ = [
     "Components",
     "DescribesCodes",
     "LocalOptimizer",
-    "Option",
     "Quantizer",
     "RunView",
     "StatelessAggregator",
@@ -47,22 +45,9 @@ __all__ = [
 State = dict[str, torch.Tensor]
 
 
-@dataclass(frozen=True)
-class Option:
-    """A run-config key a component reads: its default (whose type the value must have) and a
-    check returning a problem, or None when the value is fine."""
-
-    key: str
-    default: Any
-    help: str
-    check: Callable[[Any], str | None] | None = None
-
-    def problem(self, value: Any) -> str | None:
-        return None if self.check is None else self.check(value)
-
-
 def one_of(key: str, choices: tuple[str, ...], preset: bool = False) -> Callable[[str], str | None]:
-    """An ``Option`` check: the value is one of ``choices`` (or "", the preset's, if ``preset``)."""
+    """A run-config key's check: the value is one of ``choices`` (or "", the preset's, if
+    ``preset``)."""
 
     def check(value: str) -> str | None:
         if value in choices or (preset and value == ""):
@@ -89,7 +74,7 @@ class Components:
 
 
 class RunView(Protocol):
-    """What a component's factory and checks read of the run config (``fp8fl.run.config``'s
+    """What a family reads of the run config beyond its own settings (``fp8fl.run.config``'s
     ``RunConfig`` provides it; run-config keys are these names with ``-`` for ``_``)."""
 
     @property
@@ -101,33 +86,17 @@ class RunView(Protocol):
     @property
     def seed(self) -> int: ...
     @property
-    def optimizer(self) -> str: ...
-    @property
-    def qat(self) -> str: ...
-    @property
-    def wire(self) -> str: ...
-    @property
-    def server_opt(self) -> str: ...
-    @property
     def format(self) -> str: ...
     @property
-    def client_formats(self) -> str: ...
+    def moving_average(self) -> float:
+        """λ of a server moving average around the method's aggregator (0: none)."""
+        ...
+
     @property
-    def layer_formats(self) -> str: ...
-    @property
-    def downlink_format(self) -> str: ...
+    def robust_aggregation(self) -> str: ...
     @property
     def fmt(self) -> FloatFormat:
         """``format`` as a ``FloatFormat``."""
-        ...
-
-    @property
-    def components(self) -> Components:
-        """The registered names of the run's quantizer, codec, aggregator and server loop."""
-        ...
-
-    def option(self, key: str) -> Any:
-        """The value of a component's own run-config key."""
         ...
 
 

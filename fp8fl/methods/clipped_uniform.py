@@ -31,17 +31,20 @@ from torch import nn
 from fp8fl.federated.aggregation import weighted_average
 from fp8fl.federated.seams import (
     Aggregate,
+    Aggregator,
     ArraySpec,
     ClientUpdate,
+    Codec,
     CodeRun,
     Components,
-    Option,
     RunView,
     State,
     StatelessAggregator,
     one_of,
     states_and_weights,
 )
+from fp8fl.methods.family import Family, Preset, Settings, setting
+from fp8fl.methods.fp8 import Average, Float32Codec
 from fp8fl.models.architectures import build_model
 from fp8fl.models.qat import ConvOp, LinearOp
 from fp8fl.numerics.codec import packed_length
@@ -60,19 +63,13 @@ from fp8fl.numerics.uniform import (
 )
 
 __all__ = [
-    "AVERAGE_OPTIONS",
-    "BITS_OPTION",
-    "CODEC_OPTIONS",
-    "GRID_OPTION",
+    "CLIPPED_UNIFORM",
+    "CQSettings",
     "ClippedUniformCodec",
+    "ClippedUniformFamily",
     "InverseMSEAverage",
     "UniformQAT",
-    "cq_components",
-    "downlink_codec_from",
-    "layer_problems",
     "parse_bits",
-    "uniform_qat_from",
-    "uplink_codec_from",
 ]
 
 MSE_SUFFIX = ":mse"
@@ -273,83 +270,124 @@ def _bits_problem(value: str) -> str | None:
     return None
 
 
-BITS_OPTION = Option(
-    "cq-bits", "", "bits per quantized layer: one B, or one per layer (4,2,2,4)", _bits_problem
-)
-GRID_OPTION = Option(
-    "cq-grid",
-    "symmetric",
-    "grid: symmetric (2^B − 1 levels, ±s included) or twos-complement (2^B levels, top s − Δ)",
-    one_of("cq-grid", GRIDS),
-)
-CODEC_OPTIONS = (
-    Option(
+@dataclass(frozen=True)
+class CQSettings(Settings):
+    """The clipped-uniform family's keys (``""``: the preset's)."""
+
+    bits: str = setting(
+        "cq-bits",
+        "",
+        "bits per quantized layer: one B, or one per layer (4,2,2,4)",
+        _bits_problem,
+        preset=True,
+    )
+    rounding: str = setting(
         "cq-rounding",
         "",
         "rounding on the wire: nearest or stochastic",
         one_of("cq-rounding", ("nearest", "stochastic"), preset=True),
-    ),
-    Option(
-        "cq-downlink",
-        "fp32",
-        "downlink: fp32 (as the paper) or quantized (same codec, stochastic)",
-        one_of("cq-downlink", ("fp32", "quantized"), preset=True),
-    ),
-)
-AVERAGE_OPTIONS = (
-    Option(
+        preset=True,
+    )
+    average: str = setting(
         "cq-average",
         "",
         "server average: inverse-mse or nk",
         one_of("cq-average", ("inverse-mse", "nk"), preset=True),
-    ),
-    Option(
+        preset=True,
+    )
+    grid: str = setting(
+        "cq-grid",
+        "symmetric",
+        "grid: symmetric (2^B − 1 levels, ±s included) or twos-complement (2^B levels, top s − Δ)",
+        one_of("cq-grid", GRIDS),
+        variant=True,
+    )
+    downlink: str = setting(
+        "cq-downlink",
+        "fp32",
+        "downlink: fp32 (as the paper) or quantized (same codec, stochastic)",
+        one_of("cq-downlink", ("fp32", "quantized"), preset=True),
+        variant=True,
+    )
+    mse_floor: float = setting(
         "cq-mse-floor",
         1e-12,
         "floor of a layer's quantization MSE in the inverse-MSE average",
         lambda v: None if math.isfinite(v) and v > 0 else f"cq-mse-floor must be > 0, got {v}",
+        variant=True,
+    )
+
+
+@dataclass(frozen=True)
+class ClippedUniformFamily(Family[CQSettings]):
+    """Clipped uniform quantization: OCTAV-clipped B-bit QAT, codes with the clip and the
+    quantization MSE on the wire, the inverse-MSE average."""
+
+    def components(self, settings: CQSettings, run: RunView) -> Components:
+        return Components(
+            quantizer="uniform-qat",
+            codec="clipped-uniform",
+            aggregator="inverse-mse" if settings.average == "inverse-mse" else "average",
+            downlink="clipped-uniform-down" if settings.downlink == "quantized" else "fp32",
+            moving_average=run.moving_average,
+        )
+
+    def quantizer(self, settings: CQSettings, run: RunView) -> UniformQAT:
+        return UniformQAT(parse_bits(settings.bits), settings.grid)
+
+    def codec(self, settings: CQSettings, run: RunView) -> ClippedUniformCodec:
+        stochastic = settings.rounding == "stochastic"
+        return ClippedUniformCodec(parse_bits(settings.bits), stochastic, settings.grid)
+
+    def downlink_codec(self, settings: CQSettings, run: RunView) -> Codec:
+        if settings.downlink != "quantized":
+            return Float32Codec()
+        return ClippedUniformCodec(parse_bits(settings.bits), stochastic=True, grid=settings.grid)
+
+    def aggregator(
+        self, settings: CQSettings, run: RunView, quantized: tuple[str, ...], codec: Codec
+    ) -> Aggregator:
+        if settings.average == "inverse-mse":
+            return InverseMSEAverage(quantized, settings.mse_floor)
+        return Average(quantized)
+
+    def component_problems(self, settings: CQSettings, run: RunView) -> list[str]:
+        """A per-layer ``cq-bits`` list must have one entry per quantized layer of the model."""
+        try:
+            bits = parse_bits(settings.bits)
+        except ValueError:
+            return []  # reported by the key's own check
+        if len(bits) == 1:
+            return []
+        try:
+            UniformQAT(bits, settings.grid).prepare(build_model(run.model, 10))
+        except ValueError as err:
+            return [str(err)]
+        return []
+
+
+_BOZORGASL = "Bozorgasl & Chen, arXiv:2405.13365"
+CLIPPED_UNIFORM = ClippedUniformFamily(
+    name="cq",
+    label="clipped-uniform",
+    marker="s",
+    reference=_BOZORGASL,
+    settings_type=CQSettings,
+    presets=tuple(
+        Preset(name, label, color, _BOZORGASL, CQSettings(bits, rounding, "inverse-mse"))
+        for name, label, color, bits, rounding in (
+            ("cq8", "CQ 8-bit", "tab:olive", "8", "stochastic"),
+            ("cq4", "CQ 4-bit", "tab:orange", "4", "stochastic"),
+            ("cq4-det", "CQ 4-bit, det.", "tab:pink", "4", "nearest"),
+            ("cq2", "CQ 2-bit", "tab:cyan", "2", "stochastic"),
+        )
+    ),
+    custom=Preset(
+        "cq-custom",
+        "CQ custom",
+        "tab:gray",
+        "clipped-uniform settings no preset names",
+        CQSettings(),
     ),
 )
-
-
-def layer_problems(config: RunView) -> list[str]:
-    """A per-layer ``cq-bits`` list must have one entry per quantized layer of the model."""
-    try:
-        bits = parse_bits(config.option("cq-bits"))
-    except ValueError:
-        return []  # reported by the option's own check
-    if len(bits) == 1:
-        return []
-    try:
-        UniformQAT(bits, config.option("cq-grid")).prepare(build_model(config.model, 10))
-    except ValueError as err:
-        return [str(err)]
-    return []
-
-
-def uniform_qat_from(config: RunView) -> UniformQAT:
-    return UniformQAT(parse_bits(config.option("cq-bits")), config.option("cq-grid"))
-
-
-def uplink_codec_from(config: RunView) -> ClippedUniformCodec:
-    stochastic = config.option("cq-rounding") == "stochastic"
-    return ClippedUniformCodec(
-        parse_bits(config.option("cq-bits")), stochastic, config.option("cq-grid")
-    )
-
-
-def downlink_codec_from(config: RunView) -> ClippedUniformCodec:
-    return ClippedUniformCodec(
-        parse_bits(config.option("cq-bits")), stochastic=True, grid=config.option("cq-grid")
-    )
-
-
-def cq_components(config: RunView) -> Components:
-    """The clipped-uniform method's components; ``cq-average`` and ``cq-downlink`` choose."""
-    return Components(
-        quantizer="uniform-qat",
-        codec="clipped-uniform",
-        aggregator="inverse-mse" if config.option("cq-average") == "inverse-mse" else "average",
-        downlink="clipped-uniform-down" if config.option("cq-downlink") == "quantized" else "fp32",
-        moving_average=config.option("moving-average"),
-    )
+"""The clipped-uniform family (Bozorgasl & Chen, arXiv:2405.13365): cq8, cq4, cq4-det, cq2."""

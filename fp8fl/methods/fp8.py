@@ -6,16 +6,16 @@
   nearest or stochastic rounding, both directions, §4);
 * aggregators: ``average`` (n_k-weighted, Alg. 3) and ``server-optimize`` (UQ+, Alg. 2, eq. 7-8).
 
-The three run-config switches ``qat``, ``wire`` and ``server-opt`` pick one of each
-(``fp8_components``); the presets fp32, uq, uq+, bq and the Table 2 ablations are named sets of
-switches (``fp8fl.methods.registry``).
+The three run-config switches ``qat``, ``wire`` and ``server-opt`` of ``FP8Settings`` pick one of
+each (``FP8Family.components``); the presets fp32, uq, uq+, bq and the Table 2 ablations are named
+sets of switches (``FP8``, the family object this module exports).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -23,21 +23,36 @@ import torch
 from torch import nn
 
 from fp8fl.federated.aggregation import average_objective, server_optimize, weighted_average
-from fp8fl.federated.layer_formats import LayerFormats, parse_layer_formats
+from fp8fl.federated.client_formats import (
+    FP32,
+    assign_formats,
+    client_formats_problems,
+    parse_client_formats,
+)
+from fp8fl.federated.layer_formats import (
+    LayerFormats,
+    downlink_format_problems,
+    layer_formats_problems,
+    parse_layer_formats,
+)
 from fp8fl.federated.seams import (
     Aggregate,
+    Aggregator,
     ArraySpec,
     ClientUpdate,
+    Codec,
     CodeRun,
     Components,
-    Option,
+    Quantizer,
     RunView,
     State,
     StatelessAggregator,
+    one_of,
     states_and_weights,
 )
 from fp8fl.federated.seeds import seeded_generator
 from fp8fl.federated.wire import concat_float32, split_float32
+from fp8fl.methods.family import Family, Preset, Settings, setting
 from fp8fl.models.qat import (
     QATModule,
     QuantConfig,
@@ -51,15 +66,15 @@ from fp8fl.numerics.formats import FloatFormat
 from fp8fl.numerics.quant import Rounding
 
 __all__ = [
-    "SERVER_OPT_OPTIONS",
+    "FP8",
     "Average",
+    "FP8Family",
+    "FP8Settings",
     "Float32Codec",
     "FullPrecision",
     "MinifloatCodec",
     "MinifloatQAT",
     "ServerOptimize",
-    "fp8_components",
-    "minifloat_codec",
 ]
 
 
@@ -203,11 +218,11 @@ class MinifloatCodec:
         return np.concatenate(parts)
 
 
-def minifloat_codec(config: RunView, fmt: FloatFormat) -> MinifloatCodec:
+def _minifloat_codec(settings: FP8Settings, fmt: FloatFormat) -> MinifloatCodec:
     """The run's minifloat codec (its ``wire`` rounding, its ``layer-formats``) in ``fmt`` for
     the tensors whose layer has no format of its own."""
     return MinifloatCodec(
-        Rounding.named(fmt, config.wire), parse_layer_formats(config.layer_formats)
+        Rounding.named(fmt, settings.wire), parse_layer_formats(settings.layer_formats)
     )
 
 
@@ -287,43 +302,215 @@ def _check_lrs(value: str) -> str | None:
     return None
 
 
-SERVER_OPT_OPTIONS = (
-    Option(
+QAT_MODES = ("none", "nearest", "stochastic")
+WIRE_MODES = ("fp32", "nearest", "stochastic")
+SERVER_OPTS = ("average", "mse")
+
+
+def _at_least(key: str, low: int) -> Callable[[int], str | None]:
+    return lambda v: None if v >= low else f"{key} must be >= {low}"
+
+
+@dataclass(frozen=True)
+class FP8Settings(Settings):
+    """The FP8 family's keys: three switches (``""`` takes the preset's), ServerOptimize's
+    search, and the formats of mixed-precision clients, single layers and the downlink."""
+
+    qat: str = setting(
+        "qat", "", "rounding of the local QAT forward", one_of("qat", QAT_MODES), preset=True
+    )
+    wire: str = setting(
+        "wire", "", "rounding on the wire, both directions", one_of("wire", WIRE_MODES), preset=True
+    )
+    server_opt: str = setting(
+        "server-opt",
+        "",
+        "how the server aggregates: average or mse (ServerOptimize, UQ+)",
+        one_of("server-opt", SERVER_OPTS),
+        preset=True,
+    )
+    server_opt_steps: int = setting(
         "server-opt-steps",
         5,
         "ServerOptimize: STE gradient steps on w per step size",
-        lambda v: None if v >= 0 else "server-opt-steps must be >= 0",
-    ),
-    Option("server-opt-lrs", "0.01,0.1,1", "ServerOptimize: step sizes tried", _check_lrs),
-    Option(
+        _at_least("server-opt-steps", 0),
+    )
+    server_opt_lrs: str = setting(
+        "server-opt-lrs", "0.01,0.1,1", "ServerOptimize: step sizes tried", _check_lrs
+    )
+    server_opt_grid: int = setting(
         "server-opt-grid",
         50,
         "ServerOptimize: α grid points in [min_k α_k, max_k α_k]",
-        lambda v: None if v >= 1 else "server-opt-grid must be >= 1",
+        _at_least("server-opt-grid", 1),
+    )
+    client_formats: str = setting(
+        "client-formats",
+        "",
+        '"" = every client in format; else shares such as "fp32:0.3,e4m3:0.7"',
+        exclusive=True,
+    )
+    layer_formats: str = setting(
+        "layer-formats",
+        "",
+        '"" = every layer in format; else "fc1:e2m1,conv1:e4m3"',
+        exclusive=True,
+    )
+    downlink_format: str = setting(
+        "downlink-format", "", '"" = the downlink in format; else e.g. "e3m2"', exclusive=True
+    )
+
+    def combination_problems(self) -> list[str]:
+        p = []
+        if self.qat == "none" and self.wire in ("nearest", "stochastic"):
+            p.append(
+                "wire quantization uses the α learned by QAT: with qat = 'none' use wire = 'fp32'"
+            )
+        if self.server_opt == "mse" and self.wire == "fp32":
+            p.append(
+                "server-opt = 'mse' minimises the error of quantized communication; with "
+                "wire = 'fp32' its solution is the plain average: use server-opt = 'average'"
+            )
+        return p
+
+
+def _preset(
+    name: str, label: str, color: str, reference: str, qat: str, wire: str, opt: str
+) -> Preset[FP8Settings]:
+    return Preset(name, label, color, reference, FP8Settings(qat, wire, opt))
+
+
+_WANG = "Wang et al. 2024, arXiv:2407.02610"
+
+
+@dataclass(frozen=True)
+class FP8Family(Family[FP8Settings]):
+    """The FP8 methods: the switches ``qat``, ``wire`` and ``server-opt`` pick the quantizer,
+    the codec and the aggregator."""
+
+    def components(self, settings: FP8Settings, run: RunView) -> Components:
+        own_downlink = settings.downlink_format and settings.wire != "fp32"
+        return Components(
+            quantizer="fp32" if settings.qat == "none" else "minifloat-qat",
+            codec="fp32" if settings.wire == "fp32" else "minifloat",
+            aggregator="server-optimize" if settings.server_opt == "mse" else "average",
+            downlink="minifloat-downlink" if own_downlink else None,
+            moving_average=run.moving_average,
+        )
+
+    def quantizer(self, settings: FP8Settings, run: RunView) -> Quantizer:
+        if settings.qat == "none":
+            return FullPrecision()
+        return MinifloatQAT(
+            Rounding.named(run.fmt, settings.qat), parse_layer_formats(settings.layer_formats)
+        )
+
+    def codec(self, settings: FP8Settings, run: RunView) -> Codec:
+        if settings.wire == "fp32":
+            return Float32Codec()
+        return _minifloat_codec(settings, run.fmt)
+
+    def downlink_codec(self, settings: FP8Settings, run: RunView) -> Codec:
+        if settings.downlink_format and settings.wire != "fp32":
+            return _minifloat_codec(settings, FloatFormat.from_name(settings.downlink_format))
+        return self.codec(settings, run)
+
+    def aggregator(
+        self, settings: FP8Settings, run: RunView, quantized: tuple[str, ...], codec: Codec
+    ) -> Aggregator:
+        roundings = codec.roundings(quantized) if isinstance(codec, MinifloatCodec) else None
+        if settings.server_opt != "mse":
+            return Average(quantized, roundings)
+        assert roundings is not None  # server-opt = mse needs a minifloat wire (checked)
+        return ServerOptimize(
+            quantized,
+            roundings,
+            settings.server_opt_steps,
+            _lrs(settings.server_opt_lrs),
+            settings.server_opt_grid,
+            run.seed,
+        )
+
+    def partition_formats(self, settings: FP8Settings, run: RunView) -> tuple[str, ...]:
+        shares = parse_client_formats(settings.client_formats)
+        return assign_formats(shares, run.num_clients, run.seed) if shares else ()
+
+    def client_view(self, settings: FP8Settings, fmt: str) -> tuple[FP8Settings, str]:
+        """A minifloat client keeps the run's switches in its format; an ``fp32`` client has no
+        QAT and an FP32 wire (its ``format`` then reads ``fp32``, which the protocol fields
+        carry; no component of that client reads it as a minifloat). The view has no
+        ``client-formats`` of its own."""
+        if fmt == FP32:
+            return replace(settings, qat="none", wire="fp32", client_formats=""), FP32
+        return replace(settings, client_formats=""), fmt
+
+    def problems(self, settings: FP8Settings, run: RunView) -> list[str]:
+        """The switches, then the formats of mixed-precision clients, layers and the downlink."""
+        return (
+            settings.problems()
+            + client_formats_problems(settings.client_formats, settings.qat, run)
+            + layer_formats_problems(settings.layer_formats, settings.qat, run)
+            + downlink_format_problems(settings.downlink_format, settings.wire, run)
+        )
+
+
+FP8 = FP8Family(
+    name="fp8",
+    label="FP8",
+    marker="o",
+    reference=_WANG,
+    settings_type=FP8Settings,
+    presets=(
+        _preset(
+            "fp32",
+            "FP32 FedAvg",
+            "black",
+            f"FP32 FedAvg ({_WANG}, Table 1)",
+            "none",
+            "fp32",
+            "average",
+        ),
+        _preset(
+            "uq",
+            "FP8FedAvg-UQ",
+            "tab:blue",
+            f"{_WANG}, Table 1",
+            "nearest",
+            "stochastic",
+            "average",
+        ),
+        _preset(
+            "uq+", "FP8FedAvg-UQ+", "tab:green", f"{_WANG}, Table 1", "nearest", "stochastic", "mse"
+        ),
+        _preset(
+            "bq",
+            "BQ (det. comm.)",
+            "tab:red",
+            f"det. CQ ({_WANG}, Table 3), BQ (Fig. 4)",
+            "nearest",
+            "nearest",
+            "average",
+        ),
+        _preset(
+            "qat-fp32wire",
+            "det. QAT, FP32 comm.",
+            "tab:purple",
+            f"det. QAT ({_WANG}, Table 2)",
+            "nearest",
+            "fp32",
+            "average",
+        ),
+        _preset(
+            "randqat-fp32wire",
+            "rand. QAT, FP32 comm.",
+            "tab:brown",
+            f"rand. QAT ({_WANG}, Table 2)",
+            "stochastic",
+            "fp32",
+            "average",
+        ),
     ),
+    custom=Preset("custom", "custom", "tab:gray", "a combination of FP8 switches", FP8Settings()),
 )
-
-
-def server_optimize_from(
-    config: RunView, quantized: tuple[str, ...], rounding: Rounding | Mapping[str, Rounding]
-) -> ServerOptimize:
-    return ServerOptimize(
-        quantized,
-        rounding,
-        config.option("server-opt-steps"),
-        _lrs(config.option("server-opt-lrs")),
-        config.option("server-opt-grid"),
-        config.seed,
-    )
-
-
-def fp8_components(config: RunView) -> Components:
-    """The components the FP8 switches ``qat``, ``wire`` and ``server-opt`` name."""
-    own_downlink = config.downlink_format and config.wire != "fp32"
-    return Components(
-        quantizer="fp32" if config.qat == "none" else "minifloat-qat",
-        codec="fp32" if config.wire == "fp32" else "minifloat",
-        aggregator="server-optimize" if config.server_opt == "mse" else "average",
-        downlink="minifloat-downlink" if own_downlink else None,
-        moving_average=config.option("moving-average"),
-    )
+"""The FP8 family of Wang et al. 2024 (arXiv:2407.02610): fp32, uq, uq+, bq and the Table 2
+ablations are named sets of its three switches."""

@@ -40,16 +40,19 @@ from torch.overrides import TorchFunctionMode
 from fp8fl.federated.aggregation import weighted_average
 from fp8fl.federated.seams import (
     Aggregate,
+    Aggregator,
     ArraySpec,
     ClientUpdate,
+    Codec,
     CodeRun,
     Components,
-    Option,
     RunView,
     State,
     StatelessAggregator,
     one_of,
 )
+from fp8fl.methods.family import Family, Preset, Settings, setting
+from fp8fl.methods.fp8 import Average, Float32Codec
 from fp8fl.methods.moving_average import lambda_problem
 from fp8fl.numerics.blockfp import (
     BFPQuant,
@@ -62,17 +65,14 @@ from fp8fl.numerics.blockfp import (
 from fp8fl.numerics.codec import packed_length
 
 __all__ = [
-    "AVERAGE_OPTIONS",
-    "BITS_OPTION",
-    "CODEC_OPTIONS",
-    "LINEAR_BLOCK_OPTION",
-    "POINTS_OPTION",
+    "LPT",
     "ActivationPoints",
     "BlockFPCodec",
     "BlockFPTraining",
+    "LPTFamily",
+    "LPTSettings",
     "LowPrecisionAdam",
     "UniformAverage",
-    "lpt_components",
     "parameter_blocks",
     "weight_block",
 ]
@@ -346,76 +346,116 @@ def _lambda_problem(value: str) -> str | None:
     return lambda_problem("lpt-ma-lambda", lam)
 
 
-BITS_OPTION = Option(
-    "lpt-bits", "", "bits per value of the block floating-point grid, sign included", _bits_problem
-)
-LINEAR_BLOCK_OPTION = Option(
-    "lpt-linear-block",
-    "element",
-    "exponents of a Linear weight: one per element (the authors' code) or per output row",
-    one_of("lpt-linear-block", LINEAR_BLOCKS),
-)
-POINTS_OPTION = Option(
-    "lpt-points",
-    "authors",
-    "where activations and errors are quantized: authors (after every conv, activation and "
-    "pooling and after the classifier) or conv-linear-io (input and output of every conv/linear, "
-    "before issue 34)",
-    one_of("lpt-points", POINTS),
-)
-CODEC_OPTIONS = (
-    LINEAR_BLOCK_OPTION,
-    Option(
-        "lpt-downlink",
-        "fp32",
-        "downlink: fp32 (the authors' code) or bfp (Q(w̄), stochastic, as the paper describes)",
-        one_of("lpt-downlink", ("fp32", "bfp")),
-    ),
-)
-AVERAGE_OPTIONS = (
-    Option(
-        "lpt-average",
-        "uniform",
-        "server average: uniform (the authors' code) or nk",
-        one_of("lpt-average", ("uniform", "nk")),
-    ),
-    Option(
+@dataclass(frozen=True)
+class LPTSettings(Settings):
+    """LPT-FL's keys (``""``: the preset's)."""
+
+    bits: str = setting(
+        "lpt-bits",
+        "",
+        "bits per value of the block floating-point grid, sign included",
+        _bits_problem,
+        preset=True,
+    )
+    ma_lambda: str = setting(
         "lpt-ma-lambda",
         "",
         "λ of the server moving average w̄ ← λ·w̄ + (1 − λ)·w_agg (0 = none)",
         _lambda_problem,
+        preset=True,
+    )
+    linear_block: str = setting(
+        "lpt-linear-block",
+        "element",
+        "exponents of a Linear weight: one per element (the authors' code) or per output row",
+        one_of("lpt-linear-block", LINEAR_BLOCKS),
+        variant=True,
+    )
+    points: str = setting(
+        "lpt-points",
+        "authors",
+        "where activations and errors are quantized: authors (after every conv, activation and "
+        "pooling and after the classifier) or conv-linear-io (input and output of every "
+        "conv/linear, before issue 34)",
+        one_of("lpt-points", POINTS),
+        variant=True,
+    )
+    downlink: str = setting(
+        "lpt-downlink",
+        "fp32",
+        "downlink: fp32 (the authors' code) or bfp (Q(w̄), stochastic, as the paper describes)",
+        one_of("lpt-downlink", ("fp32", "bfp")),
+        variant=True,
+    )
+    average: str = setting(
+        "lpt-average",
+        "uniform",
+        "server average: uniform (the authors' code) or nk",
+        one_of("lpt-average", ("uniform", "nk")),
+        variant=True,
+    )
+
+
+@dataclass(frozen=True)
+class LPTFamily(Family[LPTSettings]):
+    """LPT-FL: block floating-point local training with its own Adam step, b-bit block
+    floating point up, the uniform average and the server moving average."""
+
+    def components(self, settings: LPTSettings, run: RunView) -> Components:
+        return Components(
+            quantizer="block-fp-training",
+            codec="block-fp",
+            aggregator="uniform-average" if settings.average == "uniform" else "average",
+            downlink="block-fp" if settings.downlink == "bfp" else "fp32",
+            moving_average=float(settings.ma_lambda or 0.0),
+        )
+
+    def quantizer(self, settings: LPTSettings, run: RunView) -> BlockFPTraining:
+        return BlockFPTraining(int(settings.bits), settings.linear_block, settings.points)
+
+    def codec(self, settings: LPTSettings, run: RunView) -> BlockFPCodec:
+        return BlockFPCodec(int(settings.bits), settings.linear_block)
+
+    def downlink_codec(self, settings: LPTSettings, run: RunView) -> Codec:
+        return self.codec(settings, run) if settings.downlink == "bfp" else Float32Codec()
+
+    def aggregator(
+        self, settings: LPTSettings, run: RunView, quantized: tuple[str, ...], codec: Codec
+    ) -> Aggregator:
+        return UniformAverage() if settings.average == "uniform" else Average(quantized)
+
+    def component_problems(self, settings: LPTSettings, run: RunView) -> list[str]:
+        """The grid needs its bits (a preset's or given); the moving average is
+        ``lpt-ma-lambda``."""
+        p = []
+        if settings.bits == "":
+            p.append("lpt-bits must be set (e.g. 8) for an LPT-FL method without a preset")
+        if run.moving_average > 0:
+            p.append("moving-average applies to the other methods: LPT-FL uses lpt-ma-lambda")
+        return p
+
+    def optimizer(self, settings: LPTSettings) -> str:
+        """Low-precision Adam without an FP32 master copy (``BlockFPTraining.local_optimizer``)."""
+        return "adam"
+
+
+_LI = 'Li et al., "Low Precision Local Training is Enough for FL", NeurIPS 2024'
+LPT = LPTFamily(
+    name="lpt",
+    label="LPT-FL",
+    marker="^",
+    reference=_LI,
+    settings_type=LPTSettings,
+    presets=tuple(
+        Preset(name, label, color, _LI, LPTSettings(bits, ma))
+        for name, label, color, bits, ma in (
+            ("lpt8", "LPT-FL 8-bit", "darkgreen", "8", "0.9"),
+            ("lpt6", "LPT-FL 6-bit", "darkorange", "6", "0.9"),
+            ("lpt8-noma", "LPT-FL 8-bit, no MA", "slateblue", "8", "0"),
+        )
+    ),
+    custom=Preset(
+        "lpt-custom", "LPT-FL custom", "tab:gray", "LPT-FL settings no preset names", LPTSettings()
     ),
 )
-
-
-def lpt_problems(config: RunView) -> list[str]:
-    """The grid needs its bits (a preset's or given); the moving average is ``lpt-ma-lambda``."""
-    p = []
-    if config.option("lpt-bits") == "":
-        p.append("lpt-bits must be set (e.g. 8) for an LPT-FL method without a preset")
-    if config.option("moving-average") > 0:
-        p.append("moving-average applies to the other methods: LPT-FL uses lpt-ma-lambda")
-    return p
-
-
-def block_fp_training_from(config: RunView) -> BlockFPTraining:
-    return BlockFPTraining(
-        int(config.option("lpt-bits")),
-        config.option("lpt-linear-block"),
-        config.option("lpt-points"),
-    )
-
-
-def block_fp_codec_from(config: RunView) -> BlockFPCodec:
-    return BlockFPCodec(int(config.option("lpt-bits")), config.option("lpt-linear-block"))
-
-
-def lpt_components(config: RunView) -> Components:
-    """The LPT-FL components; ``lpt-average``, ``lpt-downlink`` and ``lpt-ma-lambda`` choose."""
-    return Components(
-        quantizer="block-fp-training",
-        codec="block-fp",
-        aggregator="uniform-average" if config.option("lpt-average") == "uniform" else "average",
-        downlink="block-fp" if config.option("lpt-downlink") == "bfp" else "fp32",
-        moving_average=float(config.option("lpt-ma-lambda") or 0.0),
-    )
+"""LPT-FL (Li et al., NeurIPS 2024): lpt8, lpt6, lpt8-noma."""

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from fp8fl.federated.seams import Aggregate, Aggregator, ClientUpdate, Option, State
+from fp8fl.federated.seams import Aggregate, Aggregator, ClientUpdate, State
 
-__all__ = ["MOVING_AVERAGE_OPTION", "MovingAverage", "lambda_problem"]
+__all__ = ["MovingAverage", "lambda_problem"]
 
 AVERAGE_PREFIX, INNER_PREFIX = "moving_average.", "inner."
 
@@ -27,14 +27,6 @@ def lambda_problem(key: str, value: float) -> str | None:
     if math.isfinite(value) and 0.0 <= value < 1.0:
         return None
     return f"{key} must be in [0, 1) (0 = no moving average), got {value}"
-
-
-MOVING_AVERAGE_OPTION = Option(
-    "moving-average",
-    0.0,
-    "λ of a server moving average of the global model around the method's aggregator (0 = off)",
-    lambda v: lambda_problem("moving-average", v),
-)
 
 
 @dataclass

@@ -39,15 +39,16 @@ from fp8fl.federated.seams import (
     ClientUpdate,
     Codec,
     Components,
-    Option,
     RunView,
     State,
     one_of,
 )
 from fp8fl.federated.seeds import seeded_generator
 from fp8fl.federated.wire import StateLayout
+from fp8fl.methods.family import Family, Preset, Settings, setting
 from fp8fl.methods.fp8 import Float32Codec
 from fp8fl.numerics.codec import decode, encode, packed_length
+from fp8fl.numerics.formats import FloatFormat
 from fp8fl.numerics.qsgd import (
     anchored_minmax_decode,
     anchored_minmax_encode,
@@ -64,23 +65,20 @@ from fp8fl.numerics.qsgd import (
 from fp8fl.numerics.quant import Rounding
 
 __all__ = [
-    "AGGREGATOR_OPTIONS",
     "ASYNC_MODES",
-    "CODEC_OPTIONS",
     "JOB_KEY",
-    "MINMAX_OPTION",
+    "QAFEL",
     "START_CODEC",
-    "START_OPTION",
     "START_VERSION",
     "BufferedAggregator",
     "DeltaTraining",
     "MinMaxCodec",
+    "QAFeLFamily",
+    "QAFeLSettings",
     "QSGDCodec",
     "ScaledMinifloatCodec",
-    "buffered_aggregator_from",
-    "buffered_problems",
+    "buffered_settings",
     "delta_codec",
-    "qafel_components",
     "slowdowns",
 ]
 
@@ -298,46 +296,20 @@ def _wire_problem(key: str) -> Callable[[str], str | None]:
     return check
 
 
-def delta_codec(wire: str, config: RunView) -> Codec:
-    """The codec a ``qafel-uplink`` / ``qafel-downlink`` value names (``fp8``: the run's format)."""
+def delta_codec(wire: str, fmt: FloatFormat, minmax: str = "flsim") -> Codec:
+    """The codec a ``qafel-uplink`` / ``qafel-downlink`` value names (``fp8``: in ``fmt``, the
+    run's format; ``minmax<b>`` on the ``qafel-minmax`` grid)."""
     match = WIRE_PATTERN.match(wire)
     if match is None:
         raise ValueError(f"unknown QAFeL wire {wire!r}")
     if match.group(2):
         return QSGDCodec(int(match.group(2)), int(match.group(3)) if match.group(3) else None)
     if match.group(4):
-        return MinMaxCodec(int(match.group(4)), config.option("qafel-minmax") == "anchored")
-    return ScaledMinifloatCodec(Rounding(config.fmt, True)) if wire == "fp8" else Float32Codec()
+        return MinMaxCodec(int(match.group(4)), minmax == "anchored")
+    return ScaledMinifloatCodec(Rounding(fmt, True)) if wire == "fp8" else Float32Codec()
 
 
-CODEC_OPTIONS = (
-    Option(
-        "qafel-uplink",
-        "",
-        "Q_c of the client's Δ: fp32, fp8, qsgd<b>, qsgd<b>b<n> (buckets of n), minmax<b>",
-        _wire_problem("qafel-uplink"),
-    ),
-    Option(
-        "qafel-downlink",
-        "",
-        "Q_s of the broadcast x − x̂: fp32, fp8, qsgd<b>, qsgd<b>b<n> (buckets of n), minmax<b>",
-        _wire_problem("qafel-downlink"),
-    ),
-)
 MINMAX_GRIDS = ("flsim", "anchored")
-MINMAX_OPTION = Option(
-    "qafel-minmax",
-    "flsim",
-    "grid of minmax<b>: flsim (FLSim's channel: range including 0, scale and zero point) or "
-    "anchored (the tensor's own [min, max], this app's grid before issue 34)",
-    one_of("qafel-minmax", MINMAX_GRIDS),
-)
-START_OPTION = Option(
-    "qafel-start",
-    "",
-    "where a job starts: hidden (x̂, QAFeL) or naive (Q_s(x), the paper's baseline)",
-    one_of("qafel-start", ("hidden", "naive"), preset=True),
-)
 
 
 # ---------------------------------------------------------------------------- aggregator
@@ -504,72 +476,159 @@ def _positive_int(key: str) -> Callable[[int], str | None]:
     return lambda v: None if v >= 1 else f"{key} must be >= 1, got {v}"
 
 
-AGGREGATOR_OPTIONS = (
-    Option("buffer-size", 10, "K: client updates per server step", _positive_int("buffer-size")),
-    Option(
+@dataclass(frozen=True)
+class QAFeLSettings(Settings):
+    """The keys of QAFeL and FedBuff (``""``: the preset's) and of their buffered server step."""
+
+    uplink: str = setting(
+        "qafel-uplink",
+        "",
+        "Q_c of the client's Δ: fp32, fp8, qsgd<b>, qsgd<b>b<n> (buckets of n), minmax<b>",
+        _wire_problem("qafel-uplink"),
+        preset=True,
+    )
+    downlink: str = setting(
+        "qafel-downlink",
+        "",
+        "Q_s of the broadcast x − x̂: fp32, fp8, qsgd<b>, qsgd<b>b<n> (buckets of n), minmax<b>",
+        _wire_problem("qafel-downlink"),
+        preset=True,
+    )
+    start: str = setting(
+        "qafel-start",
+        "",
+        "where a job starts: hidden (x̂, QAFeL) or naive (Q_s(x), the paper's baseline)",
+        one_of("qafel-start", ("hidden", "naive"), preset=True),
+        preset=True,
+    )
+    minmax: str = setting(
+        "qafel-minmax",
+        "flsim",
+        "grid of minmax<b>: flsim (FLSim's channel: range including 0, scale and zero point) or "
+        "anchored (the tensor's own [min, max], this app's grid before issue 34)",
+        one_of("qafel-minmax", MINMAX_GRIDS),
+        variant=True,
+    )
+    buffer_size: int = setting(
+        "buffer-size", 10, "K: client updates per server step", _positive_int("buffer-size")
+    )
+    concurrency: int = setting(
         "concurrency",
         20,
         "clients training at once (simulated: the schedule's mean; real: kept busy)",
         _positive_int("concurrency"),
-    ),
-    Option(
+    )
+    server_lr: float = setting(
         "server-lr",
         1.0,
         "η_g of the buffered server step x ← x + η_g·mean(Q_c(Δ))",
         lambda v: None if v > 0 and math.isfinite(v) else f"server-lr must be > 0, got {v}",
-    ),
-    Option(
+    )
+    server_momentum: float = setting(
         "server-momentum",
         0.0,
         "β of the buffered server step's momentum (0: the paper's plain step)",
         lambda v: None if 0 <= v < 1 else f"server-momentum must be in [0, 1), got {v}",
-    ),
-    Option(
+    )
+    async_mode: str = setting(
         "async-mode",
         "simulated",
         "simulated (FLSim's seeded event schedule, reproducible) or real (a Grid loop)",
         one_of("async-mode", ASYNC_MODES),
-    ),
-    Option(
+    )
+    client_slowdown: str = setting(
         "client-slowdown",
         "",
         "real mode: 'partition:factor,...' stretches those clients' jobs to factor × their time",
         _slowdown_problem,
+    )
+
+    @property
+    def naive(self) -> bool:
+        """Whether a job starts from Q_s(x) rather than the hidden state x̂."""
+        return self.start == "naive" or self.downlink == "fp32"
+
+
+def buffered_settings(settings: Settings) -> QAFeLSettings:
+    """The settings of a run on a buffered server loop, which only QAFeL's methods use."""
+    if not isinstance(settings, QAFeLSettings):
+        raise TypeError(f"a buffered server loop runs QAFeL's methods, not {type(settings)}")
+    return settings
+
+
+SERVER_LOOPS = {"simulated": "buffered-simulated", "real": "buffered-real"}
+"""The server loop of each ``async-mode`` (``strategies.loops``)."""
+
+
+@dataclass(frozen=True)
+class QAFeLFamily(Family[QAFeLSettings]):
+    """QAFeL and FedBuff: FP32 local training of Δ, Q_c up, Q_s of x − x̂ down, the buffered
+    server step with hidden state, on a simulated or a real asynchronous loop."""
+
+    def components(self, settings: QAFeLSettings, run: RunView) -> Components:
+        return Components(
+            quantizer="fp32-deltas",
+            codec="qafel-uplink",
+            aggregator="buffered",
+            server_loop=SERVER_LOOPS[settings.async_mode],
+            downlink="qafel-downlink",
+        )
+
+    def quantizer(self, settings: QAFeLSettings, run: RunView) -> DeltaTraining:
+        return DeltaTraining()
+
+    def codec(self, settings: QAFeLSettings, run: RunView) -> Codec:
+        return delta_codec(settings.uplink, run.fmt, settings.minmax)
+
+    def downlink_codec(self, settings: QAFeLSettings, run: RunView) -> Codec:
+        return delta_codec(settings.downlink, run.fmt, settings.minmax)
+
+    def aggregator(
+        self, settings: QAFeLSettings, run: RunView, quantized: tuple[str, ...], codec: Codec
+    ) -> BufferedAggregator:
+        return BufferedAggregator(
+            settings.buffer_size,
+            settings.server_lr,
+            settings.server_momentum,
+            settings.naive,
+            self.downlink_codec(settings, run),
+            run.seed,
+        )
+
+    def component_problems(self, settings: QAFeLSettings, run: RunView) -> list[str]:
+        """The wrappers of synchronous aggregators do not apply to the buffered server step."""
+        problems = []
+        if run.moving_average > 0:
+            problems.append("moving-average applies to synchronous methods only")
+        if run.robust_aggregation != "none":
+            problems.append("robust-aggregation applies to synchronous methods only")
+        return problems
+
+
+_ORTEGA = 'Ortega & Jafarkhani, "Quantized and Asynchronous Federated Learning", arXiv:2410.00242'
+QAFEL = QAFeLFamily(
+    name="qafel",
+    label="QAFeL",
+    marker="D",
+    reference=_ORTEGA,
+    settings_type=QAFeLSettings,
+    presets=tuple(
+        Preset(name, label, color, _ORTEGA, QAFeLSettings(up, down, start))
+        for name, label, color, up, down, start in (
+            ("fedbuff", "FedBuff", "teal", "fp32", "fp32", "hidden"),
+            ("qafel", "QAFeL 4/8 (QSGD)", "crimson", "qsgd4", "qsgd8", "hidden"),
+            ("qafel-fp8", "QAFeL FP8", "goldenrod", "fp8", "fp8", "hidden"),
+            ("qafel-naive", "naive 4/8 (QSGD)", "rosybrown", "qsgd4", "qsgd8", "naive"),
+        )
     ),
+    custom=Preset(
+        "qafel-custom",
+        "QAFeL custom",
+        "tab:gray",
+        "QAFeL settings no preset names",
+        QAFeLSettings(),
+    ),
+    asynchronous=True,
 )
-
-
-def buffered_problems(config: RunView) -> list[str]:
-    """The wrappers of synchronous aggregators do not apply to the buffered server step."""
-    problems = []
-    if config.option("moving-average") > 0:
-        problems.append("moving-average applies to synchronous methods only")
-    if config.options.get("robust-aggregation", "none") != "none":
-        problems.append("robust-aggregation applies to synchronous methods only")
-    return problems
-
-
-def _naive(config: RunView) -> bool:
-    return config.option("qafel-start") == "naive" or config.option("qafel-downlink") == "fp32"
-
-
-def buffered_aggregator_from(config: RunView, downlink: Codec) -> BufferedAggregator:
-    return BufferedAggregator(
-        config.option("buffer-size"),
-        config.option("server-lr"),
-        config.option("server-momentum"),
-        _naive(config),
-        downlink,
-        config.seed,
-    )
-
-
-def qafel_components(config: RunView) -> Components:
-    """QAFeL's components; ``async-mode`` picks the server loop."""
-    return Components(
-        quantizer="fp32-deltas",
-        codec="qafel-uplink",
-        aggregator="buffered",
-        server_loop=f"buffered-{config.option('async-mode')}",
-        downlink="qafel-downlink",
-    )
+"""QAFeL (Ortega & Jafarkhani, arXiv:2410.00242) with FedBuff: fedbuff, qafel, qafel-fp8,
+qafel-naive."""

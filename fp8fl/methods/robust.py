@@ -39,37 +39,19 @@ from fp8fl.federated.seams import (
     Aggregate,
     Aggregator,
     ClientUpdate,
-    Option,
-    RunView,
     State,
-    one_of,
 )
 
-__all__ = ["ROBUST_OPTIONS", "RULES", "NormBound", "bound_updates", "robust_from"]
+__all__ = ["RULES", "NormBound", "bound_updates", "factor_problem", "robust_from"]
 
 RULES = ("none", "norm-bound")
 
 
-def _factor_problem(value: float) -> str | None:
+def factor_problem(value: float) -> str | None:
+    """The check of ``robust-norm-factor``."""
     if math.isfinite(value) and value >= 1.0:
         return None
     return f"robust-norm-factor must be >= 1 (below 1 it clips the median client too), got {value}"
-
-
-ROBUST_OPTIONS = (
-    Option(
-        "robust-aggregation",
-        "none",
-        "bound each client's update before the method's aggregator: none or norm-bound",
-        one_of("robust-aggregation", RULES),
-    ),
-    Option(
-        "robust-norm-factor",
-        1.0,
-        "norm-bound: each entry's bound is this factor x the median of the clients' changes",
-        _factor_problem,
-    ),
-)
 
 
 @dataclass(frozen=True)
@@ -150,7 +132,7 @@ class NormBound:
     name: ClassVar[str] = "norm-bound"
 
     def __post_init__(self) -> None:
-        problem = _factor_problem(self.factor)
+        problem = factor_problem(self.factor)
         if problem:
             raise ValueError(problem)
 
@@ -168,8 +150,8 @@ class NormBound:
         self.inner.load_state_dict(state)
 
 
-def robust_from(config: RunView, inner: Aggregator) -> Aggregator:
-    """``inner`` behind the run's robust rule (``robust-aggregation``), or ``inner`` itself."""
-    if config.option("robust-aggregation") == "none":
+def robust_from(rule: str, factor: float, inner: Aggregator) -> Aggregator:
+    """``inner`` behind the robust ``rule`` (``robust-aggregation``), or ``inner`` itself."""
+    if rule == "none":
         return inner
-    return NormBound(inner, config.option("robust-norm-factor"))
+    return NormBound(inner, factor)

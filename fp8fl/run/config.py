@@ -1,24 +1,18 @@
 """Run configuration: one frozen, validated dataclass built from Flower's flat run config.
 
-``method`` names a ``MethodSpec`` of ``fp8fl.methods.registry``, which says which quantizer, codec,
-aggregator and server loop the run uses. The FP8 methods of Wang et al. 2024 (arXiv:2407.02610,
-Table 1, Table 2, Table 3, Fig. 4) are presets of three switches — ``qat`` (rounding of the local
-QAT forward), ``wire`` (rounding on the wire, both directions) and ``server-opt`` (how the server
-aggregates):
+``method`` names a preset of one method family (``fp8fl.methods.registry.FAMILIES``), or a
+family's custom method. ``RunConfig`` holds the core keys and the family's typed ``Settings``
+(``settings``): the run-config keys of a family are that family's fields, and a preset fills
+those of its keys left unset (``""``), so that an explicit value overrides it. ``method`` is then
+resolved to the family's preset the final settings match, or its custom method: ``method = "uq"``
+with ``wire = "nearest"`` is ``bq``. The family validates its own keys, their combinations and
+what they need of the rest of the run; every problem in a configuration is reported at once,
+before any client starts.
 
-| method             | qat        | wire       | server-opt | in the paper                     |
-|--------------------|------------|------------|------------|----------------------------------|
-| fp32               | none       | fp32       | average    | FP32 FedAvg                      |
-| uq                 | nearest    | stochastic | average    | FP8FedAvg-UQ                     |
-| uq+                | nearest    | stochastic | mse        | FP8FedAvg-UQ+ (ServerOptimize)   |
-| bq                 | nearest    | nearest    | average    | det. CQ (Table 3), BQ (Fig. 4)   |
-| qat-fp32wire       | nearest    | fp32       | average    | det. QAT (Table 2)               |
-| randqat-fp32wire   | stochastic | fp32       | average    | rand. QAT (Table 2)              |
-
-A switch given explicitly overrides the preset; ``method`` is then resolved to the preset the final
-switches match, or ``custom``. A component's own keys (``server-opt-steps``, ...) are declared
-by the component as ``Option``s and kept in ``options``; the component's checks validate them.
-Every problem in a configuration is reported at once, before any client starts.
+Keys of another family are accepted where they were before (a sweep's shared ``[base]``): a
+preset key of another family, or one of its exclusive keys (``client-formats``, ...), must stay
+unset; the others are kept as given (``unused``) so that ``config.json`` records them, and do
+nothing.
 """
 
 from __future__ import annotations
@@ -29,39 +23,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fp8fl.data.tasks import TASKS, task_spec
-from fp8fl.federated.layer_formats import downlink_format_problems, layer_formats_problems
 from fp8fl.federated.seams import Components
-from fp8fl.methods.registry import (
-    CUSTOMS,
-    FAMILIES,
-    METHODS,
-    OPTIONS,
-    MethodSpec,
-    component_problems,
-    family_keys,
-    method_spec,
-    own_optimizer,
-)
+from fp8fl.methods.family import Family, Preset, Settings
+from fp8fl.methods.fp8 import FP8
+from fp8fl.methods.moving_average import lambda_problem
+from fp8fl.methods.registry import FAMILIES, METHODS, family_of
+from fp8fl.methods.robust import RULES, factor_problem
 from fp8fl.numerics.formats import FloatFormat
-from fp8fl.run.client_formats import client_formats_problems
 
 __all__ = [
     "LOSSLESS_MODES",
-    "QAT_MODES",
-    "SERVER_OPTS",
     "TRACKERS",
-    "WIRE_MODES",
     "ConfigError",
     "RunConfig",
 ]
 
-QAT_MODES = ("none", "nearest", "stochastic")
-WIRE_MODES = ("fp32", "nearest", "stochastic")
-SERVER_OPTS = ("average", "mse")
 OPTIMIZERS = ("auto", "sgd", "adam", "adamw")
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 CONTEXT = "context"
 LOSSLESS_MODES = (False, True, CONTEXT)
+FAMILY_KEYS: dict[str, Family[Any]] = {
+    key: family for family in FAMILIES for key in family.settings_type.declared()
+}
+"""Every family's run-config keys, with the family that owns each."""
 
 
 class ConfigError(ValueError):
@@ -72,7 +56,8 @@ class ConfigError(ValueError):
 class RunConfig:
     """Everything a run needs, with the small real default of ``flwr run .``.
 
-    Keys in Flower's run config are the field names with ``-`` for ``_`` (``num-server-rounds``).
+    Keys in Flower's run config are the field names with ``-`` for ``_`` (``num-server-rounds``);
+    the family's keys are ``settings``' (``qat``, ``cq-bits``, ...).
     """
 
     task: str = "cifar10"
@@ -94,16 +79,16 @@ class RunConfig:
     lr: float = 0.1
     weight_decay: float = 1e-3
     method: str = "uq"
-    qat: str = ""  # "" takes the method's preset
-    wire: str = ""
-    server_opt: str = ""
     format: str = "e4m3"
     # entropy-code the codec's integer arrays (fp8fl.federated.lossless); "context": the uplink's
     # against the downlink the client received
     lossless: bool | str = False
-    client_formats: str = ""  # "" = every client in `format`; else "fp32:0.3,e4m3:0.7", ...
-    layer_formats: str = ""  # "" = every layer in `format`; else "fc1:e2m1,conv1:e4m3", ...
-    downlink_format: str = ""  # "" = the downlink in `format`; else e.g. "e3m2"
+    # λ of a server moving average around the method's aggregator (0 = off)
+    moving_average: float = 0.0
+    # bound each client's update before the method's aggregator: none or norm-bound, each entry's
+    # bound robust-norm-factor × the median of the clients' changes
+    robust_aggregation: str = "none"
+    robust_norm_factor: float = 1.0
     seed: int = 0
     eval_every: int = 1
     eval_batch_size: int = 500
@@ -116,62 +101,75 @@ class RunConfig:
     resume: str = ""  # a run id in results-dir: continue it from its last completed round
     # experiment trackers, comma-separated: tensorboard, mlflow, wandb, or none (docs/tracking.md)
     tracking: str = "tensorboard"
-    options: dict[str, Any] = field(default_factory=lambda: _default_options())
-    """The components' own keys (``OPTIONS``) and their values."""
+    settings: Settings = field(default_factory=lambda: FP8.settings_type())
+    """The method family's settings (its typed run-config keys)."""
+    unused: tuple[tuple[str, Any], ...] = ()
+    """Keys of other families given with values of their own: recorded, not used."""
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> RunConfig:
         """Build from a Flower run config (kebab-case keys); raise ``ConfigError`` listing every
         unknown key, wrongly typed value, out-of-range value and invalid combination."""
-        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "options"}
+        fields = {f.name: f for f in _core_fields()}
         problems: list[str] = []
         kwargs: dict[str, Any] = {}
-        options = _default_options()
+        family_values: dict[str, Any] = {}
         for key, value in values.items():
             name = key.replace("-", "_")
             if name in fields:
                 coerced = _coerce(name, value, fields[name].default, problems)
                 if coerced is not None:
                     kwargs[name] = coerced
-            elif key in OPTIONS:
-                coerced = _coerce(name, value, OPTIONS[key].default, problems)
+            elif key in FAMILY_KEYS:
+                default = FAMILY_KEYS[key].settings_type.declared()[key][2]
+                coerced = _coerce(name, value, default, problems)
                 if coerced is not None:
-                    options[key] = coerced
+                    family_values[key] = coerced
             else:
                 problems.append(f"unknown key {key!r}")
         if problems:
             raise ConfigError(_report(problems))
-        return cls(**kwargs, options=options).resolved()
+        method = kwargs.get("method", cls.method)
+        family = _family_or_fp8(method)
+        mine = {k: v for k, v in family_values.items() if FAMILY_KEYS[k] is family}
+        unused = tuple(
+            (k, v)
+            for k, v in family_values.items()
+            if FAMILY_KEYS[k] is not family and v != FAMILY_KEYS[k].settings_type.declared()[k][2]
+        )
+        settings = family.settings_type().with_values(mine)
+        return cls(**kwargs, settings=settings, unused=unused).resolved()
 
     def resolved(self) -> RunConfig:
-        """Apply the method preset, resolve ``optimizer``, and validate."""
+        """Apply the method's preset, resolve ``optimizer``, and validate."""
         problems: list[str] = []
-        try:
-            spec = method_spec(self.method)
-        except KeyError:
+        family = _family_or_fp8(self.method)
+        if self.method not in _METHOD_NAMES:
             problems.append(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-            spec = CUSTOMS["fp8"]
-        values = self.to_mapping()
+        preset = family.preset(self.method) if self.method in _METHOD_NAMES else family.custom
+        settings = self.settings
+        if not isinstance(settings, family.settings_type):
+            # RunConfig(method=...) without settings of that family takes the family's defaults
+            if settings != type(settings)():
+                problems.append(
+                    f"{type(settings).__name__} given for method {self.method!r} of the "
+                    f"{family.label} family"
+                )
+            settings = family.settings_type()
         # a preset fills the settings left unset (""); explicit values override it
-        filled = {k: v for k, v in spec.settings.items() if values.get(k) == ""}
-        final = {k: filled.get(k, values[k]) for k in family_keys(spec.family)}
-        method = next(
-            (
-                other.name
-                for other in METHODS.values()
-                if other.family == spec.family
-                and all(final[k] == v for k, v in other.settings.items())
-            ),
-            CUSTOMS[spec.family].name,
-        )
-        config = dataclasses.replace(
-            self, method=method, options=_default_options() | self.options
-        )._with(filled)
+        filled = {
+            k: preset.settings.value(k)
+            for k in family.settings_type.preset_keys()
+            if settings.value(k) == ""
+        }
+        settings = settings.with_values(filled)
+        config = dataclasses.replace(self, method=family.resolve(settings).name, settings=settings)
         problems += config._problems()
         if not problems:  # the components are known once every single value is valid
             config = dataclasses.replace(config, optimizer=config._optimizer())
-            problems += component_problems(config) + _context_problems(config)
+            problems += family.component_problems(config.settings, config)
+            problems += config._optimizer_problems() + _context_problems(config)
         if problems:
             raise ConfigError(_report(problems))
         return config
@@ -181,13 +179,28 @@ class RunConfig:
         (LPT-FL's Adam), else adamw for kwt1 and sgd for the other models."""
         if self.optimizer != "auto":
             return self.optimizer
-        return own_optimizer(self) or ("adamw" if self.model == "kwt1" else "sgd")
+        own = self.family.optimizer(self.settings)
+        return own or ("adamw" if self.model == "kwt1" else "sgd")
 
-    def _with(self, values: dict[str, Any]) -> RunConfig:
-        """A copy with run-config ``values`` (kebab-case keys of fields or options) set."""
-        fields = {k.replace("-", "_"): v for k, v in values.items() if k not in OPTIONS}
-        options = {k: v for k, v in values.items() if k in OPTIONS}
-        return dataclasses.replace(self, **fields, options=self.options | options)
+    def _optimizer_problems(self) -> list[str]:
+        """An ``optimizer`` the quantizer would not use (a silent switch would train with
+        another step than the one the record names)."""
+        own = self.family.optimizer(self.settings)
+        if own is None or self.optimizer == own:
+            return []
+        return [
+            f"{self.method} trains with its quantizer's own {own} step "
+            f"({self.components.quantizer}): optimizer must be auto or {own}, "
+            f"got {self.optimizer!r}"
+        ]
+
+    def with_values(self, values: dict[str, Any]) -> RunConfig:
+        """A copy with run-config ``values`` (kebab-case core keys or the family's keys) set,
+        unvalidated."""
+        core = {f.name for f in _core_fields()}
+        fields = {k.replace("-", "_"): v for k, v in values.items() if k.replace("-", "_") in core}
+        own = {k: v for k, v in values.items() if k.replace("-", "_") not in core}
+        return dataclasses.replace(self, **fields, settings=self.settings.with_values(own))
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -200,17 +213,19 @@ class RunConfig:
         return self.lossless == CONTEXT
 
     @property
-    def spec(self) -> MethodSpec:
-        return method_spec(self.method)
+    def family(self) -> Family[Any]:
+        """The method's family."""
+        return family_of(self.method)
+
+    @property
+    def preset(self) -> Preset[Any]:
+        """The method's preset, or its family's custom method: label, colour, source."""
+        return self.family.preset(self.method)
 
     @property
     def components(self) -> Components:
         """The registered names of this run's quantizer, codec, aggregator and server loop."""
-        return self.spec.components_for(self)
-
-    def option(self, key: str) -> Any:
-        """The value of a component's own run-config key."""
-        return self.options[key]
+        return self.family.components(self.settings, self)
 
     @property
     def trackers(self) -> tuple[str, ...]:
@@ -226,13 +241,16 @@ class RunConfig:
         return self.clients_per_round
 
     def to_mapping(self) -> dict[str, Any]:
-        """Kebab-case keys, as in Flower's run config (what ``config.json`` records)."""
-        fields = {
-            f.name.replace("_", "-"): getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name != "options"
+        """Kebab-case keys, as in Flower's run config (what ``config.json`` records): the core
+        keys, every family's keys (another family's unset or as given), the family's own."""
+        core = {f.name.replace("_", "-"): getattr(self, f.name) for f in _core_fields()}
+        others = {
+            k: v
+            for family in FAMILIES
+            if not isinstance(self.settings, family.settings_type)
+            for k, v in family.settings_type().to_mapping().items()
         }
-        return fields | dict(self.options)
+        return core | others | dict(self.unused) | self.settings.to_mapping()
 
     # ------------------------------------------------------------------ validation
     def _problems(self) -> list[str]:
@@ -255,15 +273,11 @@ class RunConfig:
                 f"split {self.split!r} is not available for "
                 f"{self.task!r}: choose {', '.join(spec.splits)}",
             )
-        family = self.spec.family
-        if family == "fp8":
-            p += _fp8_problems_of(self)
-        values = self.to_mapping()
-        for other, label in FAMILIES.items():
-            if other == family:
-                continue
-            for key in family_keys(other):
-                need(values[key] == "", f"{key} applies to the {label} methods only")
+        p += self.family.problems(self.settings, self) if self.method in _METHOD_NAMES else []
+        for key, _ in self.unused:
+            owner = FAMILY_KEYS[key]
+            meta = owner.settings_type.declared()[key][1]
+            need(not meta.exclusive, f"{key} applies to the {owner.label} methods only")
         try:
             FloatFormat.from_name(self.format)
         except ValueError as err:
@@ -303,17 +317,20 @@ class RunConfig:
         need(self.batch_size >= 1, f"batch-size must be >= 1, got {self.batch_size}")
         need(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
         need(self.weight_decay >= 0, f"weight-decay must be >= 0, got {self.weight_decay}")
-        for key, option in OPTIONS.items():
-            problem = option.problem(self.options.get(key, option.default))
-            if problem:
-                p.append(problem)
+        if problem := lambda_problem("moving-average", self.moving_average):
+            p.append(problem)
+        need(
+            self.robust_aggregation in RULES,
+            f"robust-aggregation must be one of {', '.join(RULES)}, "
+            f"got {self.robust_aggregation!r}",
+        )
+        if problem := factor_problem(self.robust_norm_factor):
+            p.append(problem)
         need(self.eval_every >= 1, f"eval-every must be >= 1, got {self.eval_every}")
         need(self.eval_batch_size >= 1, "eval-batch-size must be >= 1")
         need(self.eval_samples >= 0, "eval-samples must be >= 0 (0 = the whole test split)")
         need(self.calibration_samples >= 1, "calibration-samples must be >= 1")
         need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
-        p += client_formats_problems(self, family)
-        p += layer_formats_problems(self, family) + downlink_format_problems(self, family)
         need(bool(self.results_dir), "results-dir must not be empty")
         unknown = [n for n in self.trackers if n not in TRACKERS]
         need(
@@ -328,23 +345,19 @@ class RunConfig:
         return p
 
 
-def _fp8_problems_of(config: RunConfig) -> list[str]:
-    """The FP8 switches: each from its list, and the combinations that make no sense."""
-    p = []
-    if config.qat not in QAT_MODES:
-        p.append(f"qat must be one of {', '.join(QAT_MODES)}, got {config.qat!r}")
-    if config.wire not in WIRE_MODES:
-        p.append(f"wire must be one of {', '.join(WIRE_MODES)}, got {config.wire!r}")
-    if config.server_opt not in SERVER_OPTS:
-        p.append(f"server-opt must be one of {', '.join(SERVER_OPTS)}, got {config.server_opt!r}")
-    if config.qat == "none" and config.wire in ("nearest", "stochastic"):
-        p.append("wire quantization uses the α learned by QAT: with qat = 'none' use wire = 'fp32'")
-    if config.server_opt == "mse" and config.wire == "fp32":
-        p.append(
-            "server-opt = 'mse' minimises the error of quantized communication; with "
-            "wire = 'fp32' its solution is the plain average: use server-opt = 'average'"
-        )
-    return p
+_METHOD_NAMES = frozenset(p.name for family in FAMILIES for p in (*family.presets, family.custom))
+
+
+def _family_or_fp8(method: str) -> Family[Any]:
+    """The family of ``method``; FP8's for an unknown name (reported by ``resolved``)."""
+    try:
+        return family_of(method)
+    except KeyError:
+        return FP8
+
+
+def _core_fields() -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(RunConfig) if f.name not in ("settings", "unused")]
 
 
 def _context_problems(config: RunConfig) -> list[str]:
@@ -365,10 +378,6 @@ def _context_problems(config: RunConfig) -> list[str]:
             f"{parts.downlink_codec} down"
         ]
     return []
-
-
-def _default_options() -> dict[str, Any]:
-    return {key: option.default for key, option in OPTIONS.items()}
 
 
 def _coerce(name: str, value: Any, default: Any, problems: list[str]) -> Any:

@@ -22,9 +22,9 @@ from torch import nn
 from fp8fl.data.tasks import TaskData
 from fp8fl.federated.seams import LocalOptimizer, Quantizer, TrainsItself
 from fp8fl.federated.wire import StateLayout
-from fp8fl.methods.registry import build_quantizer
 from fp8fl.models.architectures import build_model
 from fp8fl.models.qat import QATModule, clamp_ranges_, range_parameter_names
+from fp8fl.run.components import build_quantizer
 from fp8fl.run.config import RunConfig
 
 __all__ = [
