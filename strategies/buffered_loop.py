@@ -34,13 +34,13 @@ import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from logging import WARNING
-from typing import Any
 
 import numpy as np
 from flwr.app import Message
 from flwr.app.message_type import MessageType
-from flwr.common import Code, FitIns, FitRes, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import Code, FitIns, FitRes, ndarrays_to_parameters
 from flwr.common.logger import log
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server import SimpleClientManager
@@ -50,7 +50,6 @@ from flwr.serverapp import Grid
 from fp8fl.federated.buffered import AsyncSchedule, Job
 from fp8fl.federated.seams import ClientUpdate
 from fp8fl.federated.seeds import derive_seed
-from fp8fl.federated.wire import WireError
 from fp8fl.methods.qafel import (
     JOB_KEY,
     START_CODEC,
@@ -59,13 +58,19 @@ from fp8fl.methods.qafel import (
     buffered_settings,
 )
 from fp8fl.run.config import ConfigError, RunConfig
-from fp8fl.run.protocol import ProtocolError, fit_instructions
-from fp8fl.run.training import EvaluationSet, evaluate
-from strategies.clients import ClientDirectory
-from strategies.journal import RunJournal
+from fp8fl.run.protocol import ProtocolError
 from strategies.ledger import fitins_bytes
-from strategies.quantized_fedavg import SERVER_STATE, evaluation_rows, model_digest
-from strategies.rounds import RoundRecord, check_sender, ray_nodes
+from strategies.round_core import (
+    SERVER_STATE,
+    ClientFault,
+    RoundRecord,
+    ServerRun,
+    StepFacts,
+    decode_update,
+    fit_ins,
+    model_digest,
+    receive,
+)
 from strategies.server_model import build_server_model
 
 __all__ = [
@@ -88,26 +93,21 @@ class Dispatch:
     start_version: int
 
 
-class BufferedRun:
-    """The server side of a buffered run: model, layout, components, journal, clients, and the
-    steps' bookkeeping shared by the simulated and the real loop."""
+class BufferedRun(ServerRun):
+    """The server side of a buffered run: the shared ``ServerRun`` with the buffered aggregator,
+    the clients' node ids, and the steps' bookkeeping of the simulated and the real loop."""
 
     def __init__(self, config: RunConfig) -> None:
-        self.config = config
-        self.device, self.test, self.model, self.layout, self.built = build_server_model(config)
-        if not isinstance(self.built.aggregator, BufferedAggregator):
+        server = build_server_model(config)
+        if not isinstance(server.built.aggregator, BufferedAggregator):
             raise ConfigError(f"method {config.method!r} has no buffered server step")
-        self.aggregator: BufferedAggregator = self.built.aggregator
-        self.journal = RunJournal(config)
+        super().__init__(config, server)
+        self.aggregator: BufferedAggregator = server.built.aggregator
         initial = self.journal.resume_state
         if initial is None:
             initial = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         self.aggregator.start(initial, self.layout)
         self.aggregator.load_state_dict(self.journal.aggregator_state)
-        self.clients = ClientDirectory(config.num_clients)
-        self.evaluation = EvaluationSet.prepare(
-            self.test, config.eval_batch_size, self.device, evaluation_rows(config, len(self.test))
-        )
         self.nodes: dict[int, int] = {}  # partition -> node id
 
     # ------------------------------------------------------------------ clients and messages
@@ -126,12 +126,12 @@ class BufferedRun:
     def message(self, dispatch: Dispatch, server_round: int) -> Message:
         """The ``train`` message of a job: its start model as float32 and its instructions."""
         start = self.aggregator.starts[dispatch.start_version]
-        instructions = {
-            **fit_instructions(self.config, server_round),
-            JOB_KEY: dispatch.job,
-            START_VERSION: dispatch.start_version,
-        }
-        ins = FitIns(ndarrays_to_parameters(self.layout.pack(start, START_CODEC)), instructions)
+        ins = fit_ins(
+            self.layout.pack(start, START_CODEC),
+            self.config,
+            server_round,
+            {JOB_KEY: dispatch.job, START_VERSION: dispatch.start_version},
+        )
         return Message(
             compat.fitins_to_recorddict(ins, keep_input=True),
             self.nodes[dispatch.partition],
@@ -146,60 +146,49 @@ class BufferedRun:
         and returns None."""
         pid = dispatch.partition
         if reply.has_error():
-            record.failures.append({"partition": pid, "reason": reply.error.reason})
+            record.fail(ClientFault(pid, reply.error.reason))
             return None
         res = compat.recorddict_to_fitres(reply.content, keep_input=False)
         if res.status.code != Code.OK:
-            reason = f"{res.status.code.name}: {res.status.message}"
-            record.failures.append({"partition": pid, "reason": reason})
+            record.fail(ClientFault.from_status(pid, res.status))
             return None
-        self.journal.ledger.received(res, sender=str(pid))
-        try:
-            if res.metrics.get(JOB_KEY) != dispatch.job:
-                raise ProtocolError(
-                    f"reply names job {res.metrics.get(JOB_KEY)!r}, was sent job {dispatch.job}"
-                )
-            update = self.check(pid, res)
-        except (WireError, ProtocolError, ValueError) as err:
-            record.rejected.append({"partition": pid, "reason": str(err)})
-            log(WARNING, "fp8fl: rejected the update of partition %s: %s", pid, err)
+        update = receive(self.journal.ledger, record, pid, res, partial(self.check, dispatch, res))
+        if update is None:
             return None
         metrics = {**update.metrics, START_VERSION: dispatch.start_version}
         return dataclasses.replace(update, metrics=metrics)
 
-    def check(self, pid: int, res: FitRes) -> ClientUpdate:
-        """Validate an update (protocol fields, sender, n_k, arrays) and decode Q_c(Δ); raises
-        ``ProtocolError`` or ``WireError`` naming the problem."""
-        n = check_sender(res, pid, self.config, self.clients.partition_size[pid])
-        arrays = parameters_to_ndarrays(res.parameters)
-        state, side = self.layout.unpack_with_side(arrays, self.built.codec)
-        return ClientUpdate(pid, n, state, res.metrics, side)
+    def check(self, dispatch: Dispatch, res: FitRes) -> ClientUpdate:
+        """Validate a job's reply (its job, protocol fields, sender, n_k, arrays) and decode
+        Q_c(Δ); raises ``ProtocolError`` or ``WireError`` naming the problem."""
+        if res.metrics.get(JOB_KEY) != dispatch.job:
+            raise ProtocolError(
+                f"reply names job {res.metrics.get(JOB_KEY)!r}, was sent job {dispatch.job}"
+            )
+        pid = dispatch.partition
+        size = self.clients.partition_size[pid]
+        return decode_update(res, pid, self.config, size, self.layout, self.built.codec)
 
     # ------------------------------------------------------------------ steps and records
     def record_start(self) -> None:
         """Round 0: the initial model's evaluation (a resumed run has it already)."""
         if self.journal.start_round == 0:
-            self._write(0, None)
+            self._close(0, None)
 
     def step(
         self,
         record: RoundRecord,
         updates: list[ClientUpdate],
-        extra: dict[str, Any],
+        mode: str,
+        jobs: list[int],
+        start_versions: list[int] | None = None,
         live_versions: Sequence[int] = (),
-    ) -> dict[str, Any]:
-        """Server step ``record.round`` from the updates in arrival order (all K, or skipped);
-        keep the start models of ``live_versions`` and the new version; evaluate x, write the
-        record and the checkpoint."""
-        record.clients_ok = len(updates)
-        record.clients_failed, record.clients_rejected = len(record.failures), len(record.rejected)
-        replied = {u.partition for u in updates} | {r["partition"] for r in record.rejected}
-        record.failed_partitions = sorted(set(record.sampled) - replied)
-        record.fit_seconds = {str(u.partition): _metric(u, "fit-seconds") for u in updates}
-        record.train_seconds = {str(u.partition): _metric(u, "train-seconds") for u in updates}
-        record.nodes = ray_nodes(updates)
-        if updates:
-            record.train_loss = sum(_metric(u, "train-loss") for u in updates) / len(updates)
+    ) -> None:
+        """Server step ``record.round`` from the updates in arrival order (all K, or skipped) of
+        ``jobs`` (``mode``: the ``async_mode`` of the record; the simulated loop also records the
+        jobs' ``start_versions``); keep the start models of ``live_versions`` and the new
+        version; evaluate x, write the record and the checkpoint."""
+        record.tally(updates, weighted=False)
         staleness: list[int] = []
         broadcast = 0
         if len(updates) == self.aggregator.buffer_size:
@@ -215,39 +204,22 @@ class BufferedRun:
             self.aggregator.skip()
         self.aggregator.keep([*live_versions, self.aggregator.version])
         previous = self.journal.history[-1].get("cum_uploads", 0) if self.journal.history else 0
-        facts = record.to_json() | {
-            "staleness": staleness,
-            "uploads": len(updates),
-            "cum_uploads": previous + len(updates),
-            "broadcast_bytes": broadcast,
-            "broadcast_receivers": self.config.num_clients,
-            **extra,
-        }
-        return self._write(record.round, facts)
-
-    def _write(self, server_round: int, facts: dict[str, Any] | None) -> dict[str, Any]:
-        config = self.config
-        x = self.aggregator.server.x
-        last = server_round == config.num_server_rounds
-        evaluation = None
-        started = time.perf_counter()
-        if server_round == 0 or last or server_round % config.eval_every == 0:
-            self.model.load_state_dict(x)
-            evaluation = evaluate(self.model, self.evaluation)
-        digest = model_digest(ndarrays_to_parameters(self.layout.pack(x, SERVER_STATE)))
-        record = self.journal.record(
-            server_round, evaluation, digest, facts, time.perf_counter() - started
+        record.step = StepFacts(
+            staleness,
+            len(updates),
+            previous + len(updates),
+            broadcast,
+            self.config.num_clients,
+            jobs,
+            start_versions,
+            mode,
         )
-        if server_round > 0:
-            self.journal.checkpoint(server_round, x, self.aggregator.state_dict())
-            self.journal.progress.round_done(record)
-        if last:
-            self.journal.finish()
-        return record
+        self._close(record.round, record)
 
-
-def _metric(update: ClientUpdate, key: str) -> float:
-    return float(update.metrics.get(key, float("nan")))
+    def _close(self, server_round: int, record: RoundRecord | None) -> None:
+        x = self.aggregator.server.x
+        digest = model_digest(ndarrays_to_parameters(self.layout.pack(x, SERVER_STATE)))
+        self.close_round(server_round, x, digest, record)
 
 
 def exchange(grid: Grid, messages: list[Message]) -> list[Message]:
@@ -292,19 +264,16 @@ def run_simulated(grid: Grid, config: RunConfig) -> None:
             raise RuntimeError(
                 f"server at version {run.aggregator.version}, schedule at {step.version}"
             )
-        run.journal.start_round_clock()
-        record = RoundRecord(server_round, [job.client for job in step.jobs])
+        record = run.open_round(server_round, [job.client for job in step.jobs])
         dispatches = [_dispatch(job) for job in step.jobs]
         replies = exchange(grid, [run.message(d, server_round) for d in dispatches])
         updates = [run.accept(d, r, record) for d, r in zip(dispatches, replies)]
         run.step(
             record,
             [u for u in updates if u is not None],
-            {
-                "jobs": [d.job for d in dispatches],
-                "start_versions": [d.start_version for d in dispatches],
-                "async_mode": "simulated",
-            },
+            "simulated",
+            [d.job for d in dispatches],
+            [d.start_version for d in dispatches],
             step.live_versions,
         )
 
@@ -318,8 +287,7 @@ def run_real(grid: Grid, config: RunConfig) -> None:
     idle, running = set(range(config.num_clients)), {}
     busy = min(buffered_settings(config.settings).concurrency, config.num_clients)
     jobs = itertools.count()
-    record, updates = RoundRecord(run.aggregator.version + 1, []), []
-    run.journal.start_round_clock()
+    record, updates = run.open_round(run.aggregator.version + 1, []), []
     while run.aggregator.version < config.num_server_rounds:
         while len(running) < busy:
             pid = int(rng.choice(sorted(idle)))
@@ -338,12 +306,10 @@ def run_real(grid: Grid, config: RunConfig) -> None:
                 continue
             updates.append(update)
             if len(updates) == run.aggregator.buffer_size:
-                jobs_in = [int(u.metrics[JOB_KEY]) for u in updates]
-                run.step(record, updates, {"jobs": jobs_in, "async_mode": "real"})
+                run.step(record, updates, "real", [int(u.metrics[JOB_KEY]) for u in updates])
                 if run.aggregator.version == config.num_server_rounds:
                     break
-                record, updates = RoundRecord(run.aggregator.version + 1, []), []
-                run.journal.start_round_clock()
+                record, updates = run.open_round(run.aggregator.version + 1, []), []
 
 
 def _dispatch(job: Job) -> Dispatch:

@@ -11,16 +11,15 @@ arXiv:2407.02610, Alg. 3):
    the global model — then aggregate with the method's aggregator (``SyncRound.aggregate``);
 4. evaluate centrally every ``eval-every`` rounds; the journal writes the round's record, counts
    every byte and checkpoints the server's state, so that ``resume=<run-id>`` continues after a
-   crash (``RunJournal``).
+   crash (``ServerRun.close_round``, ``RunJournal``).
+
+Steps 3 and 4 go through ``strategies.round_core``, which the buffered loops share.
 
 Flower numbers the rounds of each process from 1; a resumed run maps Flower's round k to round
 ``start_round + k`` of the run, and asks Flower for the remaining rounds only.
 """
 
 from __future__ import annotations
-
-import hashlib
-import time
 
 import numpy as np
 import torch
@@ -40,20 +39,14 @@ from flwr.server.strategy import Strategy
 
 from fp8fl.data.tasks import load_task_data
 from fp8fl.federated.seeds import derive_seed
-from fp8fl.methods.fp8 import Float32Codec
 from fp8fl.run.config import RunConfig
 from fp8fl.run.results import RunRecorder
-from fp8fl.run.training import EvaluationSet, evaluate
-from strategies.clients import ClientDirectory
-from strategies.journal import RunJournal
 from strategies.progress import RunProgress
-from strategies.rounds import Broadcast, RoundRecord, SyncRound, format_groups
+from strategies.round_core import SERVER_STATE, RoundRecord, ServerRun, model_digest
+from strategies.rounds import Broadcast, SyncRound, format_groups
 from strategies.server_model import build_server_model
 
-__all__ = ["SERVER_STATE", "QuantizedFedAvg", "evaluation_rows", "model_digest"]
-
-SERVER_STATE = Float32Codec()
-"""How Flower holds the global state between our calls: every entry as float32."""
+__all__ = ["QuantizedFedAvg"]
 
 
 class QuantizedFedAvg(Strategy):
@@ -65,16 +58,12 @@ class QuantizedFedAvg(Strategy):
     ) -> None:
         super().__init__()
         self.config = config
-        self.device, self.test, self.model, self.layout, self.built = build_server_model(config)
-        self.journal = RunJournal(config, recorder, progress)
-        self.built.aggregator.load_state_dict(self.journal.aggregator_state)
-        self.clients = ClientDirectory(config.num_clients)
-        groups = format_groups(config, self.built, self.layout, self.test.num_classes)
+        server = ServerRun(config, build_server_model(config), recorder, progress)
+        server.built.aggregator.load_state_dict(server.journal.aggregator_state)
+        self.server = server
+        groups = format_groups(config, server.built, server.layout, server.test.num_classes)
         self.round = SyncRound(
-            config, self.built, self.layout, self.clients, self.journal.ledger, groups
-        )
-        self.evaluation = EvaluationSet.prepare(
-            self.test, config.eval_batch_size, self.device, evaluation_rows(config, len(self.test))
+            config, server.built, server.layout, server.clients, server.journal.ledger, groups
         )
         self.record: RoundRecord | None = None  # this round's facts, written once it is evaluated
         self.sent: Broadcast | None = None  # this round's broadcast
@@ -83,36 +72,36 @@ class QuantizedFedAvg(Strategy):
     @property
     def rounds_to_run(self) -> int:
         """The rounds Flower must run in this process (all of them, unless resumed)."""
-        return self.config.num_server_rounds - self.journal.start_round
+        return self.config.num_server_rounds - self.server.journal.start_round
 
     # ------------------------------------------------------------------ set-up
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         """Wait for every client, learn its partition, and build the calibrated global model."""
-        self.clients.discover(client_manager)
-        if self.journal.resume_state is not None:
-            return self._parameters(self.journal.resume_state)
-        if self.built.quantizer.calibrates:
+        server = self.server
+        server.clients.discover(client_manager)
+        if server.journal.resume_state is not None:
+            return self._parameters(server.journal.resume_state)
+        if server.built.quantizer.calibrates:
             config = self.config
             train = load_task_data(config.task, config.model, "train", config.data_root)
             rows = np.random.default_rng(derive_seed(config.seed, "calibration")).choice(
                 len(train), size=min(config.calibration_samples, len(train)), replace=False
             )
-            x, _ = train.batch(torch.as_tensor(np.sort(rows)), False, None, self.device)
-            self.built.quantizer.calibrate(self.model, x)
-        return self._parameters(self.model.state_dict())
+            x, _ = train.batch(torch.as_tensor(np.sort(rows)), False, None, server.device)
+            server.built.quantizer.calibrate(server.model, x)
+        return self._parameters(server.model.state_dict())
 
     # ------------------------------------------------------------------ fit
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
-        server_round += self.journal.start_round
-        self.journal.start_round_clock()
-        sampled = self.clients.sample(
+        server_round += self.server.journal.start_round
+        sampled = self.server.clients.sample(
             client_manager, self.config.clients_per_round_count, self.config.seed, server_round
         )
+        self.record = self.server.open_round(server_round, sorted(sampled))
         self.round_start_state = self._state(parameters)
         self.sent = self.round.broadcast(self.round_start_state, server_round, sorted(sampled))
-        self.record = RoundRecord(server_round, sorted(sampled))
         return [(proxy, self.sent.ins(pid)) for pid, proxy in sampled.items()]
 
     def aggregate_fit(
@@ -134,29 +123,15 @@ class QuantizedFedAvg(Strategy):
         self, server_round: int, parameters: Parameters
     ) -> tuple[float, dict[str, Scalar]] | None:
         """Central evaluation on the test split; the journal writes the round and checkpoint."""
-        if server_round == 0 and self.journal.start_round > 0:
+        if server_round == 0 and self.server.journal.start_round > 0:
             return None  # the resumed round is evaluated and recorded already
-        server_round += self.journal.start_round
-        last = server_round == self.config.num_server_rounds
-        evaluation = None
-        eval_started = time.perf_counter()
-        state = self._state(parameters)
-        if server_round == 0 or last or server_round % self.config.eval_every == 0:
-            self.model.load_state_dict(state)
-            evaluation = evaluate(self.model, self.evaluation)
-        facts = self.record.to_json() if server_round > 0 and self.record else None
-        record = self.journal.record(
+        server_round += self.server.journal.start_round
+        evaluation = self.server.close_round(
             server_round,
-            evaluation,
+            self._state(parameters),
             model_digest(parameters),
-            facts,
-            time.perf_counter() - eval_started,
+            self.record if server_round > 0 else None,
         )
-        if server_round > 0:
-            self.journal.checkpoint(server_round, state, self.built.aggregator.state_dict())
-            self.journal.progress.round_done(record)
-        if last:
-            self.journal.finish()
         return None if evaluation is None else (evaluation[0], {"accuracy": evaluation[1]})
 
     # ------------------------------------------------------------------ federated evaluation: off
@@ -175,23 +150,7 @@ class QuantizedFedAvg(Strategy):
 
     # ------------------------------------------------------------------ helpers
     def _parameters(self, state: dict[str, torch.Tensor]) -> Parameters:
-        return ndarrays_to_parameters(self.layout.pack(state, SERVER_STATE))
+        return ndarrays_to_parameters(self.server.layout.pack(state, SERVER_STATE))
 
     def _state(self, parameters: Parameters) -> dict[str, torch.Tensor]:
-        return self.layout.unpack(parameters_to_ndarrays(parameters), SERVER_STATE)
-
-
-def evaluation_rows(config: RunConfig, size: int) -> np.ndarray | None:
-    """The fixed seeded test rows of ``eval-samples`` (None: all ``size`` rows)."""
-    if config.eval_samples <= 0 or config.eval_samples >= size:
-        return None
-    rng = np.random.default_rng(derive_seed(config.seed, "eval-rows"))
-    return np.sort(rng.choice(size, config.eval_samples, replace=False))
-
-
-def model_digest(parameters: Parameters) -> str:
-    """SHA-256 of the global model's serialized arrays: equal digests, bit-identical models."""
-    h = hashlib.sha256()
-    for tensor in parameters.tensors:
-        h.update(tensor)
-    return h.hexdigest()
+        return self.server.layout.unpack(parameters_to_ndarrays(parameters), SERVER_STATE)

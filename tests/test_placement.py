@@ -9,7 +9,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from fp8fl.federated.seams import ClientUpdate
 from fp8fl.run.protocol import RAY_NODE
 from strategies.ledger import Ledger, fitres_bytes
-from strategies.rounds import ray_nodes
+from strategies.round_core import ray_nodes
 
 
 def fit_res(**metrics) -> FitRes:

@@ -20,7 +20,8 @@ from fp8fl.run.protocol import (
 from fp8fl.run.training import build_run_model, run_layout
 from strategies.clients import ClientDirectory
 from strategies.ledger import Ledger
-from strategies.rounds import Broadcast, Downlink, RoundRecord, SyncRound, format_groups
+from strategies.round_core import ClientFault, RoundRecord
+from strategies.rounds import Broadcast, Downlink, SyncRound, format_groups
 
 UQ = RunConfig.from_mapping({"method": "uq"})
 
@@ -112,8 +113,7 @@ def test_the_server_records_an_update_of_another_release_as_rejected():
     state = round_.aggregate(record, sent, results, [], model.state_dict())  # type: ignore[arg-type]
     assert state is not None and record.clients_ok == 1
     assert record.rejected == [
-        {
-            "partition": 1,
-            "reason": f"update metrics come from fp8fl 0.0.9, this server runs fp8fl {fp8fl_version()}",
-        }
+        ClientFault(
+            1, f"update metrics come from fp8fl 0.0.9, this server runs fp8fl {fp8fl_version()}"
+        )
     ]

@@ -112,7 +112,7 @@ def test_resume_drops_records_of_the_lost_round_and_may_add_rounds(checkpointed_
     strategy = QuantizedFedAvg(
         dataclasses.replace(checkpointed_run, resume="half", num_server_rounds=6)
     )
-    journal = strategy.journal
+    journal = strategy.server.journal
     assert journal.start_round == 2 and strategy.rounds_to_run == 4
     assert [r["round"] for r in journal.history] == [0, 1, 2]
     assert (journal.ledger.up, journal.ledger.down) == (10, 20)

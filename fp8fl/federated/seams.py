@@ -34,6 +34,7 @@ __all__ = [
     "Codec",
     "Components",
     "DescribesCodes",
+    "ExposesCodes",
     "LocalOptimizer",
     "Quantizer",
     "RunView",
@@ -128,6 +129,16 @@ class DescribesCodes(Protocol):
 
     def code_runs(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, list[CodeRun]]:
         """For each integer array (by ``ArraySpec`` name), its runs in order, covering it exactly."""
+        ...
+
+
+@runtime_checkable
+class ExposesCodes(Protocol):
+    """A codec whose message holds one code per weight, so that the server can count how many of
+    a client's codes equal those it was sent (``unchanged_codes``: BQ's stall shows there)."""
+
+    def codes(self, stream: np.ndarray, shapes: Mapping[str, tuple[int, ...]]) -> np.ndarray:
+        """One code per weight (uint8), unpacked from the codec's encoded ``weights`` array."""
         ...
 
 
