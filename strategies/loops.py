@@ -1,4 +1,4 @@
-"""Server loops by name (``MethodSpec.components.server_loop``): how a ServerApp drives a method.
+"""Server loops by name (``RunConfig.components.server_loop``): how a ServerApp drives a method.
 
 One ServerApp serves every method through Flower's low-level entry point (``@app.main()`` with a
 ``Grid``): it validates the run config, then hands the Grid to the method's loop.

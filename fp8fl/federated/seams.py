@@ -1,6 +1,6 @@
 """The seams of a federated method: what a quantizer, a codec and an aggregator must provide.
 
-A method is one component of each kind, named in its ``MethodSpec`` (``fp8fl.methods.registry``),
+A method is one component of each kind, named by its family (``fp8fl.methods.family``),
 plus the server loop that drives them (``strategies.loops``: the loop needs Flower, the core does
 not). A method family (``fp8fl.methods.family``) builds its components from its typed settings
 and the run config, which it sees through ``RunView``, never through ``fp8fl.run.config`` itself:
