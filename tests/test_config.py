@@ -1,5 +1,6 @@
 """RunConfig: presets, overrides, every validation rule, and pyproject's defaults."""
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -117,3 +118,16 @@ def test_pyproject_run_config_lists_every_key_with_the_dataclass_default():
 def test_round_trip_through_the_flat_mapping():
     config = RunConfig.from_mapping({"method": "uq+", "num-clients": 100, "clients-per-round": 0.1})
     assert RunConfig.from_mapping(config.to_mapping()) == config
+
+
+def test_every_committed_run_config_still_loads_and_records_the_same_values():
+    """Issue 31: run-config keys and record fields stay as they are. Every run committed under
+    experiments/results (made before the typed families) loads into a RunConfig, and its
+    mapping gives back every value its config.json recorded."""
+    root = Path(__file__).resolve().parents[1] / "experiments" / "results"
+    records = sorted(root.rglob("config.json"))
+    assert len(records) >= 70
+    for record in records:
+        old = json.loads(record.read_text())["config"]
+        new = RunConfig.from_mapping(old).to_mapping()
+        assert {k: new.get(k) for k in old} == old, record
