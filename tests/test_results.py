@@ -59,3 +59,6 @@ def test_paths_below_the_results_base_are_stored_relative(tmp_path, monkeypatch)
         ".venv/bin/flwr-simulation",
         "--insecure",
     ]
+    # a program of this Python environment outside the results base: its name, not its path
+    program = str(Path(sys.executable).parent / "flwr-simulation")
+    assert public_argv([program, "--insecure"]) == ["flwr-simulation", "--insecure"]

@@ -47,11 +47,15 @@ PACKAGES = (
 
 def public_argv(argv: list[str] | None = None) -> list[str]:
     """The process's command line with credential values (the run token Flower passes to
-    ``flwr-simulation``) replaced by ``<redacted>`` and the program portable (``portable_path``),
-    fit to be stored in a results folder."""
+    ``flwr-simulation``) replaced by ``<redacted>`` and the program portable: relative to the
+    results base (``portable_path``), or, for a program of the running Python environment outside
+    it (a checkout run with another checkout's venv), its name. Fit to be stored in a results
+    folder."""
     args = list(sys.argv if argv is None else argv)
     if args and Path(args[0]).is_absolute():
         args[0] = portable_path(args[0])
+        if Path(args[0]).is_absolute() and Path(args[0]).parent == Path(sys.executable).parent:
+            args[0] = Path(args[0]).name
     for i, arg in enumerate(args):
         flag, eq, _ = arg.partition("=")
         if flag in SECRET_FLAGS and eq:
