@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from experiments.reporting.legacy import upgrade_config
-from experiments.reporting.runs import find_runs, group_settings, method_label
+from experiments.reporting.runs import find_runs, group_settings
 
 RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results"
 
@@ -17,7 +17,7 @@ def test_committed_cq_runs_read_as_the_twos_complement_grid_and_fp32_is_unchange
     runs = {r.run_id: r for r in find_runs([RESULTS / "lenet-cifar10-150"]).runs}
     assert "cq-grid" not in json.loads((runs["iid-cq4-s0"].path / "config.json").read_text())
     assert runs["iid-cq4-s0"].method == "cq4(cq-grid=twos-complement)"
-    assert method_label(runs["iid-cq4-s0"].method) == "CQ 4-bit (cq-grid=twos-complement)"
+    assert runs["iid-cq4-s0"].identity.label == "CQ 4-bit (cq-grid=twos-complement)"
     assert runs["iid-cq2-s0"].method == "cq2(cq-grid=twos-complement)"
     assert runs["iid-fp32-s0"].method == "fp32" and runs["iid-uq-s0"].method == "uq"
 

@@ -385,19 +385,36 @@ def test_module_entry_point(tmp_path):
 def test_lossless_and_mixed_runs_are_methods_of_their_own_in_the_same_setting():
     """A lossless or mixed-format run is compared beside the plain methods of its setting (same
     FP32 baseline), under a name and label that say what modifies it."""
-    from experiments.reporting.runs import _method_order, method_label
+    from experiments.reporting.identity import MethodId
 
-    assert method_label("uq") == METHOD_LABELS["uq"]
-    assert method_label("uq+lossless") == METHOD_LABELS["uq"] + " + lossless"
-    assert method_label("uq[fp32:0.3,e4m3:0.7]+lossless") == (
-        METHOD_LABELS["uq"] + " mixed(fp32:0.3,e4m3:0.7) + lossless"
+    def identity(method: str, **modifiers: object) -> MethodId:
+        return MethodId.of(
+            {"method": method, **{k.replace("_", "-"): v for k, v in modifiers.items()}}
+        )
+
+    assert identity("uq").label == METHOD_LABELS["uq"] and identity("uq").name == "uq"
+    lossless = identity("uq", lossless=True)
+    assert (lossless.name, lossless.label) == ("uq+lossless", METHOD_LABELS["uq"] + " + lossless")
+    mixed = identity("uq", client_formats="fp32:0.3,e4m3:0.7", lossless=True)
+    assert mixed.name == "uq[fp32:0.3,e4m3:0.7]+lossless"
+    assert mixed.label == METHOD_LABELS["uq"] + " mixed(fp32:0.3,e4m3:0.7) + lossless"
+    averaged = identity("fp32", moving_average=0.9)
+    assert (averaged.name, averaged.label) == ("fp32+ma0.9", METHOD_LABELS["fp32"] + " + MA λ=0.9")
+    # UQ+'s own "+" is part of its name: the identity needs no parsing to tell
+    plus = identity("uq+", lossless=True)
+    assert (plus.name, plus.label) == ("uq++lossless", METHOD_LABELS["uq+"] + " + lossless")
+    layered = identity("uq", layer_formats="fc1:e2m1", downlink_format="e3m2", lossless="context")
+    assert layered.name == "uq{fc1:e2m1,down:e3m2}+context"
+    assert layered.label == METHOD_LABELS["uq"] + " layers(fc1:e2m1,down:e3m2) + context coding"
+    custom = identity(
+        "qafel-custom", qafel_uplink="qsgd8", qafel_downlink="qsgd8", qafel_start="hidden"
     )
-    assert method_label("fp32+ma0.9") == METHOD_LABELS["fp32"] + " + MA λ=0.9"
-    # UQ+'s own "+" is part of its name, not a suffix
-    assert method_label("uq++lossless") == METHOD_LABELS["uq+"] + " + lossless"
-    ordered = sorted(
-        ["bq", "uq++lossless", "uq+lossless", "fp32+ma0.9", "fp32", "uq"], key=_method_order
-    )
+    assert custom.name == "qafel-custom(qsgd8/qsgd8/hidden)" and custom.asynchronous
+    assert custom.label == "QAFeL custom (qsgd8/qsgd8/hidden)"
+    assert identity("lpt8", lpt_downlink="bfp").name == "lpt8(lpt-downlink=bfp)"
+    assert identity("nonesuch").label == "nonesuch" and not identity("nonesuch").asynchronous
+    methods = [identity("bq"), plus, lossless, averaged, identity("fp32"), identity("uq")]
+    ordered = [m.name for m in sorted(methods, key=lambda m: m.order)]
     assert ordered == ["fp32", "fp32+ma0.9", "uq", "uq+lossless", "uq++lossless", "bq"]
 
 

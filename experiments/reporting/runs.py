@@ -37,6 +37,7 @@ from experiments.reporting.gain import (
     series_from_rounds,
     uplink_from_rounds,
 )
+from experiments.reporting.identity import MethodId
 from experiments.reporting.legacy import upgrade_config
 from fp8fl.data.partitioners import DIRICHLET_SCHEMES, SCHEMES
 from fp8fl.methods.registry import FAMILIES, METHODS
@@ -46,7 +47,6 @@ __all__ = [
     "BASELINE",
     "METHOD_LABELS",
     "MODEL_NAMES",
-    "MODIFIED",
     "TASK_NAMES",
     "Found",
     "Key",
@@ -56,7 +56,6 @@ __all__ = [
     "find_runs",
     "group_settings",
     "message_sizes",
-    "method_label",
 ]
 
 Key = tuple[tuple[str, Any], ...]
@@ -108,48 +107,9 @@ NOT_SETTING = frozenset(
         ),
     }
 )
-VARIANT_SWITCHES = {
-    preset.name: family.settings_type.variant_defaults()
-    for family in FAMILIES
-    for preset in (*family.presets, family.custom)
-}
-"""Per registered method, its family's variant keys, with their defaults."""
-CUSTOM_SWITCHES = {family.custom.name: family.settings_type.preset_keys() for family in FAMILIES}
-"""Per custom method, the switches that tell its runs apart (``qafel-custom(qsgd8/qsgd8/hidden)``)."""
 SERVER_OPT_KEYS = frozenset({"server-opt-steps", "server-opt-lrs", "server-opt-grid"})
 LABELLED_KEYS = frozenset({"task", "model", "split", "dirichlet-alpha"})
 INCOMPLETE = re.compile(r"-incomplete-\d+$")
-LOSSLESS_SUFFIX = "+lossless"
-CONTEXT_SUFFIX = "+context"  # lossless = "context"
-MA_SUFFIX = "+ma"  # then λ: fp32+ma0.9
-MODIFIED = re.compile(
-    r"^(?P<base>.+?)(?:\((?P<switches>[^)]*)\))?(?:\[(?P<formats>[^\]]*)\])?"
-    r"(?:\{(?P<layers>[^}]*)\})?"
-    rf"(?:{re.escape(MA_SUFFIX)}(?P<ma>[0-9.]+))?"
-    rf"(?P<lossless>{re.escape(LOSSLESS_SUFFIX)}|{re.escape(CONTEXT_SUFFIX)})?$"
-)
-CUSTOM_LABELS = {family.custom.name: family.custom.label for family in FAMILIES}
-
-
-def method_label(method: str) -> str:
-    """A method's label: its registered label, with a custom method's switches, client formats,
-    the server moving average and the lossless stage."""
-    if method in METHOD_LABELS:
-        return METHOD_LABELS[method]
-    parts = MODIFIED.match(method)
-    if parts is None:
-        return method
-    label = METHOD_LABELS.get(parts["base"]) or CUSTOM_LABELS.get(parts["base"], parts["base"])
-    if parts["switches"]:
-        label += f" ({parts['switches']})"
-    if parts["formats"]:
-        label += f" mixed({parts['formats']})"
-    if parts["layers"]:
-        label += f" layers({parts['layers']})"
-    if parts["ma"]:
-        label += f" + MA λ={parts['ma']}"
-    lossless = {LOSSLESS_SUFFIX: " + lossless", CONTEXT_SUFFIX: " + context coding"}
-    return label + lossless.get(parts["lossless"], "")
 
 
 # ---------------------------------------------------------------------------- runs
@@ -178,45 +138,17 @@ class Run:
         return int(self.config["seed"])
 
     @property
+    def identity(self) -> MethodId:
+        """Which method the run is (``MethodId``): a custom one is told apart by its family's
+        preset keys, a variant by the family keys it changed; mixed client formats, per-layer
+        formats, the server moving average and the lossless stage modify it, so such a run is
+        a method of its own beside the plain one, in the same setting."""
+        return MethodId.of(self.config)
+
+    @property
     def method(self) -> str:
-        """The run-config method; a custom one (``custom``, ``cq-custom``, …) is told apart by its
-        family's switches. Mixed client formats, per-layer formats, the server moving average and the
-        lossless stage are suffixes (``uq[fp32:0.3,e4m3:0.7]``, ``uq{fc1:e2m1}``, ``fp32+ma0.9``,
-        ``uq+lossless``, ``uq+context``), so such a run is
-        a method of its own beside the plain one, in the same setting. So is a run that changed one
-        of its family's other switches (``lpt8(lpt-downlink=bfp)``)."""
-        method = self.config["method"]
-        switches = [s for s in (self._custom_switches(), self._changed_switches()) if s]
-        if switches:
-            method += f"({', '.join(switches)})"
-        if formats := self.config.get("client-formats"):
-            method += f"[{formats}]"
-        layers = self.config.get("layer-formats") or ""
-        if down := self.config.get("downlink-format"):
-            layers += f"{',' if layers else ''}down:{down}"
-        if layers:  # per-layer formats, the downlink's own last: uq{fc1:e2m1,down:e3m2}
-            method += f"{{{layers}}}"
-        if lam := self.config.get("moving-average"):
-            method += f"{MA_SUFFIX}{lam:g}"
-        lossless = self.config.get("lossless")
-        return method + (
-            CONTEXT_SUFFIX if lossless == "context" else LOSSLESS_SUFFIX if lossless else ""
-        )
-
-    def _custom_switches(self) -> str:
-        """A custom method's preset switches, as values (``qsgd4/qsgd8/hidden``)."""
-        keys = CUSTOM_SWITCHES.get(self.config["method"], ())
-        return "/".join(str(self.config.get(k)) for k in keys)
-
-    def _changed_switches(self) -> str:
-        """The method family's switches beyond its presets that this run changed from their
-        defaults (``lpt-downlink=bfp``), so such a run is a variant beside the plain method."""
-        defaults = VARIANT_SWITCHES.get(self.config["method"], {})
-        return ", ".join(
-            f"{k}={self.config[k]}"
-            for k in defaults
-            if self.config.get(k, defaults[k]) != defaults[k]
-        )
+        """The identity's name (``uq``, ``lpt8(lpt-downlink=bfp)``, ``uq{fc1:e2m1}+context``)."""
+        return self.identity.name
 
     @property
     def key(self) -> Key:
@@ -357,8 +289,12 @@ class MethodResult:
         return float(self.accuracies.std(ddof=1)) if self.n >= 2 else None
 
     @property
+    def identity(self) -> MethodId:
+        return self.runs[0].identity
+
+    @property
     def label(self) -> str:
-        return method_label(self.method)
+        return self.identity.label
 
 
 @dataclass(frozen=True)
@@ -404,15 +340,6 @@ class Setting:
         return safe_name("-".join(str(p) for p in parts))
 
 
-def _method_order(method: str) -> tuple[int, str]:
-    """Registry order, each modified method (mixed formats, moving average, lossless) right after
-    its base."""
-    names = list(METHOD_LABELS)
-    parts = MODIFIED.match(method)
-    base = method if method in names or parts is None else parts["base"]
-    return (names.index(base) if base in names else len(names), method)
-
-
 def _results(runs: Sequence[Run]) -> dict[str, MethodResult]:
     """Per method (FP32 first): its runs by seed, seed-mean curve and gains over FP32 (on total
     and on uplink bytes)."""
@@ -430,7 +357,7 @@ def _results(runs: Sequence[Run]) -> dict[str, MethodResult]:
             communication_gain(baseline, curves[m]),
             communication_gain(baseline_up, uplinks[m]),
         )
-        for m in sorted(by_method, key=_method_order)
+        for m in sorted(by_method, key=lambda m: by_method[m][0].identity.order)
     }
 
 

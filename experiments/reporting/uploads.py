@@ -27,23 +27,13 @@ from matplotlib.figure import Figure
 
 from experiments.reporting.gain import TOLERANCE, Uplink, align
 from experiments.reporting.plots import colors_for, draw_band, save_figure
-from experiments.reporting.runs import MODIFIED, MethodResult, Setting
+from experiments.reporting.runs import MethodResult, Setting
 from experiments.reporting.tables import write_csv
-from fp8fl.methods.registry import family_of
 
 __all__ = ["ToTarget", "setting_target", "to_target", "write_uploads"]
 
 MB = 1e6
 REFERENCE = "fedbuff"
-
-
-def is_buffered(method: str) -> bool:
-    """A method run by the buffered (asynchronous) server loop."""
-    parts = MODIFIED.match(method)
-    try:
-        return family_of(parts["base"] if parts else method).asynchronous
-    except KeyError:  # a method this registry does not know
-        return False
 
 
 @dataclass(frozen=True)
@@ -197,7 +187,7 @@ def write_uploads(
     written: list[Path] = []
     texts: list[str] = []
     for setting in settings:
-        if not any(is_buffered(m) for m in setting.methods):
+        if not any(r.identity.asynchronous for r in setting.methods.values()):
             continue
         level = target if target is not None else setting_target(setting)
         if level is None:
