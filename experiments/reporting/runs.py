@@ -107,7 +107,6 @@ NOT_SETTING = frozenset(
         ),
     }
 )
-SERVER_OPT_KEYS = frozenset({"server-opt-steps", "server-opt-lrs", "server-opt-grid"})
 LABELLED_KEYS = frozenset({"task", "model", "split", "dirichlet-alpha"})
 INCOMPLETE = re.compile(r"-incomplete-\d+$")
 
@@ -156,10 +155,8 @@ class Run:
         unused = set(NOT_SETTING)
         if self.config.get("split") not in DIRICHLET_SCHEMES:
             unused.add("dirichlet-alpha")
-        if self.config.get("qat") == "none":
-            unused |= {"format", "calibration-samples"}
-        if self.config.get("server-opt") != "mse":
-            unused |= SERVER_OPT_KEYS
+        for family in FAMILIES:
+            unused |= family.idle_keys(self.config)
         return tuple(sorted((k, _hashable(v)) for k, v in self.config.items() if k not in unused))
 
     @property

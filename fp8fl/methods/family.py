@@ -191,6 +191,12 @@ class Family(ABC, Generic[S]):
         """The settings and format the clients of format ``fmt`` of a mixed-precision run use."""
         raise TypeError(f"the {self.label} methods have no clients in formats of their own")
 
+    def idle_keys(self, values: Mapping[str, Any]) -> frozenset[str]:
+        """Report hint: the run-config keys that do nothing in a run with these ``values`` (the
+        family's own keys as given, or unset), so that runs differing only there share a
+        setting; none by default."""
+        return frozenset()
+
     def preset(self, name: str) -> Preset[S]:
         """A preset or the custom method of this family, by name (KeyError otherwise)."""
         return {p.name: p for p in (*self.presets, self.custom)}[name]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -430,6 +430,14 @@ class FP8Family(Family[FP8Settings]):
             settings.server_opt_grid,
             run.seed,
         )
+
+    def idle_keys(self, values: Mapping[str, Any]) -> frozenset[str]:
+        """Without QAT nothing is in ``format`` and nothing calibrates; ServerOptimize's search
+        runs only with ``server-opt = "mse"``."""
+        idle = {"format", "calibration-samples"} if values.get("qat") == "none" else set()
+        if values.get("server-opt") != "mse":
+            idle |= {"server-opt-steps", "server-opt-lrs", "server-opt-grid"}
+        return frozenset(idle)
 
     def partition_formats(self, settings: FP8Settings, run: RunView) -> tuple[str, ...]:
         shares = parse_client_formats(settings.client_formats)
