@@ -1,6 +1,7 @@
 """``BufferedClient``: one FedBuff / QAFeL job — train from the start model the server sent (x̂ at
 the job's start version, as float32) and upload Q_c(Δ), Δ = y_P − y_0, through the uplink codec.
-It is ``QuantizedClient``'s fit with a job's seed, start and upload."""
+It is ``QuantizedClient``'s fit with a job's seed and start; its quantizer sends Δ
+(``DeltaTraining``, ``SendsChanges``)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,3 @@ class BufferedClient(QuantizedClient):
     def _start(self, layout: StateLayout, parameters: NDArrays) -> tuple[State, Reference | None]:
         """The job's start model, as float32."""
         return layout.unpack(parameters, START_CODEC), None
-
-    def _upload(self, trained: State, start: State) -> State:
-        """Δ = y_P − y_0."""
-        return {name: trained[name] - value for name, value in start.items()}

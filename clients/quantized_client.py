@@ -17,12 +17,12 @@ from flwr.common import Config, NDArrays, Scalar
 
 from clients.placement import placement_metrics
 from fp8fl.data.tasks import load_task_data
-from fp8fl.federated.seams import State
+from fp8fl.federated.seams import SendsChanges, State
 from fp8fl.federated.seeds import derive_seed, seeded_generator
 from fp8fl.federated.wire import Reference, StateLayout
 from fp8fl.run.client_data import client_partition
 from fp8fl.run.client_formats import partition_config
-from fp8fl.run.components import build_codec, build_downlink_codec
+from fp8fl.run.components import build_codec, build_downlink_codec, build_quantizer
 from fp8fl.run.config import RunConfig
 from fp8fl.run.protocol import check_instructions, update_metrics
 from fp8fl.run.training import (
@@ -62,6 +62,7 @@ class QuantizedClient(NumPyClient):
         self.data = load_task_data(config.task, config.model, "train", config.data_root)
         self.codec = build_codec(self.config)  # the uplink's
         self.downlink_codec = build_downlink_codec(self.config)
+        self.quantizer = build_quantizer(self.config)
 
     def get_properties(self, config: Config) -> dict[str, Scalar]:
         return {"partition-id": self.partition_id, "num-examples": len(self.indices)}
@@ -102,5 +103,7 @@ class QuantizedClient(NumPyClient):
         return state, received if self.config.context_coding else None
 
     def _upload(self, trained: State, start: State) -> State:
-        """What the uplink carries: the trained model itself."""
+        """What the uplink carries: the trained model, or its change over the fit."""
+        if isinstance(self.quantizer, SendsChanges):
+            return self.quantizer.change(trained, start)
         return trained

@@ -19,7 +19,7 @@ from flwr.common import FitIns, FitRes, parameters_to_ndarrays
 from flwr.common.logger import log
 from flwr.server.client_proxy import ClientProxy
 
-from fp8fl.federated.seams import ClientUpdate, Codec, ExposesCodes
+from fp8fl.federated.seams import ClientUpdate, Codec, ExposesCodes, SendsChanges
 from fp8fl.federated.seeds import seeded_generator
 from fp8fl.federated.wire import Reference, StateLayout
 from fp8fl.run.client_formats import client_config, partition_formats
@@ -178,6 +178,9 @@ class SyncRound:
             group.codec,
             reference,
         )
+        if isinstance(self.built.quantizer, SendsChanges):  # Δ: the model is what was sent + Δ
+            state = {k: global_state[k] + delta for k, delta in update.state.items()}
+            update = dataclasses.replace(update, state=state)
         if len(update.state) < len(self.layout.shapes):
             state = {
                 k: update.state[k] if k in update.state else global_state[k].clone()

@@ -30,6 +30,7 @@ FAMILY_PAGES = {
     "cq": "docs/methods/clipped_uniform.md",
     "lpt": "docs/methods/lpt.md",
     "qafel": "docs/methods/qafel.md",
+    "qsgd": "docs/methods/qsgd.md",
 }
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "LocalOptimizer",
     "Quantizer",
     "RunView",
+    "SendsChanges",
     "StatelessAggregator",
     "TrainsItself",
     "states_and_weights",
@@ -161,6 +162,18 @@ class Quantizer(Protocol):
         ...
 
     def calibrate(self, model: nn.Module, batch: torch.Tensor) -> None: ...
+
+
+@runtime_checkable
+class SendsChanges(Protocol):
+    """A quantizer whose client sends the change of its model over a fit, Δ = y − x (x: the model
+    it started from), instead of the model: update compression (QSGD, FedBuff, QAFeL). A
+    synchronous server adds each decoded Δ to the global model (so such a method sends that
+    model down exactly, as float32); a buffered server steps with the Δs themselves."""
+
+    def change(self, trained: State, start: State) -> State:
+        """What the uplink carries: ``trained`` − ``start``, entry by entry."""
+        ...
 
 
 class LocalOptimizer(Protocol):

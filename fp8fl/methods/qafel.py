@@ -95,7 +95,8 @@ UINT8, INT8, FLOAT32 = np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.float3
 
 # ---------------------------------------------------------------------------- quantizer
 class DeltaTraining:
-    """FP32 local training whose every floating-point tensor travels through the codec."""
+    """FP32 local training that sends its change Δ (``SendsChanges``), every floating-point
+    tensor of it through the codec."""
 
     name: ClassVar[str] = "fp32-deltas"
     calibrates: ClassVar[bool] = False
@@ -108,6 +109,10 @@ class DeltaTraining:
 
     def calibrate(self, model: nn.Module, batch: torch.Tensor) -> None:
         raise TypeError("an FP32 model has no ranges to calibrate")
+
+    def change(self, trained: State, start: State) -> State:
+        """Δ = y_P − y_0."""
+        return {name: trained[name] - value for name, value in start.items()}
 
 
 # ---------------------------------------------------------------------------- codecs

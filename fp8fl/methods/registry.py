@@ -17,10 +17,11 @@ from fp8fl.methods.family import Family, Preset
 from fp8fl.methods.fp8 import FP8
 from fp8fl.methods.lpt import LPT
 from fp8fl.methods.qafel import QAFEL
+from fp8fl.methods.qsgd import QSGD
 
 __all__ = ["FAMILIES", "METHODS", "SERVER_LOOPS", "family_of"]
 
-FAMILIES: tuple[Family[Any], ...] = (FP8, CLIPPED_UNIFORM, LPT, QAFEL)
+FAMILIES: tuple[Family[Any], ...] = (FP8, CLIPPED_UNIFORM, LPT, QAFEL, QSGD)
 METHODS: dict[str, Preset[Any]] = {p.name: p for f in FAMILIES for p in f.presets}
 """Every preset by name, family by family in registry order."""
 SERVER_LOOPS = ("sync", "buffered-simulated", "buffered-real")
