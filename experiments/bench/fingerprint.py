@@ -103,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     before = json.loads(args.compare.read_text())
     print(f"compared with {args.compare} (taken at {before.get('commit', 'an unrecorded commit')})")
-    differ = [k for k in prints if before.get(k) != prints[k]]
+    new = [k for k in prints if k not in before]
+    differ = [k for k in prints if k in before and before[k] != prints[k]]
+    if new:  # a preset or variant added since the reference: nothing to compare it with
+        print(f"not in the reference (new): {', '.join(new)}")
     print("identical" if not differ else f"DIFFERENT: {', '.join(differ)}")
     return 1 if differ else 0
 
