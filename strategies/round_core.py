@@ -41,6 +41,7 @@ from fp8fl.federated.seams import ClientUpdate, Codec
 from fp8fl.federated.seeds import derive_seed
 from fp8fl.federated.wire import Reference, StateLayout, WireError
 from fp8fl.methods.fp8 import Float32Codec
+from fp8fl.methods.robust import ClipReport
 from fp8fl.run.config import RunConfig
 from fp8fl.run.protocol import RAY_NODE, ProtocolError, check_update_metrics, fit_instructions
 from fp8fl.run.results import RunRecorder
@@ -54,7 +55,6 @@ from strategies.server_model import ServerModel
 __all__ = [
     "SERVER_STATE",
     "ClientFault",
-    "ClipReport",
     "RoundRecord",
     "ServerRun",
     "StepFacts",
@@ -97,28 +97,18 @@ class ClientFault:
         return cls(partition, f"{status.code.name}: {status.message}")
 
 
-@dataclass(frozen=True)
-class ClipReport:
-    """What the robust rule clipped of one update (``fp8fl.methods.robust``): ``clipped`` of its
-    ``of`` entries, the largest change ``max_ratio`` × its bound (None: the bound was 0), in entry
-    ``worst``."""
-
-    clipped: int
-    of: int
-    max_ratio: float | None
-    worst: str
-
-    def log(self, partition: str) -> None:
-        log(
-            WARNING,
-            "fp8fl: the robust rule clipped the update of partition %s: %d of %d entries, "
-            "the largest change %s x its bound (%s)",
-            partition,
-            self.clipped,
-            self.of,
-            "inf" if self.max_ratio is None else self.max_ratio,
-            self.worst,
-        )
+def log_clip(partition: str, report: ClipReport) -> None:
+    """Warn that the robust rule clipped the update of ``partition``."""
+    log(
+        WARNING,
+        "fp8fl: the robust rule clipped the update of partition %s: %d of %d entries, "
+        "the largest change %s x its bound (%s)",
+        partition,
+        report.clipped,
+        report.of,
+        "inf" if report.max_ratio is None else report.max_ratio,
+        report.worst,
+    )
 
 
 @dataclass(frozen=True)
@@ -198,13 +188,13 @@ class RoundRecord:
         else:
             self.train_loss = sum(losses) / len(losses)
 
-    def clip(self, clipped: Mapping[str, Mapping[str, Any]] | None) -> None:
+    def clip(self, clipped: Mapping[str, ClipReport] | None) -> None:
         """The robust rule's report (the aggregate's ``clipped`` metric), logged per update."""
         if clipped is None:
             return
-        self.clipped = {pid: ClipReport(**entry) for pid, entry in clipped.items()}
+        self.clipped = dict(clipped)
         for pid, report in self.clipped.items():
-            report.log(pid)
+            log_clip(pid, report)
 
     def to_json(self) -> dict[str, Any]:
         entry = dataclasses.asdict(self)

@@ -9,7 +9,7 @@ import torch
 
 from clients.hostile_client import negate_model, scale_ranges
 from fp8fl.federated.seams import ClientUpdate
-from fp8fl.methods.robust import NormBound, bound_updates
+from fp8fl.methods.robust import ClipReport, NormBound, bound_updates
 from fp8fl.run.components import build
 from fp8fl.run.config import ConfigError, RunConfig
 from fp8fl.run.training import build_run_model, run_layout
@@ -93,7 +93,7 @@ def test_the_bound_keeps_every_entry_of_every_method_near_the_honest_changes(met
     assert _largest_change(global_state, robust.state) <= honest * slack
     assert set(robust.metrics["clipped"]) >= {"8", "9"}
     for pid in ("8", "9"):
-        assert robust.metrics["clipped"][pid]["max_ratio"] > 5
+        assert robust.metrics["clipped"][pid].max_ratio > 5
 
 
 def test_updates_inside_the_bound_pass_bit_for_bit():
@@ -120,7 +120,7 @@ def test_a_clipped_change_has_exactly_the_bound_and_keeps_its_direction():
     bounded, report = bound_updates(global_state, updates, factor=1.0)
     assert [float(u.state["a"][0]) for u in bounded] == [1.0, 2.0, 3.0, 3.0, 3.0]
     assert [float(u.state["alpha"]) for u in bounded] == [2.0, 3.0, 4.0, 4.0, 4.0]
-    assert report["4"] == {"clipped": 2, "of": 2, "max_ratio": 333.3, "worst": "a"}
+    assert report["4"] == ClipReport(clipped=2, of=2, max_ratio=333.3, worst="a")
     assert set(report) == {"3", "4"}
 
 

@@ -4,6 +4,7 @@ runtime: synthetic data, components called directly."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -17,7 +18,7 @@ from clients.quantized_client import QuantizedClient
 from fp8fl.data.tasks import TaskData
 from fp8fl.federated.seams import ClientUpdate
 from fp8fl.methods.qafel import JOB_KEY, START_CODEC
-from fp8fl.methods.robust import bound_updates
+from fp8fl.methods.robust import ClipReport, bound_updates
 from fp8fl.run.checkpoint import load_checkpoint
 from fp8fl.run.components import build
 from fp8fl.run.config import RunConfig
@@ -27,7 +28,6 @@ from fp8fl.run.training import build_run_model, run_layout
 from strategies.ledger import Ledger, fitres_bytes
 from strategies.round_core import (
     ClientFault,
-    ClipReport,
     RoundRecord,
     ServerRun,
     StepFacts,
@@ -52,7 +52,7 @@ def test_faults_clip_reports_and_step_facts_are_written_as_plain_json_in_field_o
     record = RoundRecord(4, [0, 1, 2, 3])
     record.fail(ClientFault(3, "RuntimeError: down"))
     record.reject(ClientFault(None, "update from a client that was never registered"))
-    record.clip({"1": {"clipped": 2, "of": 20, "max_ratio": None, "worst": "fc1.weight_alpha"}})
+    record.clip({"1": ClipReport(2, 20, None, "fc1.weight_alpha")})
     record.step = StepFacts([0, 1], 2, 6, 1234, 4, [7, 8], None, "real")
     entry = record.to_json()
     assert entry["failures"] == [{"partition": 3, "reason": "RuntimeError: down"}]
@@ -96,7 +96,7 @@ def test_the_robust_rules_report_round_trips_through_clip_reports():
     record = RoundRecord(1, [0, 1, 2, 3])
     record.clip(report)
     assert record.clipped is not None and isinstance(record.clipped["2"], ClipReport)
-    assert record.to_json()["clipped"] == report
+    assert record.to_json()["clipped"] == {p: dataclasses.asdict(r) for p, r in report.items()}
 
 
 def test_a_non_ok_status_is_a_failure_naming_its_code():

@@ -42,7 +42,7 @@ from fp8fl.federated.seams import (
     State,
 )
 
-__all__ = ["RULES", "NormBound", "bound_updates", "factor_problem", "robust_from"]
+__all__ = ["RULES", "ClipReport", "NormBound", "bound_updates", "factor_problem", "robust_from"]
 
 RULES = ("none", "norm-bound")
 
@@ -52,6 +52,17 @@ def factor_problem(value: float) -> str | None:
     if math.isfinite(value) and value >= 1.0:
         return None
     return f"robust-norm-factor must be >= 1 (below 1 it clips the median client too), got {value}"
+
+
+@dataclass(frozen=True)
+class ClipReport:
+    """What the rule clipped of one update: ``clipped`` of its ``of`` entries, the largest change
+    ``max_ratio`` × its bound (None: the bound was 0), in entry ``worst``."""
+
+    clipped: int
+    of: int
+    max_ratio: float | None
+    worst: str
 
 
 @dataclass(frozen=True)
@@ -102,12 +113,7 @@ def bound_updates(
             if ratio > 1.0:
                 clipped[k].append((ratio, name))
     report = {
-        str(u.partition): {
-            "clipped": len(c),
-            "of": len(entries),
-            "max_ratio": _significant(max(c)[0]),
-            "worst": max(c)[1],
-        }
+        str(u.partition): ClipReport(len(c), len(entries), _significant(max(c)[0]), max(c)[1])
         for u, c in zip(updates, clipped)
         if c
     }
