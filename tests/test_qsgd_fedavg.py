@@ -81,5 +81,6 @@ def test_a_run_sends_about_8_bits_per_weight_up_and_float32_down(tmp_path):
     up, down, fp32 = declared_bytes(config)
     assert down == fp32 and 0.25 < up / fp32 < 0.26
     for record in rounds[1:]:
-        assert record["bytes_up"] == 2 * up and record["clients_ok"] == 2
+        assert record["clients_ok"] == 2 and record["aggregated"] and not record["rejected"]
+        assert record["array_bytes_up"] == 2 * up and record["array_bytes_down"] == 2 * down
     assert len({r["model_sha256"] for r in rounds}) == len(rounds)  # every round moved it

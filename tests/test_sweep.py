@@ -212,9 +212,20 @@ def test_the_issue_34_reruns_have_names_of_their_own_and_the_old_runs_keep_their
     [minmax] = [r for r in asynchronous if r.config.to_mapping()["qafel-uplink"] == "minmax4"]
     assert minmax.name == "qafel-custom-minmax4-minmax8-hidden-flsim-s0"
     assert minmax.config.to_mapping()["qafel-minmax"] == "flsim"
-    committed = {p.name for p in results.glob("*/*") if (p / "summary.json").is_file()}
-    assert committed & {*new_cq, *new_lpt, minmax.name} == set()
-    assert {"iid-cq4-s0", "0.16-lpt8-s0", "qafel-custom-minmax4-minmax8-hidden-s0"} <= committed
+    committed = {p.name: p for p in results.glob("*/*") if (p / "summary.json").is_file()}
+    assert {"iid-cq4-s0", "0.16-lpt8-s0", "qafel-custom-minmax4-minmax8-hidden-s0"} <= set(
+        committed
+    )
+    # a rerun committed under its new name ran what the new name says
+    new_settings = {
+        **dict.fromkeys(new_cq, ("cq-grid", "symmetric")),
+        **dict.fromkeys(new_lpt, ("lpt-points", "authors")),
+        minmax.name: ("qafel-minmax", "flsim"),
+    }
+    for name, (key, value) in new_settings.items():
+        if name in committed:
+            recorded = json.loads((committed[name] / "config.json").read_text())["config"]
+            assert recorded[key] == value, name
 
 
 def test_the_150_round_bytes_sweep_file_is_the_issued_search():
