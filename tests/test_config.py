@@ -120,6 +120,25 @@ def test_round_trip_through_the_flat_mapping():
     assert RunConfig.from_mapping(config.to_mapping()) == config
 
 
+@pytest.mark.parametrize(
+    "given",
+    [
+        {},
+        {"method": "cq4", "lpt-points": "conv-linear-io"},
+        {"method": "lpt8", "cq-grid": "twos-complement"},
+        {"method": "qafel", "buffer-size": 5},
+    ],
+    ids=["default", "cq-with-other-keys", "lpt", "qafel"],
+)
+def test_one_key_reads_as_the_whole_mapping_gives_it(given):
+    # the family's own keys, other families' keys given (recorded) or not, and the core keys
+    config = RunConfig.from_mapping(given)
+    mapping = config.to_mapping()
+    assert {key: config.value(key) for key in mapping} == mapping
+    with pytest.raises(KeyError, match="no-such-key"):
+        config.value("no-such-key")
+
+
 def test_every_committed_run_config_still_loads_and_records_the_same_values():
     """Issue 31: run-config keys and record fields stay as they are. Every run committed under
     experiments/results (made before the typed families) loads into a RunConfig, and its

@@ -62,6 +62,10 @@ def test_numba_and_torch_backends_are_bit_identical(fmt):
         )
         assert torch.equal(fast.codes, ref.codes)
         assert torch.equal(fast.values.view(torch.int32), ref.values.view(torch.int32))
+        # values alone take the nearest kernel's own path (bit patterns, no code formed)
+        only = round_to_grid(x, tables, stochastic, key=99, want_codes=False, want_values=True)
+        assert only.nonfinite == ref.nonfinite
+        assert torch.equal(only.values.view(torch.int32), ref.values.view(torch.int32))
 
 
 @pytest.fixture

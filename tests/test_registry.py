@@ -4,11 +4,13 @@ checkpoint all agree with it, and every codec states the exact size of what it s
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from clients.app import CLIENTS
 from experiments.reporting.plots import METHOD_COLORS
 from experiments.reporting.runs import METHOD_LABELS
 from fp8fl.federated.wire import StateLayout
@@ -78,7 +80,7 @@ def test_the_report_takes_labels_and_colours_from_the_registry():
 
 
 def test_every_server_loop_has_flower_code_and_every_method_builds_the_components_it_names():
-    assert set(SERVER_LOOPS) == set(registry.SERVER_LOOPS)
+    assert set(SERVER_LOOPS) == set(registry.SERVER_LOOPS) == set(CLIENTS)
     for name in METHODS:
         config = RunConfig.from_mapping({"method": name})
         parts = config.components
@@ -86,6 +88,17 @@ def test_every_server_loop_has_flower_code_and_every_method_builds_the_component
         assert parts.server_loop in SERVER_LOOPS and built.server_loop == parts.server_loop
         assert built.quantizer.name == parts.quantizer, name
         assert built.aggregator.name in (parts.aggregator, "moving-average"), name
+
+
+def test_a_synchronous_method_that_sends_changes_needs_an_exact_downlink(monkeypatch):
+    # the server adds each Δ to its own model: a lossy downlink would make it add Δ to a model
+    # the client never trained from, so building such a method fails instead of drifting
+    config = RunConfig.from_mapping({"method": "qsgd8b512"})
+    assert build(config, ()).downlink_codec.name == "fp32"
+    lossy = SimpleNamespace(name="e4m3")
+    monkeypatch.setattr(type(config.family), "downlink_codec", lambda self, s, run: lossy)
+    with pytest.raises(ValueError, match=r"qsgd8b512 sends its clients' changes.*not e4m3"):
+        build(config, ())
 
 
 def test_a_family_s_keys_are_typed_fields_that_its_presets_fill_and_its_checks_guard():

@@ -29,6 +29,24 @@ _PRESETS = list(METHODS)
 
 
 @dataclass(frozen=True)
+class _Spelling:
+    """How a name or a label writes each difference from the plain preset (``str.format``)."""
+
+    variant: str
+    client_formats: str
+    layers: str
+    moving_average: str
+    context: str
+    lossless: str
+
+
+_NAME = _Spelling("({})", "[{}]", "{{{}}}", "+ma{:g}", "+context", "+lossless")
+_LABEL = _Spelling(
+    " ({})", " mixed({})", " layers({})", " + MA λ={:g}", " + context coding", " + lossless"
+)
+
+
+@dataclass(frozen=True)
 class MethodId:
     """A run's method: its family (None for a name this registry does not know), the run-config
     ``method``, the settings that make it a variant, and its modifiers."""
@@ -80,37 +98,31 @@ class MethodId:
         parts = ["/".join(self.switches), ", ".join(f"{k}={v}" for k, v in self.changed)]
         return ", ".join(p for p in parts if p)
 
+    def _spell(self, head: str, spelling: _Spelling) -> str:
+        """``head``, then each difference from the plain preset in ``spelling``'s words."""
+        parts = [head]
+        if variant := self._variant:
+            parts.append(spelling.variant.format(variant))
+        if self.client_formats:
+            parts.append(spelling.client_formats.format(self.client_formats))
+        if self.layers:
+            parts.append(spelling.layers.format(self.layers))
+        if self.moving_average:
+            parts.append(spelling.moving_average.format(self.moving_average))
+        if self.lossless:
+            parts.append(spelling.context if self.lossless == "context" else spelling.lossless)
+        return "".join(parts)
+
     @property
     def name(self) -> str:
         """One string: ``method(variant)[client formats]{layers}+maλ+lossless``."""
-        name = self.method
-        if variant := self._variant:
-            name += f"({variant})"
-        if self.client_formats:
-            name += f"[{self.client_formats}]"
-        if self.layers:
-            name += f"{{{self.layers}}}"
-        if self.moving_average:
-            name += f"+ma{self.moving_average:g}"
-        if self.lossless:
-            name += "+context" if self.lossless == "context" else "+lossless"
-        return name
+        return self._spell(self.method, _NAME)
 
     @property
     def label(self) -> str:
         """The preset's label (a custom method's its family's), then each difference in words."""
-        label = self.method if self.family is None else self.family.preset(self.method).label
-        if variant := self._variant:
-            label += f" ({variant})"
-        if self.client_formats:
-            label += f" mixed({self.client_formats})"
-        if self.layers:
-            label += f" layers({self.layers})"
-        if self.moving_average:
-            label += f" + MA λ={self.moving_average:g}"
-        if self.lossless:
-            label += " + context coding" if self.lossless == "context" else " + lossless"
-        return label
+        head = self.method if self.family is None else self.family.preset(self.method).label
+        return self._spell(head, _LABEL)
 
     @property
     def order(self) -> tuple[int, str]:

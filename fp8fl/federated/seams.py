@@ -74,6 +74,11 @@ class Components:
     def downlink_codec(self) -> str:
         return self.downlink or self.codec
 
+    @property
+    def synchronous(self) -> bool:
+        """Rounds of FedAvg's shape (the ``sync`` loop), not a buffered asynchronous loop."""
+        return self.server_loop == "sync"
+
 
 class RunView(Protocol):
     """What a family reads of the run config beyond its own settings (``fp8fl.run.config``'s

@@ -22,6 +22,8 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
+from types import MappingProxyType
 from typing import Any, Generic, Self, TypeVar
 
 from fp8fl.federated.seams import Aggregator, Codec, Components, Quantizer, RunView
@@ -72,12 +74,16 @@ class Settings:
     """Base of a family's frozen settings dataclass: every field is a run-config key."""
 
     @classmethod
-    def declared(cls) -> dict[str, tuple[str, Setting, Any]]:
-        """Run-config key -> (field name, its ``Setting``, its default), in field order."""
-        return {
-            f.metadata[_SETTING].key: (f.name, f.metadata[_SETTING], f.default)
-            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-        }
+    @cache
+    def declared(cls) -> Mapping[str, tuple[str, Setting, Any]]:
+        """Run-config key -> (field name, its ``Setting``, its default), in field order; built
+        once per settings class (every key look-up goes through it)."""
+        return MappingProxyType(
+            {
+                f.metadata[_SETTING].key: (f.name, f.metadata[_SETTING], f.default)
+                for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            }
+        )
 
     @classmethod
     def preset_keys(cls) -> tuple[str, ...]:

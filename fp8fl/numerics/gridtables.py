@@ -78,14 +78,15 @@ class GridTables:
         return CellLookup.build(self.magnitudes[1:], self.fmt.man_bits)
 
     @cached_property
-    def nearest_cell_values(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per cell of ``nearest``, the grid value below and at or above its threshold (float32):
-        rounding then needs no code, one look-up fewer per element."""
+    def nearest_cell_pairs(self) -> np.ndarray:
+        """Per cell k of ``nearest``, the grid value below its threshold at 2k and the one at or
+        above it at 2k + 1 (float32): rounding then needs no code, one look-up fewer per element,
+        and the choice between the two is an index, not a branch."""
         lookup, last = self.nearest, len(self.magnitudes) - 1
-        return (
-            self.magnitudes[np.minimum(lookup.base, last)],
-            self.magnitudes[np.minimum(lookup.base + 1, last)],
-        )
+        pairs = np.empty(2 * len(lookup.base), dtype=np.float32)
+        pairs[0::2] = self.magnitudes[np.minimum(lookup.base, last)]
+        pairs[1::2] = self.magnitudes[np.minimum(lookup.base + 1, last)]
+        return pairs
 
     @property
     def sign_code(self) -> int:

@@ -37,6 +37,7 @@ __all__ = [
 
 _ABS_MASK = 0x7FFFFFFF
 _INF_BITS = 0x7F800000
+_SIGN_BIT = np.int32(-(1 << 31))
 _GAMMA = 0x9E3779B97F4A7C15
 _MIX1 = 0xBF58476D1CE4E5B9
 _MIX2 = 0x94D049BB133111EB
@@ -128,20 +129,36 @@ def _values_kernel(x, key, stochastic, shift, kmin, base, nxt, mags, values):
     return nonfinite
 
 
-@njit(cache=True, nogil=True)
-def _nearest_values_serial(x, shift, kmin, nxt, below, above, values):
-    """``_values_kernel`` with nearest rounding, on the calling thread: for a one-thread process,
-    where a parallel launch costs about 0.1 ms whatever the size (QAT makes ten a step). The cell
-    gives the value itself (``GridTables.nearest_cell_values``), so no code is formed."""
-    xbits = x.view(np.int32)
-    last = nxt.size - 1
+@njit(inline="always")
+def _nearest_bits_at(xbits, i, shift, kmin, nxt, pairs, vbits):
+    """Nearest rounding of element i on bit patterns, without a branch (random signs and cells
+    made the branchy form mispredict half the time): the cell's pair gives the value below or at
+    or above its threshold, and the sign bit of x is or-ed in, which is -v for every table value.
+    Returns 1 if x[i] is not finite, else 0."""
+    xb = xbits[i]
+    a = xb & _ABS_MASK
+    k = min(max((a >> shift) - kmin, 0), nxt.size - 1)
+    vbits[i] = pairs[2 * k + (a >= nxt[k])] | (xb & _SIGN_BIT)
+    return a >= _INF_BITS
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _nearest_values_kernel(xbits, shift, kmin, nxt, pairs, vbits):
+    """``_values_kernel`` for nearest rounding, on int32 views of x, of the values and of
+    ``GridTables.nearest_cell_pairs`` (views taken inside a parallel kernel are not written back)."""
     nonfinite = 0
-    for i in range(x.size):
-        a = xbits[i] & _ABS_MASK
-        nonfinite += 1 if a >= _INF_BITS else 0
-        k = min(max((a >> shift) - kmin, 0), last)
-        v = above[k] if a >= nxt[k] else below[k]
-        values[i] = -v if xbits[i] < 0 else v
+    for i in prange(xbits.size):
+        nonfinite += _nearest_bits_at(xbits, i, shift, kmin, nxt, pairs, vbits)
+    return nonfinite
+
+
+@njit(cache=True, nogil=True)
+def _nearest_values_serial(xbits, shift, kmin, nxt, pairs, vbits):
+    """``_nearest_values_kernel`` on the calling thread: for a one-thread process, where a parallel
+    launch costs about 0.1 ms whatever the size (QAT makes ten a step)."""
+    nonfinite = 0
+    for i in range(xbits.size):
+        nonfinite += _nearest_bits_at(xbits, i, shift, kmin, nxt, pairs, vbits)
     return nonfinite
 
 
@@ -259,10 +276,15 @@ def round_to_grid(
     lookup = tables.floor if stochastic else tables.nearest
     grid = (lookup.shift, lookup.kmin, lookup.base, lookup.next, tables.magnitudes)
     codes = values = None
-    if want_values and not want_codes and not stochastic and _threads() == 1:
+    if want_values and not want_codes and not stochastic:
         values = torch.empty(flat.size, dtype=torch.float32)
-        cells = (lookup.shift, lookup.kmin, lookup.next, *tables.nearest_cell_values)
-        nonfinite = _nearest_values_serial(flat, *cells, values.numpy())
+        pairs = tables.nearest_cell_pairs.view(np.int32)
+        cells = (flat.view(np.int32), lookup.shift, lookup.kmin, lookup.next, pairs)
+        vbits = values.numpy().view(np.int32)
+        if _threads() == 1:
+            nonfinite = _nearest_values_serial(*cells, vbits)
+        else:
+            nonfinite = _launch(_nearest_values_kernel, *cells, vbits)
         return RoundResult(None, values, int(nonfinite))
     args = (flat, np.uint64(key), stochastic, *grid)
     if want_codes:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fp8fl.federated.seams import Aggregator, Codec, Quantizer
+from fp8fl.federated.seams import Aggregator, Codec, Quantizer, SendsChanges
+from fp8fl.methods.fp8 import Float32Codec
 from fp8fl.methods.moving_average import MovingAverage
 from fp8fl.methods.robust import robust_from
 from fp8fl.run.config import RunConfig
@@ -48,4 +49,14 @@ def build(config: RunConfig, quantized: tuple[str, ...]) -> Built:
     if parts.moving_average > 0:
         aggregator = MovingAverage(aggregator, parts.moving_average)
     downlink = build_downlink_codec(config)
-    return Built(build_quantizer(config), codec, downlink, aggregator, parts.server_loop)
+    quantizer = build_quantizer(config)
+    # a synchronous server adds each decoded Δ to its own global model, which is the model the
+    # client started from only if the downlink carried that model exactly
+    sends_changes = isinstance(quantizer, SendsChanges)
+    if parts.synchronous and sends_changes and not isinstance(downlink, Float32Codec):
+        raise ValueError(
+            f"{config.method} sends its clients' changes Δ, which a synchronous server adds "
+            f"to its global model: its downlink must carry that model exactly "
+            f"({Float32Codec.name}), not {downlink.name}"
+        )
+    return Built(quantizer, codec, downlink, aggregator, parts.server_loop)

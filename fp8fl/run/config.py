@@ -20,12 +20,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from fp8fl.data.tasks import TASKS, task_spec
 from fp8fl.federated.seams import Components
 from fp8fl.methods.family import Family, Preset, Settings
-from fp8fl.methods.fp8 import FP8
+from fp8fl.methods.fp8 import FP8, Float32Codec
 from fp8fl.methods.moving_average import lambda_problem
 from fp8fl.methods.registry import FAMILIES, METHODS, family_of
 from fp8fl.methods.robust import RULES, factor_problem
@@ -252,6 +253,19 @@ class RunConfig:
         }
         return core | others | dict(self.unused) | self.settings.to_mapping()
 
+    def value(self, key: str) -> Any:
+        """One run-config key's value, as ``to_mapping()[key]`` gives it, without building the
+        whole mapping (the message header reads a few keys every round)."""
+        name = key.replace("-", "_")
+        if name in _core_names():
+            return getattr(self, name)
+        family = FAMILY_KEYS.get(key)
+        if family is None:
+            raise KeyError(f"unknown run-config key {key!r}")
+        if isinstance(self.settings, family.settings_type):
+            return self.settings.value(key)
+        return dict(self.unused).get(key, family.settings_type.declared()[key][2])
+
     # ------------------------------------------------------------------ validation
     def _problems(self) -> list[str]:
         p: list[str] = []
@@ -360,18 +374,23 @@ def _core_fields() -> list[dataclasses.Field[Any]]:
     return [f for f in dataclasses.fields(RunConfig) if f.name not in ("settings", "unused")]
 
 
+@cache
+def _core_names() -> frozenset[str]:
+    return frozenset(f.name for f in _core_fields())
+
+
 def _context_problems(config: RunConfig) -> list[str]:
     """``lossless = "context"`` codes each uplink against the downlink codes of its round: the
     method must send the same codec both ways, with codes (not float32), in synchronous rounds."""
     if not config.context_coding:
         return []
     parts = config.components
-    if parts.server_loop != "sync":
+    if not parts.synchronous:
         return [
             f"lossless = 'context' needs synchronous rounds; {config.method} runs "
             f"{parts.server_loop}"
         ]
-    if parts.codec == "fp32" or parts.downlink_codec != parts.codec:
+    if parts.codec == Float32Codec.name or parts.downlink_codec != parts.codec:
         return [
             "lossless = 'context' codes the uplink's codes against the downlink's: it needs the "
             f"same codec with codes both ways, {config.method} sends {parts.codec} up and "

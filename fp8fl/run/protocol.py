@@ -57,16 +57,15 @@ def _origin_fields(config: RunConfig) -> dict[str, Scalar]:
 def _wire_fields(config: RunConfig) -> dict[str, Scalar]:
     """The wire's own fields: its version, the ``wire`` switch (``""`` outside the FP8 family),
     the format and the modifiers of the wire that are on."""
-    values = config.to_mapping()
     fields: dict[str, Scalar] = {
         "wire-version": WIRE_VERSION,
-        "wire": values["wire"],
+        "wire": config.value("wire"),
         "format": config.format,
     }
     if config.lossless:  # absent when off, so that messages without the stage are unchanged
         fields["lossless"] = config.lossless  # true, or "context"
     for key in ("layer-formats", "downlink-format"):  # likewise absent when unset
-        if value := values[key]:
+        if value := config.value(key):
             fields[key] = value
     return fields
 
