@@ -17,7 +17,7 @@ from fp8fl.run.checkpoint import (
     rng_states,
     save_checkpoint,
 )
-from fp8fl.run.config import ConfigError, RunConfig
+from fp8fl.run.config import ConfigError, RunConfig, config_changes
 from fp8fl.run.results import RunRecorder, portable_path, resolve_results_dir
 from strategies.ledger import Ledger, format_totals
 from strategies.progress import RunProgress
@@ -71,16 +71,11 @@ class RunJournal:
 
     def _check_resumable(self, checkpoint: Checkpoint) -> None:
         """The checkpoint must come from this same run config, and leave rounds to run."""
-        mine = self.config.to_mapping()
-        changed = [
-            f"{k} was {v!r}, now {mine.get(k)!r}"
-            for k, v in checkpoint.config.items()
-            if k not in RESUMABLE_CHANGES and mine.get(k) != v
-        ]
+        changed = config_changes(checkpoint.config, self.config, RESUMABLE_CHANGES)
         if changed:
             raise ConfigError(
                 f"cannot resume {self.config.resume!r} with a different run "
-                f"config: {', '.join(sorted(changed))}"
+                f"config: {', '.join(changed)}"
             )
         if checkpoint.round >= self.config.num_server_rounds:
             raise ConfigError(

@@ -276,3 +276,49 @@ def test_a_sweep_with_committed_runs_writes_into_their_folder():
             assert sweep.results_dir.resolve() == committed.resolve(), sweep_file.name
             checked += 1
     assert checked >= 6
+
+
+def test_every_committed_run_is_the_run_its_sweep_file_names():
+    """A sweep skips a finished folder of the same name: every committed run must have recorded
+    the run config its sweep file gives that name today (where and how it was recorded aside)."""
+    from experiments.cli.sweep import recorded_changes
+
+    checked = 0
+    for sweep_file in sorted((ROOT / "experiments" / "configs").glob("*.toml")):
+        if "[sweep]" not in sweep_file.read_text():
+            continue  # flower-config.toml: the SuperLink's settings
+        sweep = load_sweep(sweep_file)
+        for run in sweep.runs:
+            folder = sweep.results_dir / run.name
+            if (folder / "summary.json").is_file():
+                assert recorded_changes(folder, run) == [], (sweep_file.name, run.name)
+                checked += 1
+    assert checked >= 60
+
+
+def test_a_finished_run_with_another_config_is_reported_not_passed_off(tmp_path):
+    sweep_file = tmp_path / "tiny.toml"
+    sweep_file.write_text(TINY_SWEEP.format(results=tmp_path / "results"))
+    runs = {r.name: r for r in load_sweep(sweep_file).runs}
+    recorded = runs["uq-s0"].config.to_mapping()
+    for name, lr in (("fp32-s0", runs["fp32-s0"].config.lr), ("uq-s0", 0.5)):
+        folder = tmp_path / "results" / name
+        folder.mkdir(parents=True)
+        config = runs[name].config.to_mapping() | {"lr": lr, "results-dir": "elsewhere"}
+        (folder / "config.json").write_text(json.dumps({"config": config}))
+        (folder / "summary.json").write_text("{}")
+    assert recorded["lr"] != 0.5
+    dry = run_sweep_cli(sweep_file, "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    lines = {line.split()[0]: line for line in dry.stdout.splitlines() if line.strip()}
+    assert lines["fp32-s0"].split()[1] == "done"  # results-dir says where, not what: not compared
+    assert f"differs: lr was 0.5, now {recorded['lr']!r}" in lines["uq-s0"]
+    # a real sweep keeps both folders as they are, runs nothing and exits non-zero
+    ran = run_sweep_cli(sweep_file)
+    assert ran.returncode != 0
+    assert "1 run(s) finished with another run config: uq-s0" in ran.stderr
+    assert (
+        json.loads((tmp_path / "results" / "uq-s0" / "config.json").read_text())["config"]["lr"]
+        == 0.5
+    )
+    assert not (tmp_path / "results" / "uq-s0.log").exists()

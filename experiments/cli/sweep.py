@@ -15,10 +15,11 @@ Every configuration is validated before anything starts. Each run is ``fp8fl-flw
 its run config (a TOML file) and a federation of ``num-clients`` virtual SuperNodes — the same
 Flower simulation path as a single run, no private training loop. Its folder is
 ``<results-dir>/<grid values>-s<seed>/``; a run whose folder holds ``summary.json`` is finished and
-skipped, and an unfinished one with a checkpoint continues from its last completed round
-(``resume``), so an interrupted sweep resumes where it stopped. (An unfinished folder without a
-checkpoint is kept, renamed ``…-incomplete-N``, and its run starts again.) A failed run is
-reported and the sweep goes on.
+skipped (if its recorded run config differs from the sweep file's, it is reported and kept, and
+the sweep exits non-zero), and an unfinished one with a checkpoint continues from its last
+completed round (``resume``), so an interrupted sweep resumes where it stopped. (An unfinished
+folder without a checkpoint is kept, renamed ``…-incomplete-N``, and its run starts again.) A
+failed run is reported and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from rich.table import Table
 
 from experiments.cli.run_outcome import reported_failure
 from fp8fl.run.checkpoint import CHECKPOINT_FILE
-from fp8fl.run.config import ConfigError, RunConfig
+from fp8fl.run.config import ConfigError, RunConfig, config_changes
 from fp8fl.run.results import portable_path, read_rounds, resolve_results_dir, safe_name
 
 __all__ = ["Sweep", "SweepRun", "load_sweep", "main", "run_sweep"]
@@ -151,7 +152,15 @@ def run_sweep(sweep: Sweep, console: Console | None = None) -> dict[str, str]:
         for run in sweep.runs:
             folder = sweep.results_dir / run.name
             if (folder / "summary.json").is_file():
-                statuses[run.name] = "done"
+                changed = recorded_changes(folder, run)
+                statuses[run.name] = "differs" if changed else "done"
+                if changed:
+                    console.print(
+                        f"[red]{run.name} finished with another run config[/] "
+                        f"({'; '.join(changed)}): kept as it is; move its folder aside to run it "
+                        "again with this sweep file's config",
+                        soft_wrap=True,
+                    )
                 bar.advance(task)
                 continue
             if (folder / CHECKPOINT_FILE).is_file():
@@ -169,6 +178,18 @@ def run_sweep(sweep: Sweep, console: Console | None = None) -> dict[str, str]:
             _write_status(sweep, statuses)
     _write_status(sweep, statuses)
     return statuses
+
+
+NOT_THE_RUN = frozenset({"resume", "run-name", "tracking", "results-dir"})
+"""Run-config keys that say where and how a run is recorded, not what it computes."""
+
+
+def recorded_changes(folder: Path, run: SweepRun) -> list[str]:
+    """How the run config recorded in a finished ``folder`` differs from ``run``'s (empty when it
+    is the same run): a sweep file edited after its runs finished must not pass them off as its
+    own."""
+    recorded = json.loads((folder / "config.json").read_text())["config"]
+    return config_changes(recorded, run.config, NOT_THE_RUN)
 
 
 def _execute(run: SweepRun, results_dir: Path, bar: Progress, task: Any) -> str:
@@ -279,14 +300,25 @@ def main(argv: list[str] | None = None) -> None:
     console = Console()
     if args.dry_run:
         for run in sweep.runs:
-            done = (sweep.results_dir / run.name / "summary.json").is_file()
-            console.print(f"{run.name:40s} {'done' if done else 'to run'}")
+            folder = sweep.results_dir / run.name
+            if (folder / "summary.json").is_file():
+                changed = recorded_changes(folder, run)
+                status = f"differs: {'; '.join(changed)}" if changed else "done"
+            else:
+                status = "to run"
+            console.print(f"{run.name:40s} {status}", soft_wrap=True)
         return
     statuses = run_sweep(sweep, console)
     console.print(_summary_table(sweep, statuses))
     failed = [name for name, status in statuses.items() if status == "failed"]
-    if failed:
-        raise SystemExit(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+    differs = [name for name, status in statuses.items() if status == "differs"]
+    problems = [
+        f"{len(names)} run(s) {what}: {', '.join(names)}"
+        for names, what in ((failed, "failed"), (differs, "finished with another run config"))
+        if names
+    ]
+    if problems:
+        raise SystemExit("; ".join(problems))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -37,6 +38,7 @@ __all__ = [
     "TRACKERS",
     "ConfigError",
     "RunConfig",
+    "config_changes",
 ]
 
 OPTIMIZERS = ("auto", "sgd", "adam", "adamw")
@@ -377,6 +379,20 @@ def _core_fields() -> list[dataclasses.Field[Any]]:
 @cache
 def _core_names() -> frozenset[str]:
     return frozenset(f.name for f in _core_fields())
+
+
+def config_changes(
+    recorded: Mapping[str, Any], config: RunConfig, ignored: Collection[str] = ()
+) -> list[str]:
+    """Each key of a ``recorded`` run config (a checkpoint's, a ``config.json``'s) whose value
+    ``config`` changes, as "key was old, now new", sorted; ``ignored`` keys are not compared.
+    Keys the record lacks (added since) are not compared either: records stay readable."""
+    mine = config.to_mapping()
+    return sorted(
+        f"{k} was {v!r}, now {mine.get(k)!r}"
+        for k, v in recorded.items()
+        if k not in ignored and mine.get(k) != v
+    )
 
 
 def _context_problems(config: RunConfig) -> list[str]:
