@@ -7,7 +7,8 @@ The client is the 150-round setting's (CIFAR-10 LeNet, 100 clients so 500 images
 is timed end to end through ``QuantizedClient.fit`` (the ClientApp's own path, downlink decoded
 from the server's encoding of the seeded initial model) and then once more phase by phase: model
 build, decode, and per training step the data batch, forward (with the loss), backward and
-optimizer step, of which fake_quant forward and backward, then encode. FP32 and the FP8 method
+optimizer step (timed inside the clients' own loop, ``LocalUpdate.run``, which takes a phase
+timer), of which fake_quant forward and backward, then encode. FP32 and the FP8 method
 alternate fit by fit, so drifts in machine load hit both alike. The central evaluation is that of
 the default run: the full 10,000-image test split at ``eval-batch-size`` 500, on the server's
 thread count (torch's default) — its cost is printed beside the default run's round estimate.
@@ -31,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
@@ -142,24 +142,15 @@ class Method:
         with clock.phase("decode"):
             model.load_state_dict(layout.unpack(self.downlink, build_downlink_codec(config)))
         update = round_local_update(config, 1)
-        optimizer = update._optimizer(model)
-        rows = torch.as_tensor(client_partition(config, 0), dtype=torch.long)
-        model.train()
         with fake_quant_timed(clock):
-            for _ in range(update.epochs):
-                order = rows[torch.randperm(len(rows), generator=generator)]
-                for start in range(0, len(order), update.batch_size):
-                    with clock.phase("batch"):
-                        x, y = data.batch(
-                            order[start : start + update.batch_size], True, generator, "cpu"
-                        )
-                    with clock.phase("forward"):
-                        loss = F.cross_entropy(model(x), y)
-                    with clock.phase("backward"):
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                    with clock.phase("optimizer"):
-                        optimizer.step()
+            update.run(
+                model,
+                data,
+                client_partition(config, 0),
+                generator,
+                torch.device("cpu"),
+                clock.phase,
+            )
         with clock.phase("encode"):
             layout.pack(model.state_dict(), build_codec(config), generator)
         return dict(clock.seconds)

@@ -10,8 +10,8 @@ positive (``qat.clamp_ranges_``), since they travel on the wire as clipping valu
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -40,6 +40,14 @@ __all__ = [
 ]
 
 
+Phase = Callable[[str], AbstractContextManager[object]]
+"""A context manager per named part of a training step (a profiler's timer)."""
+
+
+def _untimed(name: str) -> AbstractContextManager[object]:
+    return nullcontext()
+
+
 @dataclass(frozen=True)
 class LocalUpdate:
     """One client's training for a round: E epochs over its data, or U steps if ``steps > 0``."""
@@ -64,8 +72,11 @@ class LocalUpdate:
         indices: np.ndarray,
         generator: torch.Generator,
         device: torch.device,
+        phase: Phase = _untimed,
     ) -> dict[str, float]:
-        """Train ``model`` in place on rows ``indices`` of ``data``; returns loss statistics."""
+        """Train ``model`` in place on rows ``indices`` of ``data``; returns loss statistics.
+        ``phase(name)`` wraps each part of a step (batch, forward, backward, optimizer): the
+        round profile (``experiments.bench round``) times them there."""
         if len(indices) == 0:
             raise ValueError("cannot train on an empty partition")
         model.train()
@@ -75,14 +86,18 @@ class LocalUpdate:
         losses: list[float] = []
         order = torch.empty(0, dtype=torch.long)
         while len(losses) < total_steps:
-            if len(order) == 0:  # a new epoch: a fresh permutation
-                order = rows[torch.randperm(len(rows), generator=generator)]
-            batch, order = order[: self.batch_size], order[self.batch_size :]
-            x, y = data.batch(batch, True, generator, device)
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            with phase("batch"):
+                if len(order) == 0:  # a new epoch: a fresh permutation
+                    order = rows[torch.randperm(len(rows), generator=generator)]
+                batch, order = order[: self.batch_size], order[self.batch_size :]
+                x, y = data.batch(batch, True, generator, device)
+            with phase("forward"):
+                loss = F.cross_entropy(model(x), y)
+            with phase("backward"):
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            with phase("optimizer"):
+                optimizer.step()
             losses.append(float(loss.detach()))
             if not math.isfinite(losses[-1]):
                 raise FloatingPointError(
