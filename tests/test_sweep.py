@@ -104,6 +104,16 @@ def test_distinct_values_with_one_run_name_are_refused(tmp_path):
         load_sweep(sweep_file)
 
 
+def test_the_same_point_in_two_grids_is_one_run():
+    # --seeds gives every grid the same seeds: the 150-round cq file's second grid then repeats
+    # points of its first, which are the same runs, not a clash of names
+    sweep = load_sweep(ROOT / "experiments" / "configs" / "lenet-cifar10-150-cq.toml", seeds=[0])
+    names = [run.name for run in sweep.runs]
+    assert len(names) == len(set(names))
+    assert {"iid-cq4-s0", "iid-cq4-det-s0", "iid-cq2-symmetric-s0"} <= set(names)
+    assert {run.config.seed for run in sweep.runs} == {0}
+
+
 def test_sweep_files_are_validated_before_anything_runs(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[base]\nmodel = "kwt1"\n[grid]\nmethod = ["uq", "fp16"]\n')

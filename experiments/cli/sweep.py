@@ -104,14 +104,17 @@ def load_sweep(
                     runs.append(SweepRun(run_name, RunConfig.from_mapping(mapping)))
                 except ConfigError as err:
                     problems.append(f"{run_name}: {err}")
-    names = [run.name for run in runs]
-    problems += [
-        f"{name}: two grid points map to this run name; give the values distinct letters or digits"
-        for name in sorted({n for n in names if names.count(n) > 1})
-    ]
+    # the same point in two grids (e.g. after --seeds gave them one seed list) is one run
+    unique: dict[str, SweepRun] = {}
+    for run in runs:
+        if unique.setdefault(run.name, run).config != run.config:
+            problems.append(
+                f"{run.name}: two grid points map to this run name; give the values distinct "
+                "letters or digits"
+            )
     if problems:
-        raise SystemExit("invalid sweep:\n" + "\n".join(problems))
-    return Sweep(name, results_dir, tuple(runs))
+        raise SystemExit("invalid sweep:\n" + "\n".join(sorted(set(problems))))
+    return Sweep(name, results_dir, tuple(unique.values()))
 
 
 def _grid_blocks(
