@@ -331,6 +331,20 @@ def test_runs_csv_has_one_row_per_run(tmp_path):
     assert first["path"] == "fp32-s0"  # relative to the folder given
 
 
+def test_runs_csv_names_the_cpus_a_run_ran_on(tmp_path):
+    """A run resumed on another machine lists both CPUs, once each, in order; a run recorded
+    before config.json named its CPU has an empty cell."""
+    write_paper_grid(tmp_path / "r")
+    config_file = tmp_path / "r" / "uq-s1" / "config.json"
+    document = json.loads(config_file.read_text())
+    document.update(cpu="CPU A", resumed=[{"cpu": "CPU B"}, {"cpu": "CPU A"}, {"at": "x"}])
+    config_file.write_text(json.dumps(document))
+    rows = read_csv(report(tmp_path, tmp_path / "r") / "runs.csv")
+    cpus = {row["path"]: row["cpu"] for row in rows}
+    assert cpus.pop("uq-s1") == "CPU A; CPU B"
+    assert set(cpus.values()) == {""}
+
+
 def test_no_report_file_holds_a_path_of_this_machine(tmp_path):
     """Reports are portable: every path in them is relative to the folder given."""
     write_paper_grid(tmp_path / "r")

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from fp8fl.run.config import RunConfig
-from fp8fl.run.results import RunRecorder, portable_path, public_argv, resolve_results_dir
+from fp8fl.run.results import (
+    RunRecorder,
+    cpu_model,
+    portable_path,
+    public_argv,
+    resolve_results_dir,
+)
 
 
 def test_public_argv_redacts_token_in_both_spellings() -> None:
@@ -45,6 +51,24 @@ def test_config_json_and_resume_record_no_token(
     document = json.loads(text)
     assert document["command"] == ["flwr-simulation", "--token", "<redacted>", "--insecure"]
     assert document["resumed"][0]["command"] == document["command"]
+
+
+def test_the_start_and_every_resumption_name_the_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Float results may differ in their last bits between CPUs: a run that spans sessions on
+    different machines says which stretch ran where."""
+    cpus = iter(["CPU A", "CPU B"])
+    monkeypatch.setattr("fp8fl.run.results.cpu_model", lambda: next(cpus))
+    config = RunConfig(results_dir=str(tmp_path), run_name="r")
+    recorder = RunRecorder(config)
+    RunRecorder.reopen(config, recorder.run_id)
+    document = json.loads((recorder.run_dir / "config.json").read_text())
+    assert (document["cpu"], document["resumed"][0]["cpu"]) == ("CPU A", "CPU B")
+
+
+def test_cpu_model_reads_this_machine() -> None:
+    assert cpu_model().strip() and cpu_model() == cpu_model()
 
 
 def test_paths_below_the_results_base_are_stored_relative(tmp_path, monkeypatch) -> None:

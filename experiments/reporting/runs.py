@@ -117,7 +117,7 @@ class Run:
     """One finished run: its folder, run config, summary, accuracy-vs-bytes curve, the
     per-round fraction of weight codes its clients left unchanged (``unchanged_codes``), its
     uplink ledger (updates, bytes, staleness) and the mean bytes of one uplink and one downlink
-    message (``message_sizes``)."""
+    message (``message_sizes``), and the CPUs it ran on (``cpus``)."""
 
     path: Path
     config: dict[str, Any]
@@ -127,6 +127,7 @@ class Run:
     unchanged: Series = EMPTY_SERIES
     uplink: Uplink = EMPTY_UPLINK
     message_bytes: tuple[float | None, float | None] = (None, None)
+    cpus: tuple[str, ...] = ()
 
     @property
     def run_id(self) -> str:
@@ -209,7 +210,15 @@ def _read_run(folder: Path) -> Run:
         series_from_rounds(records, "unchanged_codes"),
         uplink_from_rounds(records),
         message_sizes(records),
+        cpus_of(document),
     )
+
+
+def cpus_of(document: dict[str, Any]) -> tuple[str, ...]:
+    """The CPUs a run's stretches ran on (its start, then each resumption), each named once;
+    empty for runs recorded before ``config.json`` named the CPU."""
+    stretches = [document, *document.get("resumed", [])]
+    return tuple(dict.fromkeys(s["cpu"] for s in stretches if s.get("cpu")))
 
 
 def message_sizes(records: Sequence[dict[str, Any]]) -> tuple[float | None, float | None]:

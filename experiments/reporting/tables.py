@@ -372,6 +372,7 @@ def run_rows(found: Found, settings: Sequence[Setting], base: Path) -> list[dict
                 "bytes_up": s.get("bytes_up", ""),
                 "bytes_down": s.get("bytes_down", ""),
                 "wall_s": _number(s.get("wall_s")),
+                "cpu": "; ".join(run.cpus),
                 "path": where(run.path),
                 "note": notes.get(run.path, ""),
             }

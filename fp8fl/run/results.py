@@ -128,6 +128,19 @@ def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``): float results of
+    the same code and seed may differ in their last bits between CPUs (oneDNN picks its kernels by
+    CPU), so a run names the CPU of each stretch it ran on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -157,6 +170,7 @@ class RunRecorder:
                 "started": datetime.now(UTC).isoformat(timespec="seconds"),
                 "command": public_argv(),
                 "host": platform.node(),
+                "cpu": cpu_model(),
                 "versions": package_versions(),
             },
         )
@@ -174,6 +188,7 @@ class RunRecorder:
             {
                 "at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "command": public_argv(),
+                "cpu": cpu_model(),
             }
         )
         write_json_atomic(run_dir / "config.json", document)
