@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.cli.sweep import load_sweep
+from experiments.cli.sweep import load_sweep, select_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,6 +129,20 @@ def test_set_and_seeds_override_the_file(tmp_path):
     sweep = load_sweep(sweep_file, {"num-server-rounds": 3}, seeds=[1, 2])
     assert [r.name for r in sweep.runs] == ["fp32-s1", "uq-s1", "fp32-s2", "uq-s2"]
     assert {r.config.num_server_rounds for r in sweep.runs} == {3}
+
+
+def test_only_keeps_the_runs_its_patterns_match_and_refuses_a_pattern_that_matches_none():
+    bytes_file = ROOT / "experiments" / "configs" / "lenet-cifar10-150-bytes.toml"
+    sweep = load_sweep(bytes_file, seeds=[1, 2])
+    chosen = select_runs(sweep, ["iid-uq-context-*", "iid-uq-fc1_e2m1-context-s2"])
+    assert [r.name for r in chosen.runs] == [
+        "iid-uq-context-s1",
+        "iid-uq-context-s2",
+        "iid-uq-fc1_e2m1-context-s2",
+    ]
+    assert chosen.results_dir == sweep.results_dir
+    with pytest.raises(SystemExit, match=r"--only iid-uq-e5m2-\*: no run of this sweep matches"):
+        select_runs(sweep, ["iid-uq-context-*", "iid-uq-e5m2-*"])
 
 
 def test_several_grids_each_with_its_own_seeds_run_seed_major(tmp_path):

@@ -2,6 +2,7 @@
 
     fp8fl-sweep experiments/configs/lenet-cifar10.toml
     fp8fl-sweep experiments/configs/lenet-cifar10.toml --seeds 0 --set num-server-rounds=5 --dry-run
+    fp8fl-sweep experiments/configs/lenet-cifar10-150-bytes.toml --seeds 1 2 --only 'iid-uq-context-*'
 
 A sweep file (TOML) has three tables::
 
@@ -10,6 +11,8 @@ A sweep file (TOML) has three tables::
     [grid]                       # run-config keys with a list of values: the cartesian product
 
 or, for several products, ``[[grid]]`` tables, each with optional ``seeds = [...]`` of its own.
+``--seeds`` replaces every grid's seeds; ``--only`` keeps the runs whose names match one of its
+shell-style patterns (e.g. the best configurations of a search, on more seeds).
 
 Every configuration is validated before anything starts. Each run is ``fp8fl-flwr run .`` with
 its run config (a TOML file) and a federation of ``num-clients`` virtual SuperNodes — the same
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import itertools
 import json
 import subprocess
@@ -45,7 +49,7 @@ from fp8fl.run.checkpoint import CHECKPOINT_FILE
 from fp8fl.run.config import ConfigError, RunConfig, config_changes
 from fp8fl.run.results import portable_path, read_rounds, resolve_results_dir, safe_name
 
-__all__ = ["Sweep", "SweepRun", "load_sweep", "main", "run_sweep"]
+__all__ = ["Sweep", "SweepRun", "load_sweep", "main", "run_sweep", "select_runs"]
 
 PROJECT = Path(__file__).resolve().parents[2]
 SECTIONS = ("sweep", "base", "grid")
@@ -115,6 +119,17 @@ def load_sweep(
     if problems:
         raise SystemExit("invalid sweep:\n" + "\n".join(sorted(set(problems))))
     return Sweep(name, results_dir, tuple(unique.values()))
+
+
+def select_runs(sweep: Sweep, patterns: list[str]) -> Sweep:
+    """The runs of ``sweep`` whose names match one of the shell-style ``patterns``; a pattern that
+    matches no run is refused, with the names it could have matched."""
+    unmatched = [p for p in patterns if not fnmatch.filter([r.name for r in sweep.runs], p)]
+    if unmatched:
+        names = ", ".join(r.name for r in sweep.runs)
+        raise SystemExit(f"--only {' '.join(unmatched)}: no run of this sweep matches ({names})")
+    runs = tuple(r for r in sweep.runs if any(fnmatch.fnmatchcase(r.name, p) for p in patterns))
+    return dataclasses.replace(sweep, runs=runs)
 
 
 def _grid_blocks(
@@ -297,9 +312,14 @@ def main(argv: list[str] | None = None) -> None:
         help="override a [base] run-config key (repeatable)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", help="replace the sweep's seeds")
+    parser.add_argument(
+        "--only", nargs="+", metavar="PATTERN", help="run only the runs whose names match"
+    )
     parser.add_argument("--dry-run", action="store_true", help="list the runs and stop")
     args = parser.parse_args(argv)
     sweep = load_sweep(args.sweep_file, _parse_set(args.set), args.seeds)
+    if args.only:
+        sweep = select_runs(sweep, args.only)
     console = Console()
     if args.dry_run:
         for run in sweep.runs:
