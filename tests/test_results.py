@@ -67,8 +67,17 @@ def test_the_start_and_every_resumption_name_the_cpu(
     assert (document["cpu"], document["resumed"][0]["cpu"]) == ("CPU A", "CPU B")
 
 
-def test_cpu_model_reads_this_machine() -> None:
-    assert cpu_model().strip() and cpu_model() == cpu_model()
+def test_cpu_model_names_the_model_its_numbers_and_its_widest_vector_extension() -> None:
+    intel = (
+        "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+        "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu avx2 avx512f amx_tile\n\n"
+        "processor\t: 1\nmodel name\t: another\n"
+    )
+    assert cpu_model(intel) == "Intel(R) Xeon(R) Platinum 8480+ (family 6 model 143, amx_tile)"
+    amd = "cpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\nflags\t\t: avx2 avx512f\n"
+    assert cpu_model(amd) == "AMD EPYC (family 26 model 2, avx512f)"
+    assert cpu_model("model name\t: old\nflags\t\t: sse2\n") == "old (family ? model ?, no avx2)"
+    assert cpu_model("") and cpu_model() == cpu_model()
 
 
 def test_paths_below_the_results_base_are_stored_relative(tmp_path, monkeypatch) -> None:

@@ -128,17 +128,29 @@ def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``): float results of
-    the same code and seed may differ in their last bits between CPUs (oneDNN picks its kernels by
-    CPU), so a run names the CPU of each stretch it ran on."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU: its model name, family and model numbers and widest vector extension (from
+    ``/proc/cpuinfo``; else ``platform.processor()``). Float results of the same code and seed
+    may differ in their last bits between CPUs (oneDNN picks its kernels by the CPU's
+    extensions), so a run names the CPU of each stretch it ran on. A virtual machine may report
+    only a generic model name, hence the numbers."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.split("\n\n", 1)[0].splitlines():  # the first processor
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    widest = next((f for f in ("amx_tile", "avx512f", "avx2") if f in flags), "no avx2")
+    return (
+        f"{fields['model name']} (family {fields.get('cpu family', '?')} "
+        f"model {fields.get('model', '?')}, {widest})"
+    )
 
 
 def package_versions() -> dict[str, str]:
