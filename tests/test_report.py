@@ -530,11 +530,37 @@ def test_an_uploads_target_nobody_reaches_says_so(tmp_path):
     assert table_row(text, "FP32")[3] == "3"
 
 
-def test_the_uploads_target_must_be_a_percentage(tmp_path, capsys):
+@pytest.mark.parametrize("option", [["--target", "0"], ["--milestones", "70", "101"]])
+def test_the_uploads_target_and_the_milestones_must_be_percentages(tmp_path, capsys, option):
     write_run(tmp_path, "fp32", 0, [0.1, 0.3, 0.5, 0.6])
     with pytest.raises(SystemExit):
-        main([str(tmp_path), "--out", str(tmp_path / "out"), "--target", "0"])
-    assert "--target must be a percentage" in capsys.readouterr().err
+        main([str(tmp_path), "--out", str(tmp_path / "out"), *option])
+    assert "take percentages in (0, 100]" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_milestones_give_the_first_round_of_the_seed_mean_and_of_each_seed(tmp_path):
+    """FP32 (4 MB a round) means 0.1, 0.5, 0.7, 0.82 over rounds 0-3; UQ (1 MB) ends 0.79, 0.80,
+    0.81, so its mean reaches 80 % at round 3 though seed 0 never does; UQ+ is at 0.8 from round
+    2; nothing reaches 85 %."""
+    write_paper_grid(tmp_path / "r")
+    out = tmp_path / "report"
+    with open(tmp_path / "console.txt", "w") as console:
+        write_report([tmp_path / "r"], out, Console(file=console), milestones=[70, 80, 85])
+    rows = {(r["method"], float(r["threshold_pct"])): r for r in read_csv(out / "milestones.csv")}
+    assert len(rows) == 9
+    fp32_70, uq_80, uqp_80 = rows["fp32", 70.0], rows["uq", 80.0], rows["uq+", 80.0]
+    assert (fp32_70["round"], fp32_70["total_bytes"]) == ("2", str(float(8 * MB)))
+    assert (uq_80["round"], uq_80["seeds_reaching"], uq_80["first_seed_round"]) == ("3", "2", "3")
+    assert (uqp_80["round"], uqp_80["total_bytes"]) == ("2", str(float(2 * MB)))
+    assert {rows[m, 85.0]["round"] for m in ("fp32", "uq", "uq+")} == {""}
+    text = (out / "milestones.md").read_text()
+    assert table_row(text, "FP8FedAvg-UQ")[1:] == [
+        "3",
+        "r2, 0.00 GB [2–2]",
+        "r3, 0.00 GB [3–3, 2 of 3 seeds]",
+        "—",
+    ]
 
 
 def test_message_sizes_per_direction_and_bits_per_weight(tmp_path):

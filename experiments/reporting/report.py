@@ -13,6 +13,8 @@ writes to ``--out``:
 * ``messages.md/.csv``: bytes and bits per weight of one message per direction, final accuracy
   (mean ± std) and the gain over FP32 on total and on uplink bytes
   (``experiments.reporting.messages``);
+* ``milestones.md/.csv``: the round and the bytes at which each method's seed-mean curve first
+  reaches each of some accuracies (``--milestones``; ``experiments.reporting.milestones``);
 * ``fig4-<setting>.png/.svg``: accuracy against cumulative bytes (``experiments.reporting.plots``);
 * ``frontier-<setting>.png/.svg``: each run's final accuracy against its bits per weight, up + down
   (``experiments.reporting.frontier``);
@@ -36,6 +38,7 @@ from rich.markdown import Markdown
 
 from experiments.reporting.frontier import plot_frontier
 from experiments.reporting.messages import write_messages
+from experiments.reporting.milestones import THRESHOLDS, write_milestones
 from experiments.reporting.plots import plot_setting
 from experiments.reporting.rounding import write_rounding_gaps
 from experiments.reporting.runs import Found, find_runs, group_settings
@@ -50,10 +53,12 @@ def write_report(
     out_dir: Path,
     console: Console | None = None,
     target: float | None = None,
+    milestones: Sequence[float] = THRESHOLDS,
 ) -> list[Path]:
     """Read the runs below ``dirs`` and write the tables, ``runs.csv`` and the figures to
     ``out_dir``; print the tables. ``target`` (a fraction) fixes the accuracy of the uploads
-    tables. Raises SystemExit when no finished run is found."""
+    tables, ``milestones`` (percentages) the accuracies of the rounds-to-accuracy table. Raises
+    SystemExit when no finished run is found."""
     console = console or Console()
     for d in dirs:
         if not Path(d).is_dir():
@@ -80,6 +85,8 @@ def write_report(
     written.append(out_dir / "runs.csv")
     message_files, _ = write_messages(settings, out_dir)
     written += message_files
+    milestone_files, _ = write_milestones(settings, out_dir, milestones)
+    written += milestone_files
     for setting in settings:
         written += plot_setting(setting, out_dir) + plot_frontier(setting, out_dir)
     gap_files, gap_lines = write_rounding_gaps(settings, out_dir)
@@ -136,11 +143,21 @@ def main(argv: list[str] | None = None) -> None:
         help="test accuracy (%%) of the uploads-to-target tables of asynchronous runs "
         "(default: the highest every method of the setting reaches, floored to a whole percent)",
     )
+    parser.add_argument(
+        "--milestones",
+        type=float,
+        nargs="+",
+        default=list(THRESHOLDS),
+        metavar="PERCENT",
+        help="test accuracies (%%) of the rounds-to-accuracy table "
+        f"(default: {' '.join(f'{t:g}' for t in THRESHOLDS)})",
+    )
     args = parser.parse_args(argv)
-    if args.target is not None and not 0 < args.target <= 100:
-        parser.error(f"--target must be a percentage in (0, 100], got {args.target}")
+    bad = [p for p in [args.target, *args.milestones] if p is not None and not 0 < p <= 100]
+    if bad:
+        parser.error(f"--target and --milestones take percentages in (0, 100], got {bad}")
     target = None if args.target is None else args.target / 100
-    write_report(args.results_dirs, args.out, target=target)
+    write_report(args.results_dirs, args.out, target=target, milestones=args.milestones)
 
 
 if __name__ == "__main__":
