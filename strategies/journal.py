@@ -156,7 +156,9 @@ class RunJournal:
 
     def finish(self) -> None:
         """Write ``summary.json``: final and best accuracy, bytes (per format group in a
-        mixed-precision run), wall time."""
+        mixed-precision run), wall time. The wall time is the sum of the rounds' own (round 0's
+        start-up and first evaluation included), so that a run resumed in later sessions counts
+        every stretch, not only the last (each resumption's own start-up is left out)."""
         evaluated = [r for r in self.history if r["accuracy"] is not None and r["round"] > 0]
         best = max(evaluated, key=lambda r: r["accuracy"], default=None)
         summary = {
@@ -170,7 +172,7 @@ class RunJournal:
             "bytes_up": self.ledger.up,
             "bytes_down": self.ledger.down,
             "total_bytes": self.ledger.up + self.ledger.down,
-            "wall_s": time.perf_counter() - self.run_started,
+            "wall_s": sum(r.get("wall_s", 0.0) for r in self.history),
             "results_dir": portable_path(self.recorder.run_dir),
         }
         by_format = format_totals(self.history)

@@ -76,6 +76,9 @@ def test_killed_run_resumes_to_the_same_model_accuracy_and_ledger(tmp_path, meth
     assert load_checkpoint(run_dir).round == 4
     resumptions = json.loads((run_dir / "config.json").read_text())["resumed"]
     assert len(resumptions) == 1
+    # the wall time counts the killed stretch's rounds too, not only the resumed ones
+    assert summary["wall_s"] == pytest.approx(sum(r["wall_s"] for r in resumed), rel=1e-12)
+    assert summary["wall_s"] > sum(r["wall_s"] for r in resumed[3:])
 
 
 @pytest.fixture
