@@ -5,7 +5,8 @@
 
 With ``--trivial`` it then runs ``experiments.bench.trivial_app`` in the same federation (clients,
 clients per round, rounds, Ray resources) and prints the median round without its evaluation
-against the median round of that app: what fp8fl adds to Flower's own cost of a round.
+against the median round of that app, and the start-up without the initial evaluation against
+that app's launch to its first round: what fp8fl adds to Flower's own cost.
 
 The simulation runs in a child process (``experiments.cli.simulate``: the same ServerApp, ClientApp
 and Ray engine as ``flwr run``) while this process samples the memory of its whole process tree (Ray's
@@ -54,10 +55,12 @@ def tree_memory(root: int) -> tuple[int, int]:
     return rss, pss
 
 
-def trivial_rounds(clients: int, per_round: int, rounds: int) -> list[float]:
-    """Round wall times of the trivial Flower app in the same federation (own process)."""
+def trivial_app(clients: int, per_round: int, rounds: int) -> tuple[float, list[float]]:
+    """(start-up, round wall times) of the trivial Flower app in the same federation, in its own
+    process; the start-up runs from the launch to the beginning of its first round."""
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "times.json"
+        launched_at = time.time()
         subprocess.run(
             [
                 sys.executable,
@@ -69,7 +72,8 @@ def trivial_rounds(clients: int, per_round: int, rounds: int) -> list[float]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        return json.loads(out.read_text())
+        times = json.loads(out.read_text())
+        return times["first_round_at"] - launched_at, times["rounds"]
 
 
 def main(argv: list[str]) -> None:
@@ -131,7 +135,14 @@ def main(argv: list[str]) -> None:
     table.add_row("peak Σ PSS of the process tree", f"{peak_pss / 2**30:.2f} GiB")
     if args.trivial:
         fit = statistics.median(r["wall_s"] - r["eval_s"] for r in rounds[1:])
-        trivial = statistics.median(trivial_rounds(args.clients, args.per_round, args.rounds))
+        trivial_start, trivial_rounds = trivial_app(args.clients, args.per_round, args.rounds)
+        trivial = statistics.median(trivial_rounds)
+        start = first_round_at - rounds[0]["eval_s"]
+        table.add_row("start-up without the initial evaluation", f"{start:.1f} s")
+        table.add_row(
+            "start-up of a trivial Flower app (launch to round 1)", f"{trivial_start:.1f} s"
+        )
+        table.add_row("start-up / trivial app's", f"{start / trivial_start:.2f}×")
         table.add_row("median round without evaluation", f"{fit:.2f} s")
         table.add_row("median round of a trivial Flower app", f"{trivial:.2f} s")
         table.add_row("round / trivial app's round", f"{fit / trivial:.2f}×")

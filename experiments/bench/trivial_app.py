@@ -4,7 +4,9 @@ untouched, on the same Ray engine and client resources as ``experiments.cli.simu
 
     python -m experiments.bench.trivial_app <num-clients> <per-round> <rounds> <times.json>
 
-writes the wall seconds of each round (configure_fit to the end of aggregate_fit) to times.json.
+writes to times.json the wall seconds of each round (configure_fit to the end of aggregate_fit),
+``rounds``, and the wall-clock time (``time.time()``) at which the first round began,
+``first_round_at``: its launcher's clock taken before the launch gives the app's start-up.
 """
 
 from __future__ import annotations
@@ -47,8 +49,11 @@ class _TimedFedAvg(FedAvg):
         )
         self.times = times
         self.started = 0.0
+        self.first_round_at: float | None = None
 
     def configure_fit(self, server_round, parameters, client_manager):  # type: ignore[no-untyped-def]
+        if self.first_round_at is None:
+            self.first_round_at = time.time()
         self.started = time.perf_counter()
         return super().configure_fit(server_round, parameters, client_manager)
 
@@ -66,12 +71,10 @@ def main(argv: list[str] | None = None) -> None:
             "<num-clients> <per-round> <rounds> <times.json>"
         )
     clients, per_round, rounds, out = int(args[0]), int(args[1]), int(args[2]), Path(args[3])
-    times: list[float] = []
+    strategy = _TimedFedAvg(per_round, [])
 
     def server(context: Context) -> ServerAppComponents:
-        return ServerAppComponents(
-            strategy=_TimedFedAvg(per_round, times), config=ServerConfig(num_rounds=rounds)
-        )
+        return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=rounds))
 
     with quiet_flower_logs(False):
         run_simulation(
@@ -80,7 +83,9 @@ def main(argv: list[str] | None = None) -> None:
             num_supernodes=clients,
             backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}},
         )
-    out.write_text(json.dumps(times) + "\n")
+    out.write_text(
+        json.dumps({"rounds": strategy.times, "first_round_at": strategy.first_round_at}) + "\n"
+    )
 
 
 if __name__ == "__main__":
