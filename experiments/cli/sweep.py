@@ -124,12 +124,13 @@ def load_sweep(
 def select_runs(sweep: Sweep, patterns: list[str]) -> Sweep:
     """The runs of ``sweep`` whose names match one of the shell-style ``patterns``; a pattern that
     matches no run is refused, with the names it could have matched."""
-    unmatched = [p for p in patterns if not fnmatch.filter([r.name for r in sweep.runs], p)]
+    matches = {p: {r.name for r in sweep.runs if fnmatch.fnmatchcase(r.name, p)} for p in patterns}
+    unmatched = [p for p, names in matches.items() if not names]
     if unmatched:
         names = ", ".join(r.name for r in sweep.runs)
         raise SystemExit(f"--only {' '.join(unmatched)}: no run of this sweep matches ({names})")
-    runs = tuple(r for r in sweep.runs if any(fnmatch.fnmatchcase(r.name, p) for p in patterns))
-    return dataclasses.replace(sweep, runs=runs)
+    chosen = set().union(*matches.values())
+    return dataclasses.replace(sweep, runs=tuple(r for r in sweep.runs if r.name in chosen))
 
 
 def _grid_blocks(
