@@ -602,7 +602,27 @@ def test_message_table_gives_mean_std_and_the_gain_on_uplink_and_total_bytes(tmp
     assert float(rows["cq4"]["uplink_bytes"]) == 3 * 100_000
     text = (out / "messages.md").read_text()
     assert table_row(text, "FP32")[2] == f"55.00 ± {50**0.5:.2f}"
-    assert table_row(text, METHOD_LABELS["cq4"])[-1] == "10.00× (55.00 %)"
+    assert table_row(text, METHOD_LABELS["cq4"])[-2] == "10.00× (55.00 %)"
+
+
+def test_message_table_pairs_the_final_accuracy_with_fp32_by_seed(tmp_path):
+    """FP32 ends at 60 and 50 % (seeds 0, 1); UQ at 58, 49 and 70 % (seeds 0-2). Paired by seed,
+    UQ is 2 and 1 points under FP32 (seed 2 has no FP32 run and is left out), though its seed
+    mean (59 %) is 4 points over FP32's (55 %)."""
+    for seed, final in ((0, 0.6), (1, 0.5)):
+        write_run(tmp_path, "fp32", seed, [0.1, 0.3, 0.5, final])
+    for seed, final in ((0, 0.58), (1, 0.49), (2, 0.7)):
+        write_run(tmp_path, "uq", seed, [0.1, 0.3, 0.5, final])
+    out = report(tmp_path, tmp_path)
+    rows = {r["method"]: r for r in read_csv(out / "messages.csv")}
+    assert rows["uq"]["paired_seeds"] == "2"
+    assert float(rows["uq"]["paired_vs_fp32_pts"]) == pytest.approx(-1.5)
+    assert float(rows["uq"]["paired_vs_fp32_min_pts"]) == pytest.approx(-2)
+    assert float(rows["uq"]["paired_vs_fp32_max_pts"]) == pytest.approx(-1)
+    assert (rows["fp32"]["paired_seeds"], rows["fp32"]["paired_vs_fp32_pts"]) == ("0", "")
+    text = (out / "messages.md").read_text()
+    assert table_row(text, METHOD_LABELS["uq"])[-1] == "-1.50 [-2.00 … -1.00]; 2"
+    assert table_row(text, "FP32")[-1] == "—"
 
 
 def test_the_frontier_puts_every_run_at_its_bits_per_weight_with_its_family_marker(tmp_path):

@@ -13,7 +13,9 @@ Beside them, the final accuracy as mean ± sample std over seeds, the bytes the 
 all, and the communication gain over FP32 (§5.3 of Wang et al. 2024, arXiv:2407.02610: bytes to the
 lower of the two best accuracies) counted twice: on bytes sent both ways, as the paper does, and on
 uplink bytes only, as the clipped-uniform paper (Bozorgasl & Chen, arXiv:2405.13365) counts, since
-its downlink is FP32.
+its downlink is FP32. Last, the final accuracy against FP32's **paired by seed**: the mean,
+min and max over the seeds both ran of (the method's final accuracy − FP32's at that seed), which
+takes the seed's share of the spread (data order, sampling, initial model) out of the comparison.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from experiments.reporting.runs import MethodResult, Setting
+from experiments.reporting.runs import BASELINE, MethodResult, Setting
 from experiments.reporting.tables import write_csv
 from fp8fl.models.architectures import build_model
 
-__all__ = ["CLASS_COUNTS", "weight_count", "write_messages"]
+__all__ = ["CLASS_COUNTS", "paired_differences", "weight_count", "write_messages"]
 
 CLASS_COUNTS = {"cifar10": 10, "cifar100": 100, "fsdd": 10}
 """Classes of the tasks whose data set fixes them."""
@@ -50,6 +52,19 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return float(np.mean(known)) if known else None
 
 
+def paired_differences(setting: Setting, result: MethodResult) -> list[float]:
+    """Points of final accuracy over FP32's, one per seed both ran (FP32 itself: none)."""
+    baseline = setting.methods.get(BASELINE)
+    if baseline is None or result.method == BASELINE:
+        return []
+    fp32 = {r.seed: r.final_accuracy for r in baseline.runs if r.final_accuracy is not None}
+    return [
+        100 * (r.final_accuracy - fp32[r.seed])
+        for r in result.runs
+        if r.final_accuracy is not None and r.seed in fp32
+    ]
+
+
 def _row(setting: Setting, result: MethodResult) -> dict[str, Any]:
     up = _mean([run.message_bytes[0] for run in result.runs])
     down = _mean([run.message_bytes[1] for run in result.runs])
@@ -59,6 +74,7 @@ def _row(setting: Setting, result: MethodResult) -> dict[str, Any]:
         return None if size is None or not weights else 8 * size / weights
 
     gain, uplink_gain = result.gain, result.uplink_gain
+    paired = paired_differences(setting, result)
     return {
         "setting": setting.label,
         "method": result.method,
@@ -76,6 +92,10 @@ def _row(setting: Setting, result: MethodResult) -> dict[str, Any]:
         "gain_acc_pct": None if gain is None else 100 * gain.target,
         "uplink_gain_vs_fp32": None if uplink_gain is None else uplink_gain.value,
         "uplink_gain_acc_pct": None if uplink_gain is None else 100 * uplink_gain.target,
+        "paired_seeds": len(paired),
+        "paired_vs_fp32_pts": _mean(paired),
+        "paired_vs_fp32_min_pts": min(paired, default=None),
+        "paired_vs_fp32_max_pts": max(paired, default=None),
     }
 
 
@@ -91,8 +111,8 @@ def _markdown(setting: Setting, rows: Sequence[dict[str, Any]]) -> str:
         "",
         "| method | seeds | final acc. (%) | bytes / up msg | bytes / down msg | bits/weight up "
         "| bits/weight down | uplink MB | total MB | gain vs FP32, total (at acc.) "
-        "| gain vs FP32, uplink (at acc.) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| gain vs FP32, uplink (at acc.) | vs FP32, paired (points) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         accuracy = _cell(r["final_accuracy_pct"], ".2f")
@@ -105,14 +125,28 @@ def _markdown(setting: Setting, rows: Sequence[dict[str, Any]]) -> str:
             f"| {_cell(r['bits_per_weight_up'], '.2f')} | {_cell(r['bits_per_weight_down'], '.2f')} "
             f"| {_megabytes(r['uplink_bytes'])} | {_megabytes(r['total_bytes'])} "
             f"| {_gain(r['gain_vs_fp32'], r['gain_acc_pct'])} "
-            f"| {_gain(r['uplink_gain_vs_fp32'], r['uplink_gain_acc_pct'])} |"
+            f"| {_gain(r['uplink_gain_vs_fp32'], r['uplink_gain_acc_pct'])} "
+            f"| {_paired(r)} |"
         )
     notes = (
         "Final acc.: mean ± sample std over seeds. Gain: FP32's bytes ÷ the method's bytes, each "
         "until it first reached the lower of the two best seed-mean accuracies (in brackets); "
-        "total counts both directions (the paper's §5.3), uplink the clients' messages only."
+        "total counts both directions (the paper's §5.3), uplink the clients' messages only. "
+        "Paired: the method's final accuracy − FP32's at the same seed, mean [min … max] over the "
+        "seeds both ran (their count after the semicolon)."
     )
     return "\n".join([*lines, "", notes]) + "\n"
+
+
+def _paired(row: dict[str, Any]) -> str:
+    n = row["paired_seeds"]
+    if not n:
+        return "—"
+    mean = f"{row['paired_vs_fp32_pts']:+.2f}"
+    if n == 1:
+        return f"{mean}; 1"
+    low, high = row["paired_vs_fp32_min_pts"], row["paired_vs_fp32_max_pts"]
+    return f"{mean} [{low:+.2f} … {high:+.2f}]; {n}"
 
 
 def _megabytes(size: float | None) -> str:
