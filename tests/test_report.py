@@ -668,3 +668,18 @@ def test_layer_formats_and_context_coding_make_methods_in_the_same_setting(tmp_p
     assert setting.methods["uq{fc1:e2m1,down:e3m2}"].label == (
         METHOD_LABELS["uq"] + " layers(fc1:e2m1,down:e3m2)"
     )
+
+
+def test_variants_take_colors_no_registered_method_has():
+    """A figure with every registered method and as many variants as spare colors: each has
+    its own color (the frontier of the 150-round folder had cq4 and UQ's context variant
+    both orange)."""
+    import matplotlib
+
+    from experiments.reporting.plots import METHOD_COLORS, OTHER_COLORS, colors_for
+
+    variants = [f"uq(variant {i})" for i in range(len(OTHER_COLORS))]
+    colors = colors_for([*METHOD_COLORS, *variants])
+    hexes = [matplotlib.colors.to_hex(c) for c in colors.values()]
+    assert len(set(hexes)) == len(hexes) == len(METHOD_COLORS) + len(OTHER_COLORS)
+    assert len(OTHER_COLORS) >= 12

@@ -18,13 +18,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
 from experiments.reporting.messages import weight_count
-from experiments.reporting.plots import colors_for, save_figure
+from experiments.reporting.plots import colors_for, place_legend, save_figure
 from experiments.reporting.runs import BASELINE, Run, Setting
 from fp8fl.methods.family import Family
 from fp8fl.methods.registry import family_of
 
 __all__ = ["plot_frontier", "total_bits_per_weight"]
-"""The marker of each method family (FP8, clipped-uniform, LPT-FL, QAFeL)."""
 
 
 def total_bits_per_weight(run: Run, weights: int) -> float | None:
@@ -82,7 +81,7 @@ def plot_frontier(setting: Setting, out_dir: Path) -> list[Path]:
         fontsize=10,
     )
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    place_legend(fig, ax, plotted, "lower right")
     ax.set_xlim(*_limits(ax.get_xlim()))
     ax.xaxis.set_major_formatter(ScalarFormatter())
     return save_figure(fig, out_dir / f"frontier-{setting.slug}")

@@ -19,14 +19,33 @@ from experiments.reporting.runs import BASELINE, Setting
 from experiments.reporting.tables import gain_text
 from fp8fl.methods.registry import METHODS
 
-__all__ = ["METHOD_COLORS", "colors_for", "draw_band", "plot_setting", "save_figure"]
+__all__ = [
+    "METHOD_COLORS",
+    "colors_for",
+    "draw_band",
+    "place_legend",
+    "plot_setting",
+    "save_figure",
+]
 
 METHOD_COLORS = {name: spec.color for name, spec in METHODS.items()}
-OTHER_COLORS = ("tab:orange", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+
+
+def _spare_colors() -> tuple[str, ...]:
+    """Colors no registered method has (Dark2's, then tab20's light shades), so that a variant
+    (a changed key, a lossless mode, layer formats) never shares a color with a method."""
+    taken = {matplotlib.colors.to_hex(c) for c in METHOD_COLORS.values()}
+    palette = (*matplotlib.colormaps["Dark2"].colors, *matplotlib.colormaps["tab20"].colors[1::2])
+    hexes = dict.fromkeys(matplotlib.colors.to_hex(c) for c in palette)
+    return tuple(c for c in hexes if c not in taken)
+
+
+OTHER_COLORS = _spare_colors()
 
 
 def colors_for(methods: Sequence[str]) -> dict[str, str]:
-    """A registered method keeps its color in every figure; others take the spare colors."""
+    """A registered method keeps its color in every figure; others take the spare colors, in
+    order (distinct up to ``len(OTHER_COLORS)`` of them, then repeating)."""
     others = [m for m in methods if m not in METHOD_COLORS]
     spare = {m: OTHER_COLORS[i % len(OTHER_COLORS)] for i, m in enumerate(others)}
     return {m: METHOD_COLORS.get(m) or spare[m] for m in methods}
@@ -73,8 +92,22 @@ def plot_setting(setting: Setting, out_dir: Path) -> list[Path]:
         fontsize=10,
     )
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=9)
+    place_legend(fig, ax, plotted, "lower right")
     return save_figure(fig, out_dir / f"fig4-{setting.slug}")
+
+
+INSIDE_ENTRIES = 6
+"""A legend of up to this many entries sits inside the axes; a longer one would cover data."""
+
+
+def place_legend(fig: Figure, ax: Any, entries: int, loc: str) -> None:
+    """The legend at ``loc`` inside the axes for a few entries; beside them, on a figure
+    widened by half, for more than ``INSIDE_ENTRIES``."""
+    if entries <= INSIDE_ENTRIES:
+        ax.legend(loc=loc, fontsize=9)
+        return
+    fig.set_figwidth(1.5 * fig.get_figwidth())
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
 
 
 def draw_band(

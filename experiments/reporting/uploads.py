@@ -26,7 +26,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from experiments.reporting.gain import TOLERANCE, Uplink, align
-from experiments.reporting.plots import colors_for, draw_band, save_figure
+from experiments.reporting.plots import colors_for, draw_band, place_legend, save_figure
 from experiments.reporting.runs import MethodResult, Setting
 from experiments.reporting.tables import write_csv
 
@@ -153,10 +153,12 @@ def _plot(setting: Setting, target: float, out_dir: Path) -> list[Path]:
     fig = Figure(figsize=(7.5, 5), layout="constrained")
     ax = fig.add_subplot()
     colors = colors_for(list(setting.methods))
+    plotted = 0
     for method, result in setting.methods.items():
         _, _, up, accuracy = _ledgers(result)
         if not up.size:
             continue
+        plotted += 1
         sent = up.mean(axis=0) > 0
         draw_band(
             ax,
@@ -175,7 +177,7 @@ def _plot(setting: Setting, target: float, out_dir: Path) -> list[Path]:
         fontsize=10,
     )
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    place_legend(fig, ax, plotted, "best")
     return save_figure(fig, out_dir / f"uplink-{setting.slug}")
 
 
