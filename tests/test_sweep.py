@@ -253,22 +253,19 @@ def test_the_issue_34_reruns_have_names_of_their_own_and_the_old_runs_keep_their
 
 
 def test_the_150_round_bytes_sweep_file_is_the_issued_search():
-    """Issue 33's search: 8 configurations of UQ, seed 0, in the 150-round i.i.d. setting; apart
-    from the keys it searches, each run is the setting of the existing FP32 runs."""
+    """Issue 33's search: 5 of the 8 planned configurations of UQ, seed 0, in the 150-round
+    i.i.d. setting (the file says why three are left out); apart from the keys it searches, each
+    run is the setting of the existing FP32 runs."""
     sweep = load_sweep(ROOT / "experiments" / "configs" / "lenet-cifar10-150-bytes.toml")
     reference = load_sweep(ROOT / "experiments" / "configs" / "lenet-cifar10-150.toml")
     (fp32,) = [r for r in reference.runs if r.name == "iid-fp32-s0"]
     searched = ("lossless", "layer-formats", "downlink-format")
-    assert len(sweep.runs) == 8 and {r.config.seed for r in sweep.runs} == {0}
+    assert len(sweep.runs) == 5 and {r.config.seed for r in sweep.runs} == {0}
     assert sweep.results_dir == reference.results_dir
     assert {tuple(r.config.to_mapping()[k] for k in searched) for r in sweep.runs} == {
         ("context", "", ""),
-        *(
-            (lossless, f"fc1:{f}", "")
-            for f in ("e2m1", "e3m2", "e2m3")
-            for lossless in (True, "context")
-        ),
-        (True, "", "e3m2"),
+        (True, "fc1:e2m1", ""),
+        *(("context", f"fc1:{f}", "") for f in ("e2m1", "e3m2", "e2m3")),
     }
     kept = set(fp32.config.to_mapping()) - {
         *searched,
