@@ -81,7 +81,7 @@ def plot_frontier(setting: Setting, out_dir: Path) -> list[Path]:
         fontsize=10,
     )
     ax.grid(True, which="both", alpha=0.3)
-    place_legend(fig, ax, plotted, "lower right")
+    place_legend(fig, ax, "lower right")
     ax.set_xlim(*_limits(ax.get_xlim()))
     ax.xaxis.set_major_formatter(ScalarFormatter())
     return save_figure(fig, out_dir / f"frontier-{setting.slug}")

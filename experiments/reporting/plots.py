@@ -92,7 +92,7 @@ def plot_setting(setting: Setting, out_dir: Path) -> list[Path]:
         fontsize=10,
     )
     ax.grid(True, which="both", alpha=0.3)
-    place_legend(fig, ax, plotted, "lower right")
+    place_legend(fig, ax, "lower right")
     return save_figure(fig, out_dir / f"fig4-{setting.slug}")
 
 
@@ -100,10 +100,10 @@ INSIDE_ENTRIES = 6
 """A legend of up to this many entries sits inside the axes; a longer one would cover data."""
 
 
-def place_legend(fig: Figure, ax: Any, entries: int, loc: str) -> None:
+def place_legend(fig: Figure, ax: Any, loc: str) -> None:
     """The legend at ``loc`` inside the axes for a few entries; beside them, on a figure
     widened by half, for more than ``INSIDE_ENTRIES``."""
-    if entries <= INSIDE_ENTRIES:
+    if len(ax.get_legend_handles_labels()[1]) <= INSIDE_ENTRIES:
         ax.legend(loc=loc, fontsize=9)
         return
     fig.set_figwidth(1.5 * fig.get_figwidth())

@@ -153,12 +153,10 @@ def _plot(setting: Setting, target: float, out_dir: Path) -> list[Path]:
     fig = Figure(figsize=(7.5, 5), layout="constrained")
     ax = fig.add_subplot()
     colors = colors_for(list(setting.methods))
-    plotted = 0
     for method, result in setting.methods.items():
         _, _, up, accuracy = _ledgers(result)
         if not up.size:
             continue
-        plotted += 1
         sent = up.mean(axis=0) > 0
         draw_band(
             ax,
@@ -177,7 +175,7 @@ def _plot(setting: Setting, target: float, out_dir: Path) -> list[Path]:
         fontsize=10,
     )
     ax.grid(True, which="both", alpha=0.3)
-    place_legend(fig, ax, plotted, "best")
+    place_legend(fig, ax, "best")
     return save_figure(fig, out_dir / f"uplink-{setting.slug}")
 
 
